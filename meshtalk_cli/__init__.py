@@ -1,0 +1,1 @@
+"""The `meshtalk` command line: argument parsing only; the work lives in meshtalk.pipelines."""

@@ -1,0 +1,1 @@
+"""Pure torch modules of MeshTalk."""

@@ -1,0 +1,1 @@
+"""Workflows of MeshTalk (prep, synth, training, ...) and the I/O they need."""

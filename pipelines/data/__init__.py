@@ -1,0 +1,1 @@
+"""Package data: topology facts shipped with meshtalk."""

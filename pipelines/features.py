@@ -1,0 +1,113 @@
+"""Audio features of MeshTalk: loudness normalisation, 80-band log-mel, one window per mesh frame.
+
+The mel of a whole utterance is computed once and stored; the window of each mesh frame is a slice
+of it (see `AudioWindow`), so no audio is duplicated per frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshtalk.pipelines.audio_io import MODEL_SAMPLE_RATE
+from meshtalk.pipelines.errors import MeshtalkError
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    """Log-mel settings (SPEC section 3)."""
+
+    sample_rate: int = MODEL_SAMPLE_RATE
+    """Audio sample rate in Hz the features are computed at."""
+    n_mels: int = 80
+    """Number of mel bands."""
+    n_fft: int = 2048
+    """FFT size in samples."""
+    win_length: int = 800
+    """Analysis window in samples (50 ms)."""
+    hop_length: int = 160
+    """Hop between mel frames in samples (10 ms)."""
+    log_floor: float = 1e-10
+    """The power mel spectrogram is clamped at this value before the log."""
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+
+@dataclass(frozen=True)
+class AudioWindow:
+    """The span of audio that conditions one mesh frame, relative to the frame's time."""
+
+    name: str
+    """Preset name."""
+    start_s: float
+    """Window start relative to the frame, in seconds (negative: before the frame)."""
+    end_s: float
+    """Window end relative to the frame, in seconds (the look-ahead)."""
+
+    def mel_offsets(self, mel: MelConfig) -> tuple[int, int]:
+        """(first, count): mel frames of the window relative to the frame's own mel index."""
+        fps = mel.frames_per_second
+        first = round(self.start_s * fps)
+        return first, round(self.end_s * fps) - first
+
+
+AUDIO_WINDOWS = {
+    "paper": AudioWindow("paper", -0.5, 0.1),
+    "release": AudioWindow("release", -0.5, 0.5),
+}
+PAD_SECONDS = 0.5
+"""Silence added before and after each utterance so every window of every frame exists."""
+
+
+def normalise_loudness(samples: np.ndarray) -> np.ndarray:
+    """Scale audio to a mean absolute amplitude of 0.01, as the authors' release does."""
+    level = float(np.abs(samples).mean())
+    if level == 0.0:
+        raise ValueError("audio is silent")
+    return (0.01 * samples / level).astype(np.float32)
+
+
+def utterance_mel(
+    samples: np.ndarray, duration_s: float, config: MelConfig = MelConfig()
+) -> np.ndarray:
+    """Log-mel of a padded utterance.
+
+    The audio is loudness-normalised, then padded with `PAD_SECONDS` of silence before it and
+    enough after it to cover `duration_s` plus `PAD_SECONDS`. Mel frame k is centred at time
+    k / frames_per_second - PAD_SECONDS of the original audio.
+
+    Args:
+        samples: (N,) float32 mono audio at `config.sample_rate`.
+        duration_s: the time span that frames must cover (at least the audio's length).
+
+    Returns:
+        (M, n_mels) float32 log-mel.
+    """
+    import torch
+    import torchaudio
+
+    if samples.size == 0:
+        raise MeshtalkError(None, "audio holds no samples")
+    pad = round(PAD_SECONDS * config.sample_rate)
+    total = max(samples.size, round(duration_s * config.sample_rate)) + 2 * pad
+    padded = np.zeros(total, dtype=np.float32)
+    padded[pad : pad + samples.size] = normalise_loudness(samples)
+    transform = torchaudio.transforms.MelSpectrogram(
+        sample_rate=config.sample_rate,
+        n_fft=config.n_fft,
+        win_length=config.win_length,
+        hop_length=config.hop_length,
+        n_mels=config.n_mels,
+        power=2.0,
+    )
+    with torch.no_grad():
+        power = transform(torch.from_numpy(padded))
+    return torch.log(power.clamp_min(config.log_floor)).T.contiguous().numpy()
+
+
+def frame_mel_index(time_s: np.ndarray, config: MelConfig = MelConfig()) -> np.ndarray:
+    """Index of the mel frame centred nearest to each mesh frame time (in padded mel frames)."""
+    return np.rint((np.asarray(time_s) + PAD_SECONDS) * config.frames_per_second).astype(np.int64)
