@@ -1,2 +1,127 @@
-def main():
-    print("hi")
+"""The `meshtalk` command: thin Typer commands that build a config and call a pipeline's `run`.
+
+Heavy libraries (torch, open3d) are imported inside the pipelines, so `meshtalk --help` is fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="meshtalk",
+    help="Speech-driven 3D face animation with MeshTalk: data preparation, training and sampling.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+state = {"debug": False}
+
+
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail.")] = False,
+) -> None:
+    """Speech-driven 3D face animation with MeshTalk."""
+    state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _call(run, config_factory) -> None:
+    """Build the config and run the pipeline; user errors become one line and exit code 1."""
+    from meshtalk.pipelines.errors import MeshtalkError
+
+    try:
+        run(config_factory())
+    except MeshtalkError as error:
+        if state["debug"]:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to resume", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def synth(
+    output: Annotated[Path, typer.Argument(help="Directory to write the dataset into.")],
+    identities: Annotated[int, typer.Option(help="Number of identities.")] = 2,
+    sentences: Annotated[int, typer.Option(help="Speech segments (SEN_*) per identity.")] = 4,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    template: Annotated[
+        Path | None, typer.Option(help="Template mesh (PLY/OBJ) to deform instead of the built-in face.")
+    ] = None,
+    masks: Annotated[
+        Path | None, typer.Option(help="Mask directory for --template (the authors' file names).")
+    ] = None,
+    multiface_topology: Annotated[
+        bool,
+        typer.Option(help="Write 7306-vertex Multiface meshes (needs the 6172-vertex MeshTalk template)."),
+    ] = False,
+    grid: Annotated[int, typer.Option(help="Resolution of the built-in face (grid x grid).")] = 48,
+    neutral_frames: Annotated[int, typer.Option(help="Frames of the neutral segment.")] = 30,
+    drop_rate: Annotated[float, typer.Option(help="Fraction of frames whose mesh is missing.")] = 0.02,
+    blinks_per_minute: Annotated[float, typer.Option(help="Mean blink rate.")] = 15.0,
+) -> None:
+    """Write a procedural talking-face dataset in the Multiface layout, with ground truth."""
+    from meshtalk.pipelines import synth as pipeline
+
+    _call(
+        pipeline.run,
+        lambda: pipeline.SynthConfig(
+            output=output, identities=identities, sentences=sentences, seed=seed,
+            template=template, masks=masks, multiface_topology=multiface_topology, grid=grid,
+            neutral_frames=neutral_frames, drop_rate=drop_rate, blinks_per_minute=blinks_per_minute,
+        ),
+    )
+
+
+@app.command()
+def prep(
+    root: Annotated[Path, typer.Argument(help="Multiface root (one folder per identity).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory of the prepared store.")],
+    crop: Annotated[
+        str, typer.Option(help="Vertex crop: 'meshtalk' (7306 -> 6172), 'none', or a file of indices to remove.")
+    ] = "meshtalk",
+    vertices: Annotated[
+        int | None, typer.Option(help="Vertices per tracked mesh [default: from vert_mean.bin, else 7306].")
+    ] = None,
+    landmarks: Annotated[
+        str | None, typer.Option(help="Landmark preset or YAML file to build masks from [default: meshtalk].")
+    ] = None,
+    masks: Annotated[Path | None, typer.Option(help="Take masks from this directory instead.")] = None,
+    window: Annotated[str, typer.Option(help="Audio window: 'paper' (-500/+100 ms) or 'release' (1 s centred).")] = "paper",
+    splits: Annotated[str, typer.Option(help="Split protocol: 'paper', 'multiface', or a YAML file.")] = "paper",
+    neutral_segment: Annotated[str, typer.Option(help="Segment that gives the neutral template.")] = "E001_Neutral_Eyes_Open",
+    workers: Annotated[int, typer.Option(help="Processes to use.")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+) -> None:
+    """Prepare Multiface data: crop, masks, log-mel, statistics, splits, a memory-mapped store."""
+    from meshtalk.pipelines import prep as pipeline
+
+    _call(
+        pipeline.run,
+        lambda: pipeline.PrepConfig(
+            root=root, output=output, crop=crop, num_vertices=vertices, landmarks=landmarks,
+            masks=masks, window=window, splits=splits, neutral_segment=neutral_segment,
+            workers=workers, force=force,
+        ),
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Reading a prepared store lazily: memory-mapped arrays and torch Datasets over them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from meshtalk.pipelines.errors import MeshtalkError
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """One prepared speech segment."""
+
+    identity: str
+    name: str
+    frames: int
+    split: str | None
+
+
+class PreparedStore:
+    """A store written by `meshtalk prep`; arrays are opened memory-mapped on first use."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        manifest_file = self.root / "manifest.json"
+        if not manifest_file.is_file():
+            raise MeshtalkError(self.root, "not a prepared store (no manifest.json; run meshtalk prep)")
+        self.manifest = json.loads(manifest_file.read_text())
+        self.identities = [record["name"] for record in self.manifest["identities"]]
+        self.segments = [
+            SegmentRef(record["name"], s["name"], s["frames"], s.get("split"))
+            for record in self.manifest["identities"]
+            for s in record["segments"]
+        ]
+        window = self.manifest["audio_window"]
+        self.mel_first, self.mel_frames = int(window["mel_first"]), int(window["mel_frames"])
+        self._open: dict[tuple[str, str, str], np.ndarray] = {}
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.manifest["num_vertices"])
+
+    @cached_property
+    def mean(self) -> np.ndarray:
+        """(V, 3) per-vertex mean over the training frames."""
+        return np.load(self.root / "mean.npy")
+
+    @cached_property
+    def std(self) -> np.ndarray:
+        """(V, 3) per-vertex standard deviation over the training frames."""
+        return np.load(self.root / "std.npy")
+
+    @cached_property
+    def masks(self) -> dict[str, np.ndarray]:
+        """Region masks, name -> (V,) float32."""
+        return {name: np.load(self.root / "masks" / f"{name}.npy") for name in self.manifest["masks"]}
+
+    def template(self, identity: str) -> np.ndarray:
+        """(V, 3) neutral face of an identity."""
+        return self._array(identity, "", "template.npy")
+
+    def vertices(self, segment: SegmentRef) -> np.ndarray:
+        """(T, V, 3) observed frames, memory-mapped."""
+        return self._array(segment.identity, segment.name, "vertices.npy")
+
+    def mel(self, segment: SegmentRef) -> np.ndarray:
+        """(M, n_mels) log-mel of the padded utterance, memory-mapped."""
+        return self._array(segment.identity, segment.name, "mel.npy")
+
+    def frames(self, segment: SegmentRef) -> dict[str, np.ndarray]:
+        """frame_ids, times_s, mel_index (T,) and poses (T, 3, 4) of a segment."""
+        path = self.root / "identities" / segment.identity / segment.name / "frames.npz"
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+
+    def audio_windows(self, segment: SegmentRef, mel_index: np.ndarray) -> np.ndarray:
+        """(T, n_mels, W) mel window of each frame (W = the store's window length)."""
+        offsets = np.arange(self.mel_frames) + self.mel_first
+        return np.ascontiguousarray(self.mel(segment)[mel_index[:, None] + offsets].transpose(0, 2, 1))
+
+    def split(self, name: str) -> list[SegmentRef]:
+        return [s for s in self.segments if s.split == name]
+
+    def _array(self, identity: str, segment: str, filename: str) -> np.ndarray:
+        key = (identity, segment, filename)
+        if key not in self._open:
+            self._open[key] = np.load(self.root / "identities" / identity / segment / filename, mmap_mode="r")
+        return self._open[key]
+
+    def __getstate__(self) -> dict:  # memory maps are reopened in each DataLoader worker
+        state = self.__dict__.copy()
+        state["_open"] = {}
+        return state
+
+
+class SegmentDataset(Dataset):
+    """Random training segments: T consecutive observed frames at 30 fps with their audio.
+
+    Windows never span a dropped frame. Each index draws a segment (in proportion to its usable
+    windows) and a start, from a generator seeded by (seed, epoch, index), so a run is reproducible.
+
+    Items:
+        template (V, 3), vertices (T, V, 3), audio (T, n_mels, W) float32; identity () int64
+        (index into store.identities); frame_ids (T,) int64; segment () int64 (index into
+        `self.segments`).
+    """
+
+    def __init__(self, store: PreparedStore | str | Path, split: str = "train", frames: int = 32,
+                 length: int = 1000, seed: int = 0) -> None:
+        self.store = store if isinstance(store, PreparedStore) else PreparedStore(store)
+        self.frames, self.length, self.seed, self.epoch = frames, length, seed, 0
+        self.segments, self.starts = [], []
+        for segment in self.store.split(split):
+            ids = self.store.frames(segment)["frame_ids"]
+            starts = _gap_free_starts(ids, frames)
+            if len(starts):
+                self.segments.append(segment)
+                self.starts.append(starts)
+        if not self.segments:
+            raise MeshtalkError(
+                self.store.root, f"no '{split}' segment has {frames} consecutive frames without a gap"
+            )
+        counts = np.array([len(s) for s in self.starts], dtype=np.float64)
+        self.weights = counts / counts.sum()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        choice = int(rng.choice(len(self.segments), p=self.weights))
+        start = int(rng.choice(self.starts[choice]))
+        return self.item(choice, start)
+
+    def item(self, choice: int, start: int) -> dict[str, torch.Tensor]:
+        """The window of `self.frames` frames starting at observed frame `start` of a segment."""
+        segment = self.segments[choice]
+        span = slice(start, start + self.frames)
+        frames = self.store.frames(segment)
+        return {
+            "template": torch.from_numpy(np.array(self.store.template(segment.identity))),
+            "vertices": torch.from_numpy(np.array(self.store.vertices(segment)[span])),
+            "audio": torch.from_numpy(self.store.audio_windows(segment, frames["mel_index"][span])),
+            "identity": torch.tensor(self.store.identities.index(segment.identity)),
+            "frame_ids": torch.from_numpy(frames["frame_ids"][span]),
+            "segment": torch.tensor(choice),
+        }
+
+
+def _gap_free_starts(frame_ids: np.ndarray, frames: int) -> np.ndarray:
+    """Starts of windows of `frames` observed frames whose ids step evenly (no dropped frame)."""
+    if len(frame_ids) < frames:
+        return np.zeros(0, dtype=np.int64)
+    steps = np.diff(frame_ids)
+    step = np.gcd.reduce(steps) if len(steps) else 1
+    gap = np.concatenate([[0], np.cumsum(steps != step)])  # number of gaps before each frame
+    starts = np.arange(len(frame_ids) - frames + 1)
+    return starts[gap[starts + frames - 1] == gap[starts]]

@@ -1,0 +1,612 @@
+"""`meshtalk prep`: Multiface (or Multiface-layout) data -> a memory-mapped training store.
+
+Store layout (all arrays are `.npy`, memory-mapped when read):
+
+    DATA/manifest.json                    sources, settings, versions, identities, segments, splits
+    DATA/mean.npy, std.npy                (V, 3) per-vertex statistics over the training frames
+    DATA/masks/<name>.npy                 (V,) region masks (see masks.MASK_NAMES)
+    DATA/identities/<ID>/template.npy     (V, 3) neutral face
+    DATA/identities/<ID>/<SEGMENT>/vertices.npy  (T, V, 3) float32 observed frames, mm
+    DATA/identities/<ID>/<SEGMENT>/mel.npy       (M, 80) float32 log-mel of the padded utterance
+    DATA/identities/<ID>/<SEGMENT>/frames.npz    frame_ids, times_s, mel_index (T,), poses (T, 3, 4)
+
+The store is built in `DATA.partial/` and renamed when complete. Each finished identity carries a
+marker with its statistics; a rerun after an interruption keeps finished identities and redoes the
+others, so no frame is counted twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from meshtalk.pipelines.atomic import atomic_path, replace_dir, write_text_atomic
+from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.features import AUDIO_WINDOWS, MelConfig, frame_mel_index
+from meshtalk.pipelines.masks import MASK_NAMES
+from meshtalk.pipelines.topology import CROP_PRESETS, MULTIFACE_NUM_VERTICES
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+FPS = 30
+SPEECH_PREFIX = "SEN_"
+
+
+@dataclass
+class PrepConfig:
+    """Settings of `meshtalk prep`."""
+
+    root: Path
+    """Multiface root: one folder per identity with tracked_mesh/, audio/ and frame_list.txt."""
+    output: Path
+    """Directory of the prepared store (created; built in OUTPUT.partial/ first)."""
+    crop: str = "meshtalk"
+    """Vertex crop: 'meshtalk' (7306 -> 6172 vertices), 'none', or a file of indices to remove."""
+    num_vertices: int | None = None
+    """Vertices per tracked mesh; default: from each identity's vert_mean.bin, else 7306."""
+    landmarks: str | None = None
+    """Landmark preset or YAML file the masks are built from; default 'meshtalk' for that crop."""
+    masks: Path | None = None
+    """Mask directory (the authors' file names) to take instead of building masks."""
+    window: str = "paper"
+    """Audio window per frame: 'paper' (-500/+100 ms) or 'release' (1 s centred)."""
+    splits: str = "paper"
+    """Split protocol: 'paper', 'multiface', or a YAML file."""
+    neutral_segment: str = "E001_Neutral_Eyes_Open"
+    """Segment whose mean is each identity's neutral template."""
+    workers: int = 1
+    """Processes to use."""
+    force: bool = False
+    """Replace an existing store."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        self.root, self.output = Path(self.root), Path(self.output)
+        problems = []
+        if self.window not in AUDIO_WINDOWS:
+            problems.append(f"--window must be one of {', '.join(AUDIO_WINDOWS)}, got '{self.window}'")
+        if self.workers < 1:
+            problems.append(f"--workers must be at least 1, got {self.workers}")
+        if self.num_vertices is not None and self.num_vertices < 3:
+            problems.append(f"--vertices must be at least 3, got {self.num_vertices}")
+        if self.masks is not None and self.landmarks is not None:
+            problems.append("give --masks or --landmarks, not both")
+        if self.crop not in CROP_PRESETS and not Path(self.crop).is_file():
+            problems.append(f"--crop '{self.crop}' is neither 'meshtalk', 'none' nor a file")
+        if problems:
+            raise MeshtalkError(None, "; ".join(problems))
+        if self.landmarks is None and self.masks is None:
+            if self.crop != "meshtalk":
+                raise MeshtalkError(
+                    None,
+                    "masks need --landmarks FILE or --masks DIR for a topology other than 'meshtalk'",
+                )
+            self.landmarks = "meshtalk"
+
+
+@dataclass
+class Problem:
+    """One bad input: the file, what is wrong, and what prep did about it."""
+
+    path: str
+    message: str
+    action: str  # "frame skipped", "segment skipped", "identity skipped", "warning", "fatal"
+
+    def line(self) -> str:
+        return f"{self.path}: {self.message} ({self.action})"
+
+
+@dataclass
+class SegmentTask:
+    """Work for one process: one segment of one identity."""
+
+    identity: str
+    segment: str
+    frame_ids: list[int]
+    kind: str  # "neutral" or "speech"
+    split: str | None = None
+
+
+@dataclass
+class SegmentResult:
+    identity: str
+    segment: str
+    kind: str
+    frames: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    template: np.ndarray | None = None
+    stats: tuple[int, np.ndarray, np.ndarray] | None = None  # count, mean, M2 (float64)
+    num_vertices: int | None = None
+
+
+# --- discovery ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Identity:
+    name: str
+    path: Path
+    segments: dict[str, list[int]]  # all segments -> sorted captured frame ids
+    num_vertices: int
+    problems: list[Problem]
+
+
+def _read_frame_list(identity_dir: Path, problems: list[Problem]) -> dict[str, list[int]]:
+    frame_list = identity_dir / "frame_list.txt"
+    raw: dict[str, list[int]] = {}
+    if frame_list.is_file():
+        for line_number, line in enumerate(frame_list.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or not parts[1].isdigit():
+                problems.append(Problem(str(frame_list), f"line {line_number} is not 'SEGMENT FRAMEID'", "warning"))
+                continue
+            raw.setdefault(parts[0], []).append(int(parts[1]))
+        return raw
+    mesh_root = identity_dir / "tracked_mesh"
+    problems.append(Problem(str(frame_list), "missing; frames taken from tracked_mesh/", "warning"))
+    for segment_dir in sorted(p for p in mesh_root.iterdir() if p.is_dir()):
+        ids = []
+        for entry in segment_dir.glob("*.bin"):
+            if entry.stem.isdigit():
+                ids.append(int(entry.stem))
+            else:
+                problems.append(Problem(str(entry), "file name is not a frame id", "frame skipped"))
+        raw[segment_dir.name] = sorted(ids)
+    return raw
+
+
+def _check_order(identity_dir: Path, raw: dict[str, list[int]], problems: list[Problem]) -> dict[str, list[int]]:
+    """Sort frame ids (never trust listing order); drop segments that repeat an id."""
+    segments = {}
+    source = identity_dir / "frame_list.txt"
+    for name, ids in raw.items():
+        if len(set(ids)) != len(ids):
+            repeated = sorted({i for i in ids if ids.count(i) > 1})[:3]
+            problems.append(
+                Problem(f"{source} [{name}]", f"frame ids repeat ({', '.join(map(str, repeated))})", "segment skipped")
+            )
+            continue
+        if any(b < a for a, b in zip(ids, ids[1:])):
+            problems.append(
+                Problem(f"{source} [{name}]", "frame ids are not increasing; ordered by id", "warning")
+            )
+        segments[name] = sorted(ids)
+    return segments
+
+
+def _identity_vertex_count(identity_dir: Path, configured: int | None) -> int:
+    if configured is not None:
+        return configured
+    mean_file = identity_dir / "vert_mean.bin"
+    if mean_file.is_file() and mean_file.stat().st_size % 12 == 0 and mean_file.stat().st_size > 0:
+        return mean_file.stat().st_size // 12
+    return MULTIFACE_NUM_VERTICES
+
+
+def discover(config: PrepConfig) -> tuple[list[Identity], list[Problem]]:
+    """Find identities (folders with tracked_mesh/) and their segments."""
+    root = config.root
+    if not root.is_dir():
+        raise MeshtalkError(root, "dataset root not found")
+    identities, problems = [], []
+    candidates = sorted(p for p in root.iterdir() if p.is_dir() and (p / "tracked_mesh").is_dir())
+    if not candidates:
+        raise MeshtalkError(root, "no Multiface identities found (folders with tracked_mesh/)")
+    for identity_dir in candidates:
+        local: list[Problem] = []
+        segments = _check_order(identity_dir, _read_frame_list(identity_dir, local), local)
+        problems += local
+        if config.neutral_segment not in segments:
+            problems.append(
+                Problem(str(identity_dir), f"no neutral segment '{config.neutral_segment}'", "identity skipped")
+            )
+            continue
+        speech = [s for s in segments if s.startswith(SPEECH_PREFIX)]
+        if not speech:
+            problems.append(Problem(str(identity_dir), "no SEN_* speech segments", "identity skipped"))
+            continue
+        identities.append(
+            Identity(
+                name=identity_dir.name,
+                path=identity_dir,
+                segments=segments,
+                num_vertices=_identity_vertex_count(identity_dir, config.num_vertices),
+                problems=local,
+            )
+        )
+    return identities, problems
+
+
+# --- per-segment work (runs in worker processes) ----------------------------------------------
+
+
+def _frame_step(ids: list[int]) -> int:
+    if len(ids) < 2:
+        return 1
+    return int(np.gcd.reduce(np.diff(np.asarray(ids)))) or 1
+
+
+def _read_frames(task: SegmentTask, identity_dir: Path, num_vertices: int, kept: np.ndarray | None,
+                 problems: list[Problem]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    from meshtalk.pipelines.mesh_io import read_bin, read_transform
+
+    mesh_dir = identity_dir / "tracked_mesh" / task.segment
+    ids, meshes, poses = [], [], []
+    for frame_id in task.frame_ids:
+        bin_path = mesh_dir / f"{frame_id:06d}.bin"
+        if not bin_path.exists():
+            continue  # a dropped frame: its id keeps the others aligned
+        try:
+            vertices = read_bin(bin_path, num_vertices)
+        except MeshtalkError as error:
+            problems.append(Problem(str(error.path), error.problem, "frame skipped"))
+            continue
+        pose_path = mesh_dir / f"{frame_id:06d}_transform.txt"
+        pose = np.full((3, 4), np.nan)
+        if pose_path.exists():
+            try:
+                pose = read_transform(pose_path)
+            except MeshtalkError as error:
+                problems.append(Problem(str(error.path), error.problem, "warning"))
+        ids.append(frame_id)
+        meshes.append(vertices if kept is None else vertices[kept])
+        poses.append(pose)
+    if not meshes:
+        return [], np.zeros((0, 0, 3), np.float32), np.zeros((0, 3, 4), np.float32)
+    return ids, np.stack(meshes), np.stack(poses).astype(np.float32)
+
+
+def process_segment(task: SegmentTask, config: PrepConfig, work_dir: Path, identity_dir: Path,
+                    num_vertices: int) -> SegmentResult:
+    """Read, crop and check one segment; write its arrays for a speech segment."""
+    from meshtalk.pipelines.topology import kept_vertices
+
+    result = SegmentResult(task.identity, task.segment, task.kind)
+    try:
+        kept = kept_vertices(config.crop, num_vertices)
+    except MeshtalkError as error:
+        result.problems.append(Problem(str(identity_dir), error.problem, "identity skipped"))
+        return result
+    ids, meshes, poses = _read_frames(task, identity_dir, num_vertices, kept, result.problems)
+    result.num_vertices = meshes.shape[1] if len(ids) else None
+    where = f"{identity_dir}/tracked_mesh/{task.segment}"
+    if not ids:
+        result.problems.append(Problem(where, "no readable frames", "segment skipped"))
+        return result
+    if task.kind == "neutral":
+        result.template = meshes.astype(np.float64).mean(0).astype(np.float32)
+        result.frames = len(ids)
+        return result
+
+    audio_path = identity_dir / "audio" / f"{task.segment}.wav"
+    step = _frame_step(task.frame_ids)
+    times = (np.asarray(ids) - task.frame_ids[0]) / step / FPS
+    try:
+        mel = _segment_mel(audio_path, float(times[-1]), result.problems)
+    except MeshtalkError as error:
+        result.problems.append(Problem(str(error.path or audio_path), error.problem, "segment skipped"))
+        return result
+    segment_dir = work_dir / task.segment
+    segment_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(segment_dir / "vertices.npy", suffix=".npy") as tmp:
+        np.save(tmp, meshes.astype(np.float32))
+    with atomic_path(segment_dir / "mel.npy", suffix=".npy") as tmp:
+        np.save(tmp, mel)
+    with atomic_path(segment_dir / "frames.npz", suffix=".npz") as tmp:
+        np.savez(tmp, frame_ids=np.asarray(ids, np.int64), times_s=times,
+                 mel_index=frame_mel_index(times), poses=poses)
+    result.frames = len(ids)
+    if task.split == "train":
+        data = meshes.astype(np.float64)
+        mean = data.mean(0)
+        result.stats = (len(ids), mean, ((data - mean) ** 2).sum(0))
+    return result
+
+
+def _segment_mel(audio_path: Path, last_frame_s: float, problems: list[Problem]) -> np.ndarray:
+    from meshtalk.pipelines.audio_io import load_audio
+    from meshtalk.pipelines.features import utterance_mel
+
+    if not audio_path.is_file():
+        raise MeshtalkError(audio_path, "audio file not found")
+    samples = load_audio(audio_path)
+    if np.abs(samples).max() == 0:
+        raise MeshtalkError(audio_path, "audio is silent")
+    audio_s = samples.size / MelConfig().sample_rate
+    if audio_s < last_frame_s - 0.5:
+        problems.append(
+            Problem(str(audio_path), f"audio lasts {audio_s:.2f} s but frames run to {last_frame_s:.2f} s", "warning")
+        )
+    return utterance_mel(samples, last_frame_s)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_task(task: SegmentTask, config: PrepConfig, work_dir: Path, identity_dir: Path, num_vertices: int) -> SegmentResult:
+    return process_segment(task, config, work_dir, identity_dir, num_vertices)
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def merge_stats(a: tuple[int, np.ndarray, np.ndarray] | None, b: tuple[int, np.ndarray, np.ndarray] | None):
+    """Chan et al.'s parallel merge of (count, mean, M2) moments."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    n_a, mean_a, m2_a = a
+    n_b, mean_b, m2_b = b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta**2 * (n_a * n_b / n)
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+def _settings_digest(config: PrepConfig) -> str:
+    settings = {k: str(v) for k, v in asdict(config).items() if k not in ("workers", "force", "progress", "output")}
+    for key in ("crop", "landmarks", "splits"):
+        path = Path(str(getattr(config, key)))
+        if path.is_file():
+            settings[key + "_content"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    settings["format"] = STORE_FORMAT
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _open_partial(config: PrepConfig) -> Path:
+    partial = config.output.with_name(config.output.name + ".partial")
+    digest = _settings_digest(config)
+    settings_file = partial / "settings.digest"
+    if partial.exists() and (not settings_file.is_file() or settings_file.read_text() != digest):
+        log.info("settings changed since the interrupted run: starting %s afresh", partial)
+        shutil.rmtree(partial)
+    (partial / "identities").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(settings_file, digest)
+    return partial
+
+
+def run(config: PrepConfig) -> Path:
+    """Build the store; returns its path. Raises MeshtalkError when nothing usable was made."""
+    from meshtalk.pipelines.splits import assign_splits
+
+    started = time.perf_counter()
+    if config.output.exists() and not config.force:
+        raise MeshtalkError(config.output, "already exists (pass --force to replace it)")
+    identities, problems = discover(config)
+    if not identities:
+        _report(problems, [], config)
+        raise MeshtalkError(config.root, "nothing usable: no identity has a neutral and a speech segment")
+    speech = {i.name: [s for s in i.segments if s.startswith(SPEECH_PREFIX)] for i in identities}
+    assignment = assign_splits(config.splits, speech)
+    partial = _open_partial(config)
+
+    finished = {i.name for i in identities if (partial / "identities" / i.name / "identity.json").is_file()}
+    pending = [i for i in identities if i.name not in finished]
+    if finished:
+        log.info("resuming: %d identities already prepared", len(finished))
+    for identity in pending:
+        shutil.rmtree(partial / "identities" / identity.name, ignore_errors=True)
+
+    tasks: list[tuple[SegmentTask, Identity]] = []
+    for identity in pending:
+        tasks.append((SegmentTask(identity.name, config.neutral_segment, identity.segments[config.neutral_segment], "neutral"), identity))
+        for segment in speech[identity.name]:
+            split = assignment.get((identity.name, segment))
+            if split is not None:
+                tasks.append((SegmentTask(identity.name, segment, identity.segments[segment], "speech", split), identity))
+    _execute(tasks, pending, config, partial, problems)
+    return _finish(config, partial, identities, assignment, problems, started)
+
+
+def _execute(tasks: list[tuple[SegmentTask, Identity]], pending: list[Identity], config: PrepConfig,
+             partial: Path, problems: list[Problem]) -> None:
+    from meshtalk.pipelines.progress import console, progress_bar
+
+    remaining = {i.name: sum(1 for t, _ in tasks if t.identity == i.name) for i in pending}
+    results: dict[str, list[SegmentResult]] = {i.name: [] for i in pending}
+    by_name = {i.name: i for i in pending}
+    total_frames = sum(len(t.frame_ids) for t, _ in tasks)
+
+    def finish_one(result: SegmentResult, frame_count: int, progress, bar) -> None:
+        for problem in result.problems:
+            console.print(problem.line(), markup=False, highlight=False)
+        problems.extend(result.problems)
+        results[result.identity].append(result)
+        remaining[result.identity] -= 1
+        progress.advance(bar, frame_count)
+        if remaining[result.identity] == 0:
+            _complete_identity(by_name[result.identity], results.pop(result.identity), config, partial, problems)
+
+    def arguments(task: SegmentTask, identity: Identity):
+        work_dir = partial / "identities" / identity.name
+        return task, config, work_dir, identity.path, identity.num_vertices
+
+    with progress_bar(disable=not config.progress) as progress:
+        bar = progress.add_task("prep", total=total_frames)
+        if config.workers == 1:
+            for task, identity in tasks:
+                finish_one(process_segment(*arguments(task, identity)), len(task.frame_ids), progress, bar)
+            return
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_worker_init) as pool:
+            futures = {pool.submit(_run_task, *arguments(t, i)): len(t.frame_ids) for t, i in tasks}
+            for future in as_completed(futures):
+                finish_one(future.result(), futures[future], progress, bar)
+
+
+def _complete_identity(identity: Identity, results: list[SegmentResult], config: PrepConfig,
+                       partial: Path, problems: list[Problem]) -> None:
+    """Write an identity's template, statistics and marker once all its segments are done."""
+    directory = partial / "identities" / identity.name
+    neutral = next((r for r in results if r.kind == "neutral"), None)
+    speech = [r for r in results if r.kind == "speech" and r.frames > 0]
+    sizes = {r.num_vertices for r in results if r.num_vertices}
+    reason = None
+    if neutral is None or neutral.template is None:
+        reason = "neutral segment has no readable frames"
+    elif not speech:
+        reason = "no usable speech segment"
+    elif len(sizes) > 1:
+        reason = f"segments disagree on the vertex count ({sorted(sizes)})"
+    if reason is not None:
+        problem = Problem(str(identity.path), reason, "identity skipped")
+        from meshtalk.pipelines.progress import console
+
+        console.print(problem.line(), markup=False, highlight=False)
+        problems.append(problem)
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / "template.npy", suffix=".npy") as tmp:
+        np.save(tmp, neutral.template)
+    stats = None
+    for result in speech:
+        stats = merge_stats(stats, result.stats)
+    if stats is not None:
+        with atomic_path(directory / "stats.npz", suffix=".npz") as tmp:
+            np.savez(tmp, count=stats[0], mean=stats[1], m2=stats[2])
+    record = {
+        "name": identity.name,
+        "source": str(identity.path.resolve()),
+        "num_vertices": int(neutral.template.shape[0]),
+        "neutral_frames": neutral.frames,
+        "segments": sorted(
+            ({"name": r.segment, "frames": r.frames} for r in speech), key=lambda s: s["name"]
+        ),
+        "problems": [asdict(p) for p in identity.problems + [p for r in results for p in r.problems]],
+    }
+    write_text_atomic(directory / "identity.json", json.dumps(record, indent=1))
+
+
+def _finish(config: PrepConfig, partial: Path, identities: list[Identity], assignment: dict,
+            problems: list[Problem], started: float) -> Path:
+    records = []
+    for identity in identities:
+        marker = partial / "identities" / identity.name / "identity.json"
+        if marker.is_file():
+            records.append(json.loads(marker.read_text()))
+    sizes = {r["num_vertices"] for r in records}
+    if len(sizes) > 1:
+        problems.append(Problem(str(config.root), f"identities disagree on the vertex count {sorted(sizes)}", "fatal"))
+    stats = None
+    for record in records:
+        stats_file = partial / "identities" / record["name"] / "stats.npz"
+        if stats_file.is_file():
+            with np.load(stats_file) as saved:
+                stats = merge_stats(stats, (int(saved["count"]), saved["mean"], saved["m2"]))
+    if not records or stats is None or len(sizes) > 1:
+        _report(problems, records, config)
+        reason = "no training frames" if records else "no identity could be prepared"
+        raise MeshtalkError(config.root, f"nothing usable: {reason} ({len(problems)} problems above)")
+    count, mean, m2 = stats
+    np.save(partial / "mean.npy", mean.astype(np.float32))
+    np.save(partial / "std.npy", np.sqrt(m2 / max(count - 1, 1)).astype(np.float32))
+    masks = _make_masks(config, np.load(partial / "identities" / records[0]["name"] / "template.npy"))
+    (partial / "masks").mkdir(exist_ok=True)
+    for name, values in masks.items():
+        np.save(partial / "masks" / f"{name}.npy", values)
+    manifest = _manifest(config, records, assignment, problems, int(count), next(iter(sizes)))
+    write_text_atomic(partial / "manifest.json", json.dumps(manifest, indent=1))
+    (partial / "settings.digest").unlink(missing_ok=True)
+    replace_dir(partial, config.output)
+    _report(problems, records, config, time.perf_counter() - started)
+    return config.output
+
+
+def _make_masks(config: PrepConfig, template: np.ndarray) -> dict[str, np.ndarray]:
+    from meshtalk.pipelines.masks import build_masks, load_landmarks, read_mask_dir
+
+    if config.masks is not None:
+        return read_mask_dir(config.masks, len(template))
+    return build_masks(template, load_landmarks(config.landmarks, len(template)))
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for package in ("meshtalk", "numpy", "torch", "torchaudio", "soundfile"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _manifest(config: PrepConfig, records: list[dict], assignment: dict, problems: list[Problem],
+              train_frames: int, num_vertices: int) -> dict:
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for record in records:
+        for segment in record["segments"]:
+            split = assignment.get((record["name"], segment["name"]))
+            segment["split"] = split
+            if split:
+                splits[split].append(f"{record['name']}/{segment['name']}")
+    window = AUDIO_WINDOWS[config.window]
+    first, count = window.mel_offsets(MelConfig())
+    return {
+        "format": STORE_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": str(config.root.resolve()),
+        "settings": {k: (str(v) if v is not None else None) for k, v in asdict(config).items() if k not in ("force", "progress", "output")},
+        "versions": _versions(),
+        "fps": FPS,
+        "num_vertices": num_vertices,
+        "mel": asdict(MelConfig()),
+        "audio_window": {"name": window.name, "start_s": window.start_s, "end_s": window.end_s,
+                         "mel_first": first, "mel_frames": count},
+        "masks": list(MASK_NAMES),
+        "train_frames": train_frames,
+        "identities": records,
+        "splits": splits,
+        "problems": [asdict(p) for p in problems],
+    }
+
+
+def _report(problems: list[Problem], records: list[dict], config: PrepConfig, seconds: float | None = None) -> None:
+    from rich.table import Table
+
+    from meshtalk.pipelines.progress import console
+
+    table = Table(title="meshtalk prep", title_justify="left")
+    for column in ("identity", "segments", "frames", "skipped frames", "skipped segments"):
+        if column == "identity":
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, justify="right")
+    for record in records:
+        own = record["problems"]
+        table.add_row(
+            record["name"], str(len(record["segments"])), str(sum(s["frames"] for s in record["segments"])),
+            str(sum(p["action"] == "frame skipped" for p in own)),
+            str(sum(p["action"] == "segment skipped" for p in own)),
+        )
+    console.print(table)
+    counts = {a: sum(p.action == a for p in problems) for a in ("warning", "frame skipped", "segment skipped", "identity skipped", "fatal")}
+    summary = ", ".join(f"{n} {a}" for a, n in counts.items())
+    frames = sum(s["frames"] for r in records for s in r["segments"])
+    rate = f"; {frames / seconds:,.0f} frames/s" if seconds else ""
+    console.print(f"problems: {summary}{rate}", markup=False, highlight=False)
+    if seconds is not None:
+        console.print(f"store: {config.output}", markup=False, highlight=False)
