@@ -59,18 +59,23 @@ def synth(
     sentences: Annotated[int, typer.Option(help="Speech segments (SEN_*) per identity.")] = 4,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
     template: Annotated[
-        Path | None, typer.Option(help="Template mesh (PLY/OBJ) to deform instead of the built-in face.")
+        Path | None,
+        typer.Option(help="Template mesh (PLY/OBJ) to deform instead of the built-in face."),
     ] = None,
     masks: Annotated[
         Path | None, typer.Option(help="Mask directory for --template (the authors' file names).")
     ] = None,
     multiface_topology: Annotated[
         bool,
-        typer.Option(help="Write 7306-vertex Multiface meshes (needs the 6172-vertex MeshTalk template)."),
+        typer.Option(
+            help="Write 7306-vertex Multiface meshes (needs the 6172-vertex MeshTalk template)."
+        ),
     ] = False,
     grid: Annotated[int, typer.Option(help="Resolution of the built-in face (grid x grid).")] = 48,
     neutral_frames: Annotated[int, typer.Option(help="Frames of the neutral segment.")] = 30,
-    drop_rate: Annotated[float, typer.Option(help="Fraction of frames whose mesh is missing.")] = 0.02,
+    drop_rate: Annotated[
+        float, typer.Option(help="Fraction of frames whose mesh is missing.")
+    ] = 0.02,
     blinks_per_minute: Annotated[float, typer.Option(help="Mean blink rate.")] = 15.0,
 ) -> None:
     """Write a procedural talking-face dataset in the Multiface layout, with ground truth."""
@@ -79,9 +84,17 @@ def synth(
     _call(
         pipeline.run,
         lambda: pipeline.SynthConfig(
-            output=output, identities=identities, sentences=sentences, seed=seed,
-            template=template, masks=masks, multiface_topology=multiface_topology, grid=grid,
-            neutral_frames=neutral_frames, drop_rate=drop_rate, blinks_per_minute=blinks_per_minute,
+            output=output,
+            identities=identities,
+            sentences=sentences,
+            seed=seed,
+            template=template,
+            masks=masks,
+            multiface_topology=multiface_topology,
+            grid=grid,
+            neutral_frames=neutral_frames,
+            drop_rate=drop_rate,
+            blinks_per_minute=blinks_per_minute,
         ),
     )
 
@@ -89,20 +102,35 @@ def synth(
 @app.command()
 def prep(
     root: Annotated[Path, typer.Argument(help="Multiface root (one folder per identity).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory of the prepared store.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Directory of the prepared store.")
+    ],
     crop: Annotated[
-        str, typer.Option(help="Vertex crop: 'meshtalk' (7306 -> 6172), 'none', or a file of indices to remove.")
+        str,
+        typer.Option(
+            help="Vertex crop: 'meshtalk' (7306 -> 6172), 'none', or a file of indices to remove."
+        ),
     ] = "meshtalk",
     vertices: Annotated[
-        int | None, typer.Option(help="Vertices per tracked mesh [default: from vert_mean.bin, else 7306].")
+        int | None,
+        typer.Option(help="Vertices per tracked mesh [default: from vert_mean.bin, else 7306]."),
     ] = None,
     landmarks: Annotated[
-        str | None, typer.Option(help="Landmark preset or YAML file to build masks from [default: meshtalk].")
+        str | None,
+        typer.Option(help="Landmark preset or YAML file to build masks from [default: meshtalk]."),
     ] = None,
-    masks: Annotated[Path | None, typer.Option(help="Take masks from this directory instead.")] = None,
-    window: Annotated[str, typer.Option(help="Audio window: 'paper' (-500/+100 ms) or 'release' (1 s centred).")] = "paper",
-    splits: Annotated[str, typer.Option(help="Split protocol: 'paper', 'multiface', or a YAML file.")] = "paper",
-    neutral_segment: Annotated[str, typer.Option(help="Segment that gives the neutral template.")] = "E001_Neutral_Eyes_Open",
+    masks: Annotated[
+        Path | None, typer.Option(help="Take masks from this directory instead.")
+    ] = None,
+    window: Annotated[
+        str, typer.Option(help="Audio window: 'paper' (-500/+100 ms) or 'release' (1 s centred).")
+    ] = "paper",
+    splits: Annotated[
+        str, typer.Option(help="Split protocol: 'paper', 'multiface', or a YAML file.")
+    ] = "paper",
+    neutral_segment: Annotated[
+        str, typer.Option(help="Segment that gives the neutral template.")
+    ] = "E001_Neutral_Eyes_Open",
     workers: Annotated[int, typer.Option(help="Processes to use.")] = 1,
     force: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ) -> None:
@@ -112,9 +140,17 @@ def prep(
     _call(
         pipeline.run,
         lambda: pipeline.PrepConfig(
-            root=root, output=output, crop=crop, num_vertices=vertices, landmarks=landmarks,
-            masks=masks, window=window, splits=splits, neutral_segment=neutral_segment,
-            workers=workers, force=force,
+            root=root,
+            output=output,
+            crop=crop,
+            num_vertices=vertices,
+            landmarks=landmarks,
+            masks=masks,
+            window=window,
+            splits=splits,
+            neutral_segment=neutral_segment,
+            workers=workers,
+            force=force,
         ),
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from meshtalk.pipelines.atomic import atomic_path
 from meshtalk.pipelines.errors import MeshtalkError
 
@@ -42,7 +41,9 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     import torch
     import torchaudio.functional as F
 
-    resampled = F.resample(torch.from_numpy(np.ascontiguousarray(samples)), source_rate, target_rate)
+    resampled = F.resample(
+        torch.from_numpy(np.ascontiguousarray(samples)), source_rate, target_rate
+    )
     return resampled.numpy()
 
 
@@ -52,7 +53,9 @@ def load_audio(path: str | Path, sample_rate: int = MODEL_SAMPLE_RATE) -> np.nda
     return resample(samples, source_rate, sample_rate)
 
 
-def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
+def write_wav(
+    path: str | Path, samples: np.ndarray, sample_rate: int, subtype: str = "PCM_16"
+) -> None:
     """Write mono (T,) or multichannel (T, C) float audio as WAV, atomically."""
     import soundfile
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
 from meshtalk.pipelines.errors import MeshtalkError
+from torch.utils.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,9 @@ class PreparedStore:
         self.root = Path(root)
         manifest_file = self.root / "manifest.json"
         if not manifest_file.is_file():
-            raise MeshtalkError(self.root, "not a prepared store (no manifest.json; run meshtalk prep)")
+            raise MeshtalkError(
+                self.root, "not a prepared store (no manifest.json; run meshtalk prep)"
+            )
         self.manifest = json.loads(manifest_file.read_text())
         self.identities = [record["name"] for record in self.manifest["identities"]]
         self.segments = [
@@ -60,7 +61,9 @@ class PreparedStore:
     @cached_property
     def masks(self) -> dict[str, np.ndarray]:
         """Region masks, name -> (V,) float32."""
-        return {name: np.load(self.root / "masks" / f"{name}.npy") for name in self.manifest["masks"]}
+        return {
+            name: np.load(self.root / "masks" / f"{name}.npy") for name in self.manifest["masks"]
+        }
 
     def template(self, identity: str) -> np.ndarray:
         """(V, 3) neutral face of an identity."""
@@ -83,7 +86,9 @@ class PreparedStore:
     def audio_windows(self, segment: SegmentRef, mel_index: np.ndarray) -> np.ndarray:
         """(T, n_mels, W) mel window of each frame (W = the store's window length)."""
         offsets = np.arange(self.mel_frames) + self.mel_first
-        return np.ascontiguousarray(self.mel(segment)[mel_index[:, None] + offsets].transpose(0, 2, 1))
+        return np.ascontiguousarray(
+            self.mel(segment)[mel_index[:, None] + offsets].transpose(0, 2, 1)
+        )
 
     def split(self, name: str) -> list[SegmentRef]:
         return [s for s in self.segments if s.split == name]
@@ -91,7 +96,9 @@ class PreparedStore:
     def _array(self, identity: str, segment: str, filename: str) -> np.ndarray:
         key = (identity, segment, filename)
         if key not in self._open:
-            self._open[key] = np.load(self.root / "identities" / identity / segment / filename, mmap_mode="r")
+            self._open[key] = np.load(
+                self.root / "identities" / identity / segment / filename, mmap_mode="r"
+            )
         return self._open[key]
 
     def __getstate__(self) -> dict:  # memory maps are reopened in each DataLoader worker
@@ -112,8 +119,14 @@ class SegmentDataset(Dataset):
         `self.segments`).
     """
 
-    def __init__(self, store: PreparedStore | str | Path, split: str = "train", frames: int = 32,
-                 length: int = 1000, seed: int = 0) -> None:
+    def __init__(
+        self,
+        store: PreparedStore | str | Path,
+        split: str = "train",
+        frames: int = 32,
+        length: int = 1000,
+        seed: int = 0,
+    ) -> None:
         self.store = store if isinstance(store, PreparedStore) else PreparedStore(store)
         self.frames, self.length, self.seed, self.epoch = frames, length, seed, 0
         self.segments, self.starts = [], []
@@ -125,7 +138,8 @@ class SegmentDataset(Dataset):
                 self.starts.append(starts)
         if not self.segments:
             raise MeshtalkError(
-                self.store.root, f"no '{split}' segment has {frames} consecutive frames without a gap"
+                self.store.root,
+                f"no '{split}' segment has {frames} consecutive frames without a gap",
             )
         counts = np.array([len(s) for s in self.starts], dtype=np.float64)
         self.weights = counts / counts.sum()

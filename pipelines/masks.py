@@ -22,7 +22,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-
 from meshtalk.pipelines.errors import MeshtalkError
 
 MASK_NAMES = ("mouth", "upper_face", "eyelids", "forehead", "neck")
@@ -89,7 +88,9 @@ def load_landmarks(spec: str | Path, num_vertices: int) -> dict[str, np.ndarray]
     if not isinstance(raw, dict):
         raise MeshtalkError(None, f"{source}: landmarks must be a mapping of names to index lists")
     problems = [f"missing '{key}'" for key in LANDMARK_KEYS if key not in raw]
-    problems += [f"unknown key '{key}'" for key in raw if key not in (*LANDMARK_KEYS, "num_vertices")]
+    problems += [
+        f"unknown key '{key}'" for key in raw if key not in (*LANDMARK_KEYS, "num_vertices")
+    ]
     if raw.get("num_vertices", num_vertices) != num_vertices:
         problems.append(f"num_vertices is {raw['num_vertices']} but the meshes have {num_vertices}")
     landmarks = {}
@@ -199,7 +200,7 @@ def build_masks(
 
 
 def read_mask_dir(directory: str | Path, num_vertices: int) -> dict[str, np.ndarray]:
-    """Read masks saved as one value per line under the authors' file names (see REFERENCE_MASK_FILES)."""
+    """Read masks saved one value per line under the authors' file names (REFERENCE_MASK_FILES)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise MeshtalkError(directory, "mask directory not found")
@@ -213,7 +214,9 @@ def read_mask_dir(directory: str | Path, num_vertices: int) -> dict[str, np.ndar
         except ValueError as error:
             raise MeshtalkError(path, f"not a list of numbers ({error})") from None
         if values.shape != (num_vertices,):
-            raise MeshtalkError(path, f"has {values.size} values, expected {num_vertices} (one per vertex)")
+            raise MeshtalkError(
+                path, f"has {values.size} values, expected {num_vertices} (one per vertex)"
+            )
         if not np.isfinite(values).all():
             raise MeshtalkError(path, "holds NaN or infinite values")
         masks[name] = values.astype(np.float32)

@@ -28,12 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from meshtalk.pipelines.atomic import atomic_path, replace_dir, write_text_atomic
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.features import AUDIO_WINDOWS, MelConfig, frame_mel_index
 from meshtalk.pipelines.masks import MASK_NAMES
-from meshtalk.pipelines.topology import CROP_PRESETS, MULTIFACE_NUM_VERTICES
+from meshtalk.pipelines.topology import CROP_PRESETS, MULTIFACE_NUM_VERTICES, kept_vertices
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,9 @@ class PrepConfig:
         self.root, self.output = Path(self.root), Path(self.output)
         problems = []
         if self.window not in AUDIO_WINDOWS:
-            problems.append(f"--window must be one of {', '.join(AUDIO_WINDOWS)}, got '{self.window}'")
+            problems.append(
+                f"--window must be one of {', '.join(AUDIO_WINDOWS)}, got '{self.window}'"
+            )
         if self.workers < 1:
             problems.append(f"--workers must be at least 1, got {self.workers}")
         if self.num_vertices is not None and self.num_vertices < 3:
@@ -90,7 +91,8 @@ class PrepConfig:
             if self.crop != "meshtalk":
                 raise MeshtalkError(
                     None,
-                    "masks need --landmarks FILE or --masks DIR for a topology other than 'meshtalk'",
+                    "masks need --landmarks FILE or --masks DIR for a topology other than "
+                    "'meshtalk'",
                 )
             self.landmarks = "meshtalk"
 
@@ -151,7 +153,11 @@ def _read_frame_list(identity_dir: Path, problems: list[Problem]) -> dict[str, l
             if not parts:
                 continue
             if len(parts) != 2 or not parts[1].isdigit():
-                problems.append(Problem(str(frame_list), f"line {line_number} is not 'SEGMENT FRAMEID'", "warning"))
+                problems.append(
+                    Problem(
+                        str(frame_list), f"line {line_number} is not 'SEGMENT FRAMEID'", "warning"
+                    )
+                )
                 continue
             raw.setdefault(parts[0], []).append(int(parts[1]))
         return raw
@@ -168,7 +174,9 @@ def _read_frame_list(identity_dir: Path, problems: list[Problem]) -> dict[str, l
     return raw
 
 
-def _check_order(identity_dir: Path, raw: dict[str, list[int]], problems: list[Problem]) -> dict[str, list[int]]:
+def _check_order(
+    identity_dir: Path, raw: dict[str, list[int]], problems: list[Problem]
+) -> dict[str, list[int]]:
     """Sort frame ids (never trust listing order); drop segments that repeat an id."""
     segments = {}
     source = identity_dir / "frame_list.txt"
@@ -176,12 +184,18 @@ def _check_order(identity_dir: Path, raw: dict[str, list[int]], problems: list[P
         if len(set(ids)) != len(ids):
             repeated = sorted({i for i in ids if ids.count(i) > 1})[:3]
             problems.append(
-                Problem(f"{source} [{name}]", f"frame ids repeat ({', '.join(map(str, repeated))})", "segment skipped")
+                Problem(
+                    f"{source} [{name}]",
+                    f"frame ids repeat ({', '.join(map(str, repeated))})",
+                    "segment skipped",
+                )
             )
             continue
         if any(b < a for a, b in zip(ids, ids[1:])):
             problems.append(
-                Problem(f"{source} [{name}]", "frame ids are not increasing; ordered by id", "warning")
+                Problem(
+                    f"{source} [{name}]", "frame ids are not increasing; ordered by id", "warning"
+                )
             )
         segments[name] = sorted(ids)
     return segments
@@ -211,22 +225,26 @@ def discover(config: PrepConfig) -> tuple[list[Identity], list[Problem]]:
         problems += local
         if config.neutral_segment not in segments:
             problems.append(
-                Problem(str(identity_dir), f"no neutral segment '{config.neutral_segment}'", "identity skipped")
+                Problem(
+                    str(identity_dir),
+                    f"no neutral segment '{config.neutral_segment}'",
+                    "identity skipped",
+                )
             )
             continue
         speech = [s for s in segments if s.startswith(SPEECH_PREFIX)]
         if not speech:
-            problems.append(Problem(str(identity_dir), "no SEN_* speech segments", "identity skipped"))
-            continue
-        identities.append(
-            Identity(
-                name=identity_dir.name,
-                path=identity_dir,
-                segments=segments,
-                num_vertices=_identity_vertex_count(identity_dir, config.num_vertices),
-                problems=local,
+            problems.append(
+                Problem(str(identity_dir), "no SEN_* speech segments", "identity skipped")
             )
-        )
+            continue
+        num_vertices = _identity_vertex_count(identity_dir, config.num_vertices)
+        try:
+            kept_vertices(config.crop, num_vertices)
+        except MeshtalkError as error:
+            problems.append(Problem(str(identity_dir), error.problem, "identity skipped"))
+            continue
+        identities.append(Identity(identity_dir.name, identity_dir, segments, num_vertices, local))
     return identities, problems
 
 
@@ -239,8 +257,13 @@ def _frame_step(ids: list[int]) -> int:
     return int(np.gcd.reduce(np.diff(np.asarray(ids)))) or 1
 
 
-def _read_frames(task: SegmentTask, identity_dir: Path, num_vertices: int, kept: np.ndarray | None,
-                 problems: list[Problem]) -> tuple[list[int], np.ndarray, np.ndarray]:
+def _read_frames(
+    task: SegmentTask,
+    identity_dir: Path,
+    num_vertices: int,
+    kept: np.ndarray | None,
+    problems: list[Problem],
+) -> tuple[list[int], np.ndarray, np.ndarray]:
     from meshtalk.pipelines.mesh_io import read_bin, read_transform
 
     mesh_dir = identity_dir / "tracked_mesh" / task.segment
@@ -269,17 +292,12 @@ def _read_frames(task: SegmentTask, identity_dir: Path, num_vertices: int, kept:
     return ids, np.stack(meshes), np.stack(poses).astype(np.float32)
 
 
-def process_segment(task: SegmentTask, config: PrepConfig, work_dir: Path, identity_dir: Path,
-                    num_vertices: int) -> SegmentResult:
+def process_segment(
+    task: SegmentTask, config: PrepConfig, work_dir: Path, identity_dir: Path, num_vertices: int
+) -> SegmentResult:
     """Read, crop and check one segment; write its arrays for a speech segment."""
-    from meshtalk.pipelines.topology import kept_vertices
-
     result = SegmentResult(task.identity, task.segment, task.kind)
-    try:
-        kept = kept_vertices(config.crop, num_vertices)
-    except MeshtalkError as error:
-        result.problems.append(Problem(str(identity_dir), error.problem, "identity skipped"))
-        return result
+    kept = kept_vertices(config.crop, num_vertices)  # checked in discover()
     ids, meshes, poses = _read_frames(task, identity_dir, num_vertices, kept, result.problems)
     result.num_vertices = meshes.shape[1] if len(ids) else None
     where = f"{identity_dir}/tracked_mesh/{task.segment}"
@@ -297,7 +315,9 @@ def process_segment(task: SegmentTask, config: PrepConfig, work_dir: Path, ident
     try:
         mel = _segment_mel(audio_path, float(times[-1]), result.problems)
     except MeshtalkError as error:
-        result.problems.append(Problem(str(error.path or audio_path), error.problem, "segment skipped"))
+        result.problems.append(
+            Problem(str(error.path or audio_path), error.problem, "segment skipped")
+        )
         return result
     segment_dir = work_dir / task.segment
     segment_dir.mkdir(parents=True, exist_ok=True)
@@ -306,8 +326,13 @@ def process_segment(task: SegmentTask, config: PrepConfig, work_dir: Path, ident
     with atomic_path(segment_dir / "mel.npy", suffix=".npy") as tmp:
         np.save(tmp, mel)
     with atomic_path(segment_dir / "frames.npz", suffix=".npz") as tmp:
-        np.savez(tmp, frame_ids=np.asarray(ids, np.int64), times_s=times,
-                 mel_index=frame_mel_index(times), poses=poses)
+        np.savez(
+            tmp,
+            frame_ids=np.asarray(ids, np.int64),
+            times_s=times,
+            mel_index=frame_mel_index(times),
+            poses=poses,
+        )
     result.frames = len(ids)
     if task.split == "train":
         data = meshes.astype(np.float64)
@@ -328,7 +353,11 @@ def _segment_mel(audio_path: Path, last_frame_s: float, problems: list[Problem])
     audio_s = samples.size / MelConfig().sample_rate
     if audio_s < last_frame_s - 0.5:
         problems.append(
-            Problem(str(audio_path), f"audio lasts {audio_s:.2f} s but frames run to {last_frame_s:.2f} s", "warning")
+            Problem(
+                str(audio_path),
+                f"audio lasts {audio_s:.2f} s but frames run to {last_frame_s:.2f} s",
+                "warning",
+            )
         )
     return utterance_mel(samples, last_frame_s)
 
@@ -339,14 +368,18 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _run_task(task: SegmentTask, config: PrepConfig, work_dir: Path, identity_dir: Path, num_vertices: int) -> SegmentResult:
+def _run_task(
+    task: SegmentTask, config: PrepConfig, work_dir: Path, identity_dir: Path, num_vertices: int
+) -> SegmentResult:
     return process_segment(task, config, work_dir, identity_dir, num_vertices)
 
 
 # --- statistics ---------------------------------------------------------------------------------
 
 
-def merge_stats(a: tuple[int, np.ndarray, np.ndarray] | None, b: tuple[int, np.ndarray, np.ndarray] | None):
+def merge_stats(
+    a: tuple[int, np.ndarray, np.ndarray] | None, b: tuple[int, np.ndarray, np.ndarray] | None
+):
     """Chan et al.'s parallel merge of (count, mean, M2) moments."""
     if a is None:
         return b
@@ -363,7 +396,11 @@ def merge_stats(a: tuple[int, np.ndarray, np.ndarray] | None, b: tuple[int, np.n
 
 
 def _settings_digest(config: PrepConfig) -> str:
-    settings = {k: str(v) for k, v in asdict(config).items() if k not in ("workers", "force", "progress", "output")}
+    settings = {
+        k: str(v)
+        for k, v in asdict(config).items()
+        if k not in ("workers", "force", "progress", "output")
+    }
     for key in ("crop", "landmarks", "splits"):
         path = Path(str(getattr(config, key)))
         if path.is_file():
@@ -391,15 +428,24 @@ def run(config: PrepConfig) -> Path:
     started = time.perf_counter()
     if config.output.exists() and not config.force:
         raise MeshtalkError(config.output, "already exists (pass --force to replace it)")
+    from meshtalk.pipelines.progress import console
+
     identities, problems = discover(config)
+    for problem in problems:
+        console.print(problem.line(), markup=False, highlight=False)
     if not identities:
         _report(problems, [], config)
-        raise MeshtalkError(config.root, "nothing usable: no identity has a neutral and a speech segment")
+        raise MeshtalkError(
+            config.root,
+            f"nothing usable: no identity could be prepared ({len(problems)} problems above)",
+        )
     speech = {i.name: [s for s in i.segments if s.startswith(SPEECH_PREFIX)] for i in identities}
     assignment = assign_splits(config.splits, speech)
     partial = _open_partial(config)
 
-    finished = {i.name for i in identities if (partial / "identities" / i.name / "identity.json").is_file()}
+    finished = {
+        i.name for i in identities if (partial / "identities" / i.name / "identity.json").is_file()
+    }
     pending = [i for i in identities if i.name not in finished]
     if finished:
         log.info("resuming: %d identities already prepared", len(finished))
@@ -408,17 +454,39 @@ def run(config: PrepConfig) -> Path:
 
     tasks: list[tuple[SegmentTask, Identity]] = []
     for identity in pending:
-        tasks.append((SegmentTask(identity.name, config.neutral_segment, identity.segments[config.neutral_segment], "neutral"), identity))
+        tasks.append(
+            (
+                SegmentTask(
+                    identity.name,
+                    config.neutral_segment,
+                    identity.segments[config.neutral_segment],
+                    "neutral",
+                ),
+                identity,
+            )
+        )
         for segment in speech[identity.name]:
             split = assignment.get((identity.name, segment))
             if split is not None:
-                tasks.append((SegmentTask(identity.name, segment, identity.segments[segment], "speech", split), identity))
+                tasks.append(
+                    (
+                        SegmentTask(
+                            identity.name, segment, identity.segments[segment], "speech", split
+                        ),
+                        identity,
+                    )
+                )
     _execute(tasks, pending, config, partial, problems)
     return _finish(config, partial, identities, assignment, problems, started)
 
 
-def _execute(tasks: list[tuple[SegmentTask, Identity]], pending: list[Identity], config: PrepConfig,
-             partial: Path, problems: list[Problem]) -> None:
+def _execute(
+    tasks: list[tuple[SegmentTask, Identity]],
+    pending: list[Identity],
+    config: PrepConfig,
+    partial: Path,
+    problems: list[Problem],
+) -> None:
     from meshtalk.pipelines.progress import console, progress_bar
 
     remaining = {i.name: sum(1 for t, _ in tasks if t.identity == i.name) for i in pending}
@@ -434,7 +502,9 @@ def _execute(tasks: list[tuple[SegmentTask, Identity]], pending: list[Identity],
         remaining[result.identity] -= 1
         progress.advance(bar, frame_count)
         if remaining[result.identity] == 0:
-            _complete_identity(by_name[result.identity], results.pop(result.identity), config, partial, problems)
+            _complete_identity(
+                by_name[result.identity], results.pop(result.identity), config, partial, problems
+            )
 
     def arguments(task: SegmentTask, identity: Identity):
         work_dir = partial / "identities" / identity.name
@@ -444,19 +514,28 @@ def _execute(tasks: list[tuple[SegmentTask, Identity]], pending: list[Identity],
         bar = progress.add_task("prep", total=total_frames)
         if config.workers == 1:
             for task, identity in tasks:
-                finish_one(process_segment(*arguments(task, identity)), len(task.frame_ids), progress, bar)
+                finish_one(
+                    process_segment(*arguments(task, identity)), len(task.frame_ids), progress, bar
+                )
             return
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_worker_init) as pool:
+        with ProcessPoolExecutor(
+            config.workers, mp_context=context, initializer=_worker_init
+        ) as pool:
             futures = {pool.submit(_run_task, *arguments(t, i)): len(t.frame_ids) for t, i in tasks}
             for future in as_completed(futures):
                 finish_one(future.result(), futures[future], progress, bar)
 
 
-def _complete_identity(identity: Identity, results: list[SegmentResult], config: PrepConfig,
-                       partial: Path, problems: list[Problem]) -> None:
+def _complete_identity(
+    identity: Identity,
+    results: list[SegmentResult],
+    config: PrepConfig,
+    partial: Path,
+    problems: list[Problem],
+) -> None:
     """Write an identity's template, statistics and marker once all its segments are done."""
     directory = partial / "identities" / identity.name
     neutral = next((r for r in results if r.kind == "neutral"), None)
@@ -494,13 +573,21 @@ def _complete_identity(identity: Identity, results: list[SegmentResult], config:
         "segments": sorted(
             ({"name": r.segment, "frames": r.frames} for r in speech), key=lambda s: s["name"]
         ),
-        "problems": [asdict(p) for p in identity.problems + [p for r in results for p in r.problems]],
+        "problems": [
+            asdict(p) for p in identity.problems + [p for r in results for p in r.problems]
+        ],
     }
     write_text_atomic(directory / "identity.json", json.dumps(record, indent=1))
 
 
-def _finish(config: PrepConfig, partial: Path, identities: list[Identity], assignment: dict,
-            problems: list[Problem], started: float) -> Path:
+def _finish(
+    config: PrepConfig,
+    partial: Path,
+    identities: list[Identity],
+    assignment: dict,
+    problems: list[Problem],
+    started: float,
+) -> Path:
     records = []
     for identity in identities:
         marker = partial / "identities" / identity.name / "identity.json"
@@ -508,7 +595,13 @@ def _finish(config: PrepConfig, partial: Path, identities: list[Identity], assig
             records.append(json.loads(marker.read_text()))
     sizes = {r["num_vertices"] for r in records}
     if len(sizes) > 1:
-        problems.append(Problem(str(config.root), f"identities disagree on the vertex count {sorted(sizes)}", "fatal"))
+        problems.append(
+            Problem(
+                str(config.root),
+                f"identities disagree on the vertex count {sorted(sizes)}",
+                "fatal",
+            )
+        )
     stats = None
     for record in records:
         stats_file = partial / "identities" / record["name"] / "stats.npz"
@@ -518,11 +611,15 @@ def _finish(config: PrepConfig, partial: Path, identities: list[Identity], assig
     if not records or stats is None or len(sizes) > 1:
         _report(problems, records, config)
         reason = "no training frames" if records else "no identity could be prepared"
-        raise MeshtalkError(config.root, f"nothing usable: {reason} ({len(problems)} problems above)")
+        raise MeshtalkError(
+            config.root, f"nothing usable: {reason} ({len(problems)} problems above)"
+        )
     count, mean, m2 = stats
     np.save(partial / "mean.npy", mean.astype(np.float32))
     np.save(partial / "std.npy", np.sqrt(m2 / max(count - 1, 1)).astype(np.float32))
-    masks = _make_masks(config, np.load(partial / "identities" / records[0]["name"] / "template.npy"))
+    masks = _make_masks(
+        config, np.load(partial / "identities" / records[0]["name"] / "template.npy")
+    )
     (partial / "masks").mkdir(exist_ok=True)
     for name, values in masks.items():
         np.save(partial / "masks" / f"{name}.npy", values)
@@ -554,8 +651,14 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _manifest(config: PrepConfig, records: list[dict], assignment: dict, problems: list[Problem],
-              train_frames: int, num_vertices: int) -> dict:
+def _manifest(
+    config: PrepConfig,
+    records: list[dict],
+    assignment: dict,
+    problems: list[Problem],
+    train_frames: int,
+    num_vertices: int,
+) -> dict:
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for record in records:
         for segment in record["segments"]:
@@ -569,13 +672,22 @@ def _manifest(config: PrepConfig, records: list[dict], assignment: dict, problem
         "format": STORE_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": str(config.root.resolve()),
-        "settings": {k: (str(v) if v is not None else None) for k, v in asdict(config).items() if k not in ("force", "progress", "output")},
+        "settings": {
+            k: (str(v) if v is not None else None)
+            for k, v in asdict(config).items()
+            if k not in ("force", "progress", "output")
+        },
         "versions": _versions(),
         "fps": FPS,
         "num_vertices": num_vertices,
         "mel": asdict(MelConfig()),
-        "audio_window": {"name": window.name, "start_s": window.start_s, "end_s": window.end_s,
-                         "mel_first": first, "mel_frames": count},
+        "audio_window": {
+            "name": window.name,
+            "start_s": window.start_s,
+            "end_s": window.end_s,
+            "mel_first": first,
+            "mel_frames": count,
+        },
         "masks": list(MASK_NAMES),
         "train_frames": train_frames,
         "identities": records,
@@ -584,10 +696,11 @@ def _manifest(config: PrepConfig, records: list[dict], assignment: dict, problem
     }
 
 
-def _report(problems: list[Problem], records: list[dict], config: PrepConfig, seconds: float | None = None) -> None:
-    from rich.table import Table
-
+def _report(
+    problems: list[Problem], records: list[dict], config: PrepConfig, seconds: float | None = None
+) -> None:
     from meshtalk.pipelines.progress import console
+    from rich.table import Table
 
     table = Table(title="meshtalk prep", title_justify="left")
     for column in ("identity", "segments", "frames", "skipped frames", "skipped segments"):
@@ -598,12 +711,17 @@ def _report(problems: list[Problem], records: list[dict], config: PrepConfig, se
     for record in records:
         own = record["problems"]
         table.add_row(
-            record["name"], str(len(record["segments"])), str(sum(s["frames"] for s in record["segments"])),
+            record["name"],
+            str(len(record["segments"])),
+            str(sum(s["frames"] for s in record["segments"])),
             str(sum(p["action"] == "frame skipped" for p in own)),
             str(sum(p["action"] == "segment skipped" for p in own)),
         )
     console.print(table)
-    counts = {a: sum(p.action == a for p in problems) for a in ("warning", "frame skipped", "segment skipped", "identity skipped", "fatal")}
+    counts = {
+        a: sum(p.action == a for p in problems)
+        for a in ("warning", "frame skipped", "segment skipped", "identity skipped", "fatal")
+    }
     summary = ", ".join(f"{n} {a}" for a, n in counts.items())
     frames = sum(s["frames"] for r in records for s in r["segments"])
     rate = f"; {frames / seconds:,.0f} frames/s" if seconds else ""

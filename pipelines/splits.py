@@ -10,7 +10,7 @@ from meshtalk.pipelines.errors import MeshtalkError
 SPLITS = ("train", "val", "test")
 SPLIT_PROTOCOLS = ("paper", "multiface")
 MULTIFACE_TEST_IDENTITIES = (1, 4, 5, 8)
-"""1-based positions, in sorted order, of the test identities of the later-work Multiface protocol."""
+"""1-based positions, in sorted order, of the test identities of the later Multiface protocol."""
 
 
 def _first(count: int, fraction: float) -> int:
@@ -107,13 +107,17 @@ def yaml_splits(path: Path, segments: dict[str, list[str]]) -> dict[tuple[str, s
                 or fnmatch.fnmatchcase(f"{identity}/{name}", pattern)
             ]
             if len(set(matched)) > 1:
-                raise MeshtalkError(path, f"{identity}/{name} is in {' and '.join(sorted(set(matched)))}")
+                raise MeshtalkError(
+                    path, f"{identity}/{name} is in {' and '.join(sorted(set(matched)))}"
+                )
             if matched:
                 assignment[identity, name] = matched[0]
     return assignment
 
 
-def assign_splits(protocol: str | Path, segments: dict[str, list[str]]) -> dict[tuple[str, str], str]:
+def assign_splits(
+    protocol: str | Path, segments: dict[str, list[str]]
+) -> dict[tuple[str, str], str]:
     """(identity, segment) -> split name, by protocol name or YAML file; validated."""
     if str(protocol) == "paper":
         assignment = paper_splits(segments)
@@ -122,7 +126,9 @@ def assign_splits(protocol: str | Path, segments: dict[str, list[str]]) -> dict[
     else:
         path = Path(protocol)
         if not path.is_file():
-            raise MeshtalkError(path, "splits file not found (use 'paper', 'multiface' or a YAML file)")
+            raise MeshtalkError(
+                path, "splits file not found (use 'paper', 'multiface' or a YAML file)"
+            )
         assignment = yaml_splits(path, segments)
     if "train" not in assignment.values():
         raise MeshtalkError(None, f"split protocol '{protocol}' leaves no training segments")

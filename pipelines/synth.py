@@ -1,13 +1,13 @@
 """`meshtalk synth`: a procedural talking-face dataset in the exact Multiface layout.
 
-Every sentence is a sequence of phones (vowels with formants, plosives, fricatives, pauses). The same
-phone timeline drives both the audio (a formant synthesiser) and the mouth (jaw opening, lip
-rounding, spreading and closure), so lips are a deterministic function of the audio. Blinks and brow
-raises are Poisson events independent of the audio, and a mild head motion goes into the
-`_transform.txt` head poses. Ground truth is written to `OUT/ground_truth/`.
+Every sentence is a sequence of phones (vowels with formants, plosives, fricatives, pauses).
+The same phone timeline drives both the audio (a formant synthesiser) and the mouth (jaw
+opening, lip rounding, spreading and closure), so lips are a deterministic function of the audio.
+Blinks and brow raises are Poisson events independent of the audio, and a mild head motion goes
+into the `_transform.txt` head poses. Ground truth is written to `OUT/ground_truth/`.
 
-Faces are a template plus a weighted sum of motion fields (`MotionBasis`): one field per articulation
-parameter, built from the region masks of the topology.
+Faces are a template plus a weighted sum of motion fields (`MotionBasis`): one field per
+articulation parameter, built from the region masks of the topology.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from meshtalk.pipelines.atomic import write_text_atomic
 from meshtalk.pipelines.audio_io import write_wav
 from meshtalk.pipelines.errors import MeshtalkError
@@ -132,8 +131,12 @@ def builtin_face(grid: int) -> tuple[Mesh, dict[str, list[int]]]:
     angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     landmarks = {
         "lip_outer": nearest([(0.3 * np.cos(t), -0.32 + 0.09 * np.sin(t)) for t in angles]),
-        "left_eyelid": nearest([(-0.38 + 0.13 * np.cos(t), 0.3 + 0.05 * np.sin(t)) for t in angles]),
-        "right_eyelid": nearest([(0.38 + 0.13 * np.cos(t), 0.3 + 0.05 * np.sin(t)) for t in angles]),
+        "left_eyelid": nearest(
+            [(-0.38 + 0.13 * np.cos(t), 0.3 + 0.05 * np.sin(t)) for t in angles]
+        ),
+        "right_eyelid": nearest(
+            [(0.38 + 0.13 * np.cos(t), 0.3 + 0.05 * np.sin(t)) for t in angles]
+        ),
         "brows": nearest([(s * w, 0.45) for s in (-1, 1) for w in (0.2, 0.38, 0.55)]),
         "chin": nearest([(s * w, -0.72 + 0.1 * w) for s in (-1, 1) for w in (0.0, 0.25, 0.5)]),
     }
@@ -149,7 +152,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class MotionBasis:
-    """One displacement field (V, 3) per motion parameter; a face is template + sum(p_k * field_k)."""
+    """One displacement field (V, 3) per motion parameter: face = template + sum(p_k * field_k)."""
 
     names: tuple[str, ...]
     fields: np.ndarray  # (K, V, 3) float32
@@ -207,7 +210,7 @@ def motion_basis(vertices: np.ndarray, masks: dict[str, np.ndarray]) -> MotionBa
         blink += (near * (1 - above))[:, None] * (0.02 * iod * up)
     fields["blink"] = blink
     brow_height = (v - eye_mid) @ up
-    frontal = np.exp(-(((v - eye_mid) @ right) / (0.9 * iod)) ** 4)
+    frontal = np.exp(-((((v - eye_mid) @ right) / (0.9 * iod)) ** 4))
     brow = np.exp(-(((brow_height - 0.35 * iod) / (0.25 * iod)) ** 2)) * frontal
     fields["brow"] = brow[:, None] * (0.08 * iod * up)
     names = MOUTH_PARAMS + EVENT_PARAMS
@@ -257,7 +260,9 @@ def sentence_words(rng: np.random.Generator, min_words: int, max_words: int) -> 
     return words
 
 
-def phone_timeline(words: list[str], rate: float, rng: np.random.Generator) -> tuple[list[Phone], float]:
+def phone_timeline(
+    words: list[str], rate: float, rng: np.random.Generator
+) -> tuple[list[Phone], float]:
     """Timed phones of a sentence (pauses as ' '), and its total duration in seconds."""
     phones: list[Phone] = []
     t = rng.uniform(0.25, 0.4)  # silence before speech
@@ -327,7 +332,9 @@ def articulation(phones: list[Phone], duration: float) -> dict[str, np.ndarray]:
     return curves
 
 
-def synthesise_audio(curves: dict[str, np.ndarray], duration: float, f0: float, rng: np.random.Generator) -> np.ndarray:
+def synthesise_audio(
+    curves: dict[str, np.ndarray], duration: float, f0: float, rng: np.random.Generator
+) -> np.ndarray:
     """A formant synthesiser: harmonics of a gliding f0 shaped by three formants, plus noise."""
     n = int(round(duration * AUDIO_RATE))
     t_audio = np.arange(n) / AUDIO_RATE
@@ -336,7 +343,11 @@ def synthesise_audio(curves: dict[str, np.ndarray], duration: float, f0: float, 
     def at_audio_rate(curve: np.ndarray) -> np.ndarray:
         return np.interp(t_audio, t_control, curve)
 
-    pitch = f0 * (1.1 - 0.2 * t_audio / max(duration, 1e-3)) * (1 + 0.03 * np.sin(2 * np.pi * 3.1 * t_audio))
+    pitch = (
+        f0
+        * (1.1 - 0.2 * t_audio / max(duration, 1e-3))
+        * (1 + 0.03 * np.sin(2 * np.pi * 3.1 * t_audio))
+    )
     phase = 2 * np.pi * np.cumsum(pitch) / AUDIO_RATE
     voice = at_audio_rate(curves["voice"])
     nasal = at_audio_rate(curves["nasal"])
@@ -362,20 +373,28 @@ def synthesise_audio(curves: dict[str, np.ndarray], duration: float, f0: float, 
     return (0.5 * signal / np.abs(signal).max()).astype(np.float32)
 
 
-def event_curve(times: np.ndarray, onsets: np.ndarray, duration: float, attack: float, release: float) -> np.ndarray:
+def event_curve(
+    times: np.ndarray, onsets: np.ndarray, duration: float, attack: float, release: float
+) -> np.ndarray:
     """Sum of raised-cosine events (0..1) starting at `onsets`, evaluated at `times` (s)."""
     curve = np.zeros_like(times)
     for onset in onsets:
         rise = (times >= onset) & (times < onset + attack)
-        curve[rise] = np.maximum(curve[rise], 0.5 - 0.5 * np.cos(np.pi * (times[rise] - onset) / attack))
+        curve[rise] = np.maximum(
+            curve[rise], 0.5 - 0.5 * np.cos(np.pi * (times[rise] - onset) / attack)
+        )
         hold_end = onset + attack + duration
         curve[(times >= onset + attack) & (times < hold_end)] = 1.0
         fall = (times >= hold_end) & (times < hold_end + release)
-        curve[fall] = np.maximum(curve[fall], 0.5 + 0.5 * np.cos(np.pi * (times[fall] - hold_end) / release))
+        curve[fall] = np.maximum(
+            curve[fall], 0.5 + 0.5 * np.cos(np.pi * (times[fall] - hold_end) / release)
+        )
     return curve
 
 
-def poisson_onsets(rng: np.random.Generator, rate_per_minute: float, duration: float, gap: float) -> np.ndarray:
+def poisson_onsets(
+    rng: np.random.Generator, rate_per_minute: float, duration: float, gap: float
+) -> np.ndarray:
     """Event onsets of a Poisson process, at least `gap` seconds apart."""
     onsets, t = [], 0.0
     while rate_per_minute > 0:
@@ -418,7 +437,7 @@ def identity_face(template: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         amplitude = rng.uniform(-0.02, 0.02) * extent
         direction = rng.standard_normal(3)
         direction /= np.linalg.norm(direction)
-        weight = np.exp(-(np.linalg.norm(template - anchor, axis=1) / width) ** 2)
+        weight = np.exp(-((np.linalg.norm(template - anchor, axis=1) / width) ** 2))
         face += amplitude * weight[:, None] * direction
     return face.astype(np.float32)
 
@@ -428,7 +447,9 @@ def identity_face(template: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def identity_name(index: int, seed: int) -> str:
     """A Multiface-style identity folder name."""
-    return f"m--2018{(index % 12) + 1:02d}{(index % 28) + 1:02d}--0000--{seed * 1000 + index:07d}--GHS"
+    return (
+        f"m--2018{(index % 12) + 1:02d}{(index % 28) + 1:02d}--0000--{seed * 1000 + index:07d}--GHS"
+    )
 
 
 def _write_frames(
@@ -452,7 +473,6 @@ def run(config: SynthConfig) -> Path:
     """Write the dataset; returns the output directory."""
     from meshtalk.pipelines.progress import progress_bar
 
-    rng_root = np.random.default_rng(config.seed)
     if config.template is not None:
         base = read_mesh(config.template)
         masks = read_mask_dir(config.masks, len(base.vertices))
@@ -480,12 +500,15 @@ def run(config: SynthConfig) -> Path:
 
         write_text_atomic(
             topology_dir / "landmarks.yaml",
-            yaml.safe_dump({"num_vertices": len(base.vertices), **landmarks}, default_flow_style=None),
+            yaml.safe_dump(
+                {"num_vertices": len(base.vertices), **landmarks}, default_flow_style=None
+            ),
         )
 
     sentence_rng = np.random.default_rng([config.seed, 1])
     sentences = [
-        sentence_words(sentence_rng, config.min_words, config.max_words) for _ in range(config.sentences)
+        sentence_words(sentence_rng, config.min_words, config.max_words)
+        for _ in range(config.sentences)
     ]
     segment_names = [f"SEN_{i + 1:02d}_" + "_".join(words[:3]) for i, words in enumerate(sentences)]
     total = config.identities * (config.sentences + 1)
@@ -510,13 +533,22 @@ def run(config: SynthConfig) -> Path:
             times = np.arange(len(ids)) / FPS
             params = np.zeros((len(ids), len(basis.names)))
             faces = basis.apply(template, params)  # exactly the neutral face
-            _write_frames(identity_dir, NEUTRAL_SEGMENT, ids, faces, head_poses(rng, times, config.head_motion), kept)
+            _write_frames(
+                identity_dir,
+                NEUTRAL_SEGMENT,
+                ids,
+                faces,
+                head_poses(rng, times, config.head_motion),
+                kept,
+            )
             frame_list += [f"{NEUTRAL_SEGMENT} {i:06d}" for i in ids]
             all_faces.append(faces)
             progress.advance(task)
 
             for segment, words in zip(segment_names, sentences):
-                phones, duration = phone_timeline(words, rate, np.random.default_rng([config.seed, 3, identity, len(frame_list)]))
+                phones, duration = phone_timeline(
+                    words, rate, np.random.default_rng([config.seed, 3, identity, len(frame_list)])
+                )
                 curves = articulation(phones, duration)
                 audio = synthesise_audio(curves, duration, f0, rng)
                 write_wav(identity_dir / "audio" / f"{segment}.wav", audio, AUDIO_RATE)
@@ -524,7 +556,9 @@ def run(config: SynthConfig) -> Path:
                 ids = [next_id + i * config.frame_step for i in range(n_frames)]
                 next_id = ids[-1] + 30 * config.frame_step
                 times = np.arange(n_frames) / FPS
-                control_index = np.minimum((times * CONTROL_RATE).round().astype(int), len(curves["jaw"]) - 1)
+                control_index = np.minimum(
+                    (times * CONTROL_RATE).round().astype(int), len(curves["jaw"]) - 1
+                )
                 blink_onsets = poisson_onsets(rng, config.blinks_per_minute, duration, gap=0.6)
                 brow_onsets = poisson_onsets(rng, config.brow_raises_per_minute, duration, gap=1.5)
                 params = np.stack(
@@ -535,22 +569,45 @@ def run(config: SynthConfig) -> Path:
                     ],
                     axis=1,
                 )
-                faces = basis.apply(template, params) + rng.normal(0, 0.02, (n_frames, *template.shape)).astype(np.float32)
-                dropped = sorted(
-                    int(i) for i in rng.choice(np.arange(1, n_frames), size=int(config.drop_rate * n_frames), replace=False)
-                ) if n_frames > 1 else []
+                faces = basis.apply(template, params) + rng.normal(
+                    0, 0.02, (n_frames, *template.shape)
+                ).astype(np.float32)
+                dropped = (
+                    sorted(
+                        int(i)
+                        for i in rng.choice(
+                            np.arange(1, n_frames),
+                            size=int(config.drop_rate * n_frames),
+                            replace=False,
+                        )
+                    )
+                    if n_frames > 1
+                    else []
+                )
                 present = np.setdiff1d(np.arange(n_frames), dropped)
                 _write_frames(
-                    identity_dir, segment, [ids[i] for i in present], faces[present],
-                    head_poses(rng, times, config.head_motion)[present], kept,
+                    identity_dir,
+                    segment,
+                    [ids[i] for i in present],
+                    faces[present],
+                    head_poses(rng, times, config.head_motion)[present],
+                    kept,
                 )
                 frame_list += [f"{segment} {i:06d}" for i in ids]
                 all_faces.append(faces[present])
                 _write_ground_truth(
                     out / "ground_truth" / name / f"{segment}.json",
-                    segment=segment, words=words, phones=phones, duration=duration, frame_ids=ids,
-                    dropped=[ids[i] for i in dropped], times=times, params=params,
-                    blink_onsets=blink_onsets, brow_onsets=brow_onsets, f0=f0,
+                    segment=segment,
+                    words=words,
+                    phones=phones,
+                    duration=duration,
+                    frame_ids=ids,
+                    dropped=[ids[i] for i in dropped],
+                    times=times,
+                    params=params,
+                    blink_onsets=blink_onsets,
+                    brow_onsets=brow_onsets,
+                    f0=f0,
                 )
                 progress.advance(task)
 
@@ -565,9 +622,21 @@ def run(config: SynthConfig) -> Path:
     return out
 
 
-def _write_ground_truth(path: Path, *, segment: str, words: list[str], phones: list[Phone], duration: float,
-                        frame_ids: list[int], dropped: list[int], times: np.ndarray, params: np.ndarray,
-                        blink_onsets: np.ndarray, brow_onsets: np.ndarray, f0: float) -> None:
+def _write_ground_truth(
+    path: Path,
+    *,
+    segment: str,
+    words: list[str],
+    phones: list[Phone],
+    duration: float,
+    frame_ids: list[int],
+    dropped: list[int],
+    times: np.ndarray,
+    params: np.ndarray,
+    blink_onsets: np.ndarray,
+    brow_onsets: np.ndarray,
+    f0: float,
+) -> None:
     record = {
         "segment": segment,
         "words": words,
@@ -585,7 +654,10 @@ def _write_ground_truth(path: Path, *, segment: str, words: list[str], phones: l
         "brow_raise": [round(float(x), 5) for x in params[:, 5]],
         "blink_onsets_s": [round(float(t), 4) for t in blink_onsets],
         "brow_raise_onsets_s": [round(float(t), 4) for t in brow_onsets],
-        "phones": [{"phone": p.symbol, "start_s": round(p.start, 4), "duration_s": round(p.duration, 4)} for p in phones],
+        "phones": [
+            {"phone": p.symbol, "start_s": round(p.start, 4), "duration_s": round(p.duration, 4)}
+            for p in phones
+        ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record))

@@ -6,7 +6,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-
 from meshtalk.pipelines.errors import MeshtalkError
 
 MULTIFACE_NUM_VERTICES = 7306
@@ -30,7 +29,9 @@ def parse_index_list(text: str, source: str) -> np.ndarray:
             else:
                 indices.append(int(line))
         except ValueError:
-            raise MeshtalkError(source, f"line {line_number}: '{line}' is not an index or range a-b") from None
+            raise MeshtalkError(
+                source, f"line {line_number}: '{line}' is not an index or range a-b"
+            ) from None
     return np.asarray(indices, dtype=np.int64)
 
 

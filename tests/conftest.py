@@ -1,0 +1,57 @@
+"""Shared fixtures: small synthetic datasets made by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from meshtalk.pipelines.prep import PrepConfig
+from meshtalk.pipelines.prep import run as prep
+from meshtalk.pipelines.synth import SynthConfig
+from meshtalk.pipelines.synth import run as synth
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+TOPOLOGY = REFERENCE / "meshtalk_topology"
+
+
+@pytest.fixture(scope="session")
+def reference_topology() -> Path:
+    if not (TOPOLOGY / "face_template.obj").is_file():
+        pytest.skip("../shared/reference is not beside the project")
+    return TOPOLOGY
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """3 identities x 3 sentences on a 24x24 built-in face, with dropped frames."""
+    root = tmp_path_factory.mktemp("synth") / "multiface"
+    synth(SynthConfig(output=root, identities=3, sentences=3, grid=24, seed=7, drop_rate=0.04))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("store") / "data"
+    prep(
+        PrepConfig(
+            root=tiny_dataset,
+            output=out,
+            crop="none",
+            landmarks=str(tiny_dataset / "topology" / "landmarks.yaml"),
+            progress=False,
+        )
+    )
+    return out
+
+
+def builtin_prep_config(root: Path, output: Path, **overrides) -> PrepConfig:
+    """Prep settings for the built-in face topology."""
+    settings = dict(
+        root=root,
+        output=output,
+        crop="none",
+        landmarks=str(root / "topology" / "landmarks.yaml"),
+        progress=False,
+    )
+    settings.update(overrides)
+    return PrepConfig(**settings)

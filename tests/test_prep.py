@@ -1,0 +1,186 @@
+"""synth -> prep -> Dataset, alignment against synth's ground truth, the MeshTalk topology."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from meshtalk.pipelines import prep as prep_module
+from meshtalk.pipelines.audio_io import load_audio
+from meshtalk.pipelines.dataset import PreparedStore, SegmentDataset
+from meshtalk.pipelines.features import utterance_mel
+from meshtalk.pipelines.masks import iou, read_mask_dir
+from meshtalk.pipelines.mesh_io import read_mesh
+from meshtalk.pipelines.prep import PrepConfig
+from meshtalk.pipelines.prep import run as prep
+from meshtalk.pipelines.synth import SynthConfig
+from meshtalk.pipelines.synth import run as synth
+from torch.utils.data import DataLoader
+
+from .conftest import builtin_prep_config
+
+
+def test_dataset_batch_shapes(tiny_store):
+    store = PreparedStore(tiny_store)
+    dataset = SegmentDataset(store, split="train", frames=8, length=6, seed=1)
+    batch = next(iter(DataLoader(dataset, batch_size=3, num_workers=0)))
+    v = store.num_vertices
+    assert v == 24 * 24
+    assert batch["template"].shape == (3, v, 3)
+    assert batch["vertices"].shape == (3, 8, v, 3)
+    assert batch["audio"].shape == (3, 8, 80, 60)  # paper window: 600 ms of 10 ms mel frames
+    assert batch["vertices"].dtype == torch.float32 and torch.isfinite(batch["audio"]).all()
+    steps = batch["frame_ids"].diff(dim=1)
+    assert (steps == 3).all()  # no window spans a dropped frame
+    # Same seed, same items; another epoch, other items.
+    again = SegmentDataset(store, split="train", frames=8, length=6, seed=1)
+    assert torch.equal(again[2]["vertices"], dataset[2]["vertices"])
+    again.set_epoch(1)
+    assert not torch.equal(again[2]["frame_ids"], dataset[2]["frame_ids"])
+
+
+def test_store_contents(tiny_store):
+    store = PreparedStore(tiny_store)
+    manifest = store.manifest
+    assert set(manifest["splits"]) == {"train", "val", "test"}
+    assert all(manifest["splits"][s] for s in ("train", "val", "test"))
+    assert store.mean.shape == store.std.shape == (store.num_vertices, 3)
+    assert (store.std > 0).all()
+    assert set(store.masks) == {"mouth", "upper_face", "eyelids", "forehead", "neck"}
+    assert manifest["versions"]["numpy"] == np.__version__
+    assert manifest["train_frames"] == sum(s.frames for s in store.split("train"))
+    # Statistics equal those computed directly from the training frames.
+    train = np.concatenate(
+        [np.asarray(store.vertices(s), np.float64) for s in store.split("train")]
+    )
+    np.testing.assert_allclose(store.mean, train.mean(0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(store.std, train.std(0, ddof=1), rtol=1e-4, atol=1e-4)
+
+
+def _segment_with_drops(tiny_dataset, store):
+    for segment in store.split("train"):
+        truth = json.loads(
+            (tiny_dataset / "ground_truth" / segment.identity / f"{segment.name}.json").read_text()
+        )
+        if truth["dropped_frame_ids"]:
+            return segment, truth
+    raise AssertionError("synth dropped no frame")
+
+
+def test_alignment_with_dropped_frames_matches_ground_truth(tiny_dataset, tiny_store):
+    store = PreparedStore(tiny_store)
+    segment, truth = _segment_with_drops(tiny_dataset, store)
+    frames = store.frames(segment)
+    kept = [i for i in truth["frame_ids"] if i not in truth["dropped_frame_ids"]]
+    assert frames["frame_ids"].tolist() == kept
+    truth_time = dict(zip(truth["frame_ids"], truth["frame_times_s"]))
+    np.testing.assert_allclose(frames["times_s"], [truth_time[i] for i in kept], atol=1e-6)
+
+    # Meshes: the lower lip follows the ground-truth mouth opening frame by frame.
+    mouth = store.masks["mouth"] > 0.5
+    vertices = np.asarray(store.vertices(segment))
+    drop = -(vertices[:, mouth, 1] - store.template(segment.identity)[mouth, 1]).min(axis=1)
+    opening = dict(zip(truth["frame_ids"], truth["mouth_open"]))
+    assert np.corrcoef(drop, [opening[i] for i in kept])[0, 1] > 0.95
+
+    # Audio: a window after the dropped frame is the mel at that frame's ground-truth time.
+    dataset = SegmentDataset(store, split="train", frames=4, length=1)
+    choice = dataset.segments.index(segment)
+    first_drop = truth["dropped_frame_ids"][0]
+    start = next(int(s) for s in dataset.starts[choice] if frames["frame_ids"][s] > first_drop)
+    item = dataset.item(choice, start)
+    audio = load_audio(tiny_dataset / segment.identity / "audio" / f"{segment.name}.wav")
+    mel = utterance_mel(audio, truth["frame_times_s"][-1])
+    for k, frame_id in enumerate(item["frame_ids"].tolist()):
+        centre = round((truth_time[frame_id] + 0.5) * 100)
+        expected = mel[centre - 50 : centre + 10].T
+        np.testing.assert_allclose(item["audio"][k].numpy(), expected, atol=1e-5)
+
+
+def test_meshtalk_topology_round_trip_and_masks(reference_topology, tmp_path):
+    root = tmp_path / "multiface"
+    synth(
+        SynthConfig(
+            output=root,
+            identities=1,
+            sentences=1,
+            template=reference_topology / "face_template.obj",
+            masks=reference_topology,
+            multiface_topology=True,
+            min_words=2,
+            max_words=2,
+        )
+    )
+    first = next(p for p in root.glob("*/tracked_mesh/*/*.bin"))
+    assert first.stat().st_size == 7306 * 12
+    out = prep(PrepConfig(root=root, output=tmp_path / "data", crop="meshtalk", progress=False))
+    store = PreparedStore(out)
+    template = read_mesh(reference_topology / "face_template.obj").vertices
+    np.testing.assert_array_equal(store.template(store.identities[0]), template)
+    reference = read_mask_dir(reference_topology, 6172)
+    lips = iou(store.masks["mouth"] > 0.5, reference["mouth"] > 0.5)
+    eyelids = iou(store.masks["eyelids"] > 0.5, reference["eyelids"] > 0.5)
+    assert lips >= 0.7, lips
+    assert eyelids >= 0.7, eyelids
+
+
+def test_resume_after_interruption_counts_each_frame_once(
+    tiny_dataset, tiny_store, tmp_path, monkeypatch
+):
+    out = tmp_path / "data"
+    original = prep_module._complete_identity
+    calls = []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(prep_module, "_complete_identity", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        prep(builtin_prep_config(tiny_dataset, out))
+    assert not out.exists()
+    partial = out.with_name("data.partial")
+    assert len(list(partial.glob("identities/*/identity.json"))) == 1
+
+    monkeypatch.setattr(prep_module, "_complete_identity", original)
+    done = []
+    monkeypatch.setattr(
+        prep_module, "process_segment", _counting(prep_module.process_segment, done)
+    )
+    prep(builtin_prep_config(tiny_dataset, out))
+    assert not partial.exists()
+    resumed, clean = PreparedStore(out), PreparedStore(tiny_store)
+    redone = {identity for identity, _ in done}
+    assert redone == set(clean.identities[1:])  # the finished first identity is kept
+    expected = sum(1 + len(r["segments"]) for r in clean.manifest["identities"][1:])
+    assert len(done) == len(set(done)) == expected
+    assert resumed.manifest["train_frames"] == clean.manifest["train_frames"]
+    np.testing.assert_array_equal(resumed.mean, clean.mean)
+    np.testing.assert_array_equal(resumed.std, clean.std)
+
+
+def _counting(function, log):
+    def wrapper(task, *args, **kwargs):
+        log.append((task.identity, task.segment))
+        return function(task, *args, **kwargs)
+
+    return wrapper
+
+
+def test_two_workers_give_the_same_store(tiny_dataset, tiny_store, tmp_path):
+    out = prep(builtin_prep_config(tiny_dataset, tmp_path / "data", workers=2))
+    parallel, serial = PreparedStore(out), PreparedStore(tiny_store)
+    np.testing.assert_array_equal(parallel.mean, serial.mean)
+    segment = serial.split("train")[0]
+    np.testing.assert_array_equal(parallel.vertices(segment), serial.vertices(segment))
+    np.testing.assert_allclose(parallel.mel(segment), serial.mel(segment), atol=1e-5)  # FFT threads
+
+
+def test_release_window(tiny_dataset, tmp_path):
+    out = prep(builtin_prep_config(tiny_dataset, tmp_path / "data", window="release"))
+    item = SegmentDataset(out, frames=4, length=1)[0]
+    assert item["audio"].shape == (4, 80, 100)
