@@ -295,7 +295,10 @@ def _read_frames(
 def process_segment(
     task: SegmentTask, config: PrepConfig, work_dir: Path, identity_dir: Path, num_vertices: int
 ) -> SegmentResult:
-    """Read, crop and check one segment; write its arrays for a speech segment."""
+    """Read, crop and check the meshes of one segment; for speech, write vertices and frame times.
+
+    Runs in worker processes, which need numpy only; the audio is done by `segment_audio`.
+    """
     result = SegmentResult(task.identity, task.segment, task.kind)
     kept = kept_vertices(config.crop, num_vertices)  # checked in discover()
     ids, meshes, poses = _read_frames(task, identity_dir, num_vertices, kept, result.problems)
@@ -304,27 +307,15 @@ def process_segment(
     if not ids:
         result.problems.append(Problem(where, "no readable frames", "segment skipped"))
         return result
+    result.frames = len(ids)
     if task.kind == "neutral":
         result.template = meshes.astype(np.float64).mean(0).astype(np.float32)
-        result.frames = len(ids)
         return result
-
-    audio_path = identity_dir / "audio" / f"{task.segment}.wav"
-    step = _frame_step(task.frame_ids)
-    times = (np.asarray(ids) - task.frame_ids[0]) / step / FPS
-    try:
-        mel = _segment_mel(audio_path, float(times[-1]), result.problems)
-    except MeshtalkError as error:
-        result.problems.append(
-            Problem(str(error.path or audio_path), error.problem, "segment skipped")
-        )
-        return result
+    times = _frame_times(task.frame_ids, ids)
     segment_dir = work_dir / task.segment
     segment_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(segment_dir / "vertices.npy", suffix=".npy") as tmp:
         np.save(tmp, meshes.astype(np.float32))
-    with atomic_path(segment_dir / "mel.npy", suffix=".npy") as tmp:
-        np.save(tmp, mel)
     with atomic_path(segment_dir / "frames.npz", suffix=".npz") as tmp:
         np.savez(
             tmp,
@@ -333,12 +324,32 @@ def process_segment(
             mel_index=frame_mel_index(times),
             poses=poses,
         )
-    result.frames = len(ids)
     if task.split == "train":
         data = meshes.astype(np.float64)
         mean = data.mean(0)
         result.stats = (len(ids), mean, ((data - mean) ** 2).sum(0))
     return result
+
+
+def _frame_times(captured: list[int], ids: list[int]) -> np.ndarray:
+    """Seconds from the segment's first captured frame, by frame id (never by position)."""
+    return (np.asarray(ids) - captured[0]) / _frame_step(captured) / FPS
+
+
+def segment_audio(task: SegmentTask, identity_dir: Path, work_dir: Path) -> list[Problem]:
+    """Write the log-mel of a speech segment; a 'segment skipped' problem if it is unusable."""
+    audio_path = identity_dir / "audio" / f"{task.segment}.wav"
+    problems: list[Problem] = []
+    last_frame_s = float(_frame_times(task.frame_ids, task.frame_ids[-1:])[0])
+    try:
+        mel = _segment_mel(audio_path, last_frame_s, problems)
+    except MeshtalkError as error:
+        return [*problems, Problem(str(error.path or audio_path), error.problem, "segment skipped")]
+    segment_dir = work_dir / task.segment
+    segment_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(segment_dir / "mel.npy", suffix=".npy") as tmp:
+        np.save(tmp, mel)
+    return problems
 
 
 def _segment_mel(audio_path: Path, last_frame_s: float, problems: list[Problem]) -> np.ndarray:
@@ -360,18 +371,6 @@ def _segment_mel(audio_path: Path, last_frame_s: float, problems: list[Problem])
             )
         )
     return utterance_mel(samples, last_frame_s)
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _run_task(
-    task: SegmentTask, config: PrepConfig, work_dir: Path, identity_dir: Path, num_vertices: int
-) -> SegmentResult:
-    return process_segment(task, config, work_dir, identity_dir, num_vertices)
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -487,46 +486,77 @@ def _execute(
     partial: Path,
     problems: list[Problem],
 ) -> None:
+    """Meshes in worker processes (numpy only), audio in this process meanwhile."""
     from meshtalk.pipelines.progress import console, progress_bar
 
     remaining = {i.name: sum(1 for t, _ in tasks if t.identity == i.name) for i in pending}
     results: dict[str, list[SegmentResult]] = {i.name: [] for i in pending}
     by_name = {i.name: i for i in pending}
-    total_frames = sum(len(t.frame_ids) for t, _ in tasks)
+    audio: dict[tuple[str, str], list[Problem]] = {}
 
-    def finish_one(result: SegmentResult, frame_count: int, progress, bar) -> None:
+    def work_dir(identity: Identity) -> Path:
+        return partial / "identities" / identity.name
+
+    def do_audio(task: SegmentTask, identity: Identity) -> None:
+        if task.kind == "speech":
+            audio[task.identity, task.segment] = segment_audio(
+                task, identity.path, work_dir(identity)
+            )
+
+    def finish_one(result: SegmentResult, task: SegmentTask, progress, bar) -> None:
+        extra = audio.pop((task.identity, task.segment), [])
+        if any(p.action == "segment skipped" for p in extra) and result.frames:
+            result.frames, result.stats = 0, None
+            shutil.rmtree(work_dir(by_name[task.identity]) / task.segment, ignore_errors=True)
+        result.problems += extra
         for problem in result.problems:
             console.print(problem.line(), markup=False, highlight=False)
         problems.extend(result.problems)
         results[result.identity].append(result)
         remaining[result.identity] -= 1
-        progress.advance(bar, frame_count)
+        progress.advance(bar, len(task.frame_ids))
         if remaining[result.identity] == 0:
             _complete_identity(
                 by_name[result.identity], results.pop(result.identity), config, partial, problems
             )
 
-    def arguments(task: SegmentTask, identity: Identity):
-        work_dir = partial / "identities" / identity.name
-        return task, config, work_dir, identity.path, identity.num_vertices
-
     with progress_bar(disable=not config.progress) as progress:
-        bar = progress.add_task("prep", total=total_frames)
+        bar = progress.add_task("prep", total=sum(len(t.frame_ids) for t, _ in tasks))
         if config.workers == 1:
             for task, identity in tasks:
-                finish_one(
-                    process_segment(*arguments(task, identity)), len(task.frame_ids), progress, bar
+                result = process_segment(
+                    task, config, work_dir(identity), identity.path, identity.num_vertices
                 )
+                do_audio(task, identity)
+                finish_one(result, task, progress, bar)
             return
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            config.workers, mp_context=context, initializer=_worker_init
-        ) as pool:
-            futures = {pool.submit(_run_task, *arguments(t, i)): len(t.frame_ids) for t, i in tasks}
-            for future in as_completed(futures):
+        with ProcessPoolExecutor(config.workers, mp_context=context) as pool:
+            futures = {
+                pool.submit(
+                    process_segment,
+                    task,
+                    config,
+                    work_dir(identity),
+                    identity.path,
+                    identity.num_vertices,
+                ): task
+                for task, identity in tasks
+            }
+            waiting = set(futures)
+            for task, identity in tasks:  # audio here while the workers read meshes
+                do_audio(task, identity)
+                for future in [f for f in waiting if f.done() and _audio_ready(futures[f], audio)]:
+                    waiting.discard(future)
+                    finish_one(future.result(), futures[future], progress, bar)
+            for future in as_completed(waiting):
                 finish_one(future.result(), futures[future], progress, bar)
+
+
+def _audio_ready(task: SegmentTask, audio: dict) -> bool:
+    return task.kind != "speech" or (task.identity, task.segment) in audio
 
 
 def _complete_identity(

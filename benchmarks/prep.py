@@ -1,0 +1,161 @@
+"""Throughput and peak memory of `meshtalk prep` on synthetic 7306-vertex Multiface data.
+
+Makes two datasets (about 5k and 25k frames by default) with `meshtalk synth --multiface-topology`
+on the MeshTalk template, prepares each with `meshtalk prep --crop meshtalk`, and reports frames
+per second and the peak resident memory of prep's whole process tree (sampled every 20 ms).
+
+    python benchmarks/prep.py [--workers 2] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPOLOGY = ROOT.parent / "shared" / "reference" / "meshtalk_topology"
+SIZES = {"5k": (6, 15), "25k": (15, 30)}  # identities, sentences
+
+
+def _meshtalk(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshtalk.cli.main", *args]
+
+
+def _peak_tree_rss(process: subprocess.Popen) -> tuple[int, float]:
+    """Wait for a process; return its tree's peak summed RSS (bytes) and wall time (s)."""
+    peak = 0
+    start = time.perf_counter()
+    parent = psutil.Process(process.pid)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                total = parent.memory_info().rss
+                for child in parent.children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        total += child.memory_info().rss
+                peak = max(peak, total)
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    process.wait()
+    elapsed = time.perf_counter() - start
+    done.set()
+    thread.join()
+    if process.returncode:
+        raise SystemExit(f"prep failed with exit code {process.returncode}")
+    return peak, elapsed
+
+
+def measure(name: str, workdir: Path, workers: int) -> dict:
+    identities, sentences = SIZES[name]
+    data = workdir / f"multiface-{name}"
+    subprocess.run(
+        _meshtalk(
+            "synth",
+            str(data),
+            "--identities",
+            str(identities),
+            "--sentences",
+            str(sentences),
+            "--template",
+            str(TOPOLOGY / "face_template.obj"),
+            "--masks",
+            str(TOPOLOGY),
+            "--multiface-topology",
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    store = workdir / f"data-{name}"
+    process = subprocess.Popen(
+        _meshtalk("prep", str(data), "-o", str(store), "--workers", str(workers)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    peak, seconds = _peak_tree_rss(process)
+    manifest = json.loads((store / "manifest.json").read_text())
+    frames = sum(s["frames"] for r in manifest["identities"] for s in r["segments"])
+    frames += sum(r["neutral_frames"] for r in manifest["identities"])
+    return {
+        "dataset": name,
+        "identities": identities,
+        "sentences_per_identity": sentences,
+        "frames_read": frames,
+        "workers": workers,
+        "prep_seconds": round(seconds, 2),
+        "frames_per_second": round(frames / seconds, 1),
+        "peak_rss_mib": round(peak / 2**20, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", type=int, default=2, help="prep --workers (default 2)")
+    parser.add_argument("--sizes", default="5k,25k", help="comma-separated sizes: 5k, 25k")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    if not (TOPOLOGY / "face_template.obj").is_file():
+        raise SystemExit(
+            f"{TOPOLOGY}: the MeshTalk reference topology is needed beside the project"
+        )
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="meshtalk-bench-") as tmp:
+        for name in args.sizes.split(","):
+            rows.append(measure(name, Path(tmp), args.workers))
+    small, large = rows[0], rows[-1]
+    ratios = {
+        "frames_ratio_large_over_small": round(large["frames_read"] / small["frames_read"], 2),
+        "throughput_ratio_large_over_small": round(
+            large["frames_per_second"] / small["frames_per_second"], 2
+        ),
+        "peak_rss_ratio_large_over_small": round(large["peak_rss_mib"] / small["peak_rss_mib"], 2),
+        "target_frames_per_second": 2000,
+        "target_peak_rss_mib": 1536,
+        "cpu_count": psutil.cpu_count(),
+    }
+    table = Table(title="meshtalk prep on synthetic 7306-vertex data")
+    for column in ("dataset", "frames", "workers", "seconds", "frames/s", "peak RSS (MiB)"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            row["dataset"],
+            f"{row['frames_read']:,}",
+            str(row["workers"]),
+            f"{row['prep_seconds']:.1f}",
+            f"{row['frames_per_second']:,.0f}",
+            f"{row['peak_rss_mib']:,.0f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"large/small: {ratios['frames_ratio_large_over_small']}x frames, "
+        f"{ratios['throughput_ratio_large_over_small']}x throughput, "
+        f"{ratios['peak_rss_ratio_large_over_small']}x peak RSS "
+        f"(targets: >= 2000 frames/s, < 1536 MiB, flat with size)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"runs": rows, "comparison": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
