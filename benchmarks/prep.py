@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,7 @@ def measure(name: str, workdir: Path, workers: int) -> dict:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    os.sync()  # flush synth's writes so that prep is not charged for them
     store = workdir / f"data-{name}"
     process = subprocess.Popen(
         _meshtalk("prep", str(data), "-o", str(store), "--workers", str(workers)),

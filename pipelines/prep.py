@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -264,32 +265,41 @@ def _read_frames(
     kept: np.ndarray | None,
     problems: list[Problem],
 ) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Observed frames of a segment, cropped: ids, (T, V, 3) float32 meshes, (T, 3, 4) poses.
+
+    The hot loop of prep: each file is read straight into a preallocated buffer; a file that is
+    not exactly one mesh is re-read by `read_bin` to name its problem.
+    """
     from meshtalk.pipelines.mesh_io import read_bin, read_transform
 
-    mesh_dir = identity_dir / "tracked_mesh" / task.segment
-    ids, meshes, poses = [], [], []
+    mesh_dir = os.path.join(identity_dir, "tracked_mesh", task.segment)
+    size = num_vertices * 12
+    buffer = np.empty((len(task.frame_ids), num_vertices, 3), dtype="<f4")
+    poses = np.full((len(task.frame_ids), 3, 4), np.nan, dtype=np.float32)
+    ids: list[int] = []
     for frame_id in task.frame_ids:
-        bin_path = mesh_dir / f"{frame_id:06d}.bin"
-        if not bin_path.exists():
+        stem = os.path.join(mesh_dir, f"{frame_id:06d}")
+        row = buffer[len(ids)]
+        try:
+            with open(stem + ".bin", "rb") as handle:
+                whole = os.fstat(handle.fileno()).st_size == size
+                whole = whole and handle.readinto(memoryview(row).cast("B")) == size
+        except FileNotFoundError:
             continue  # a dropped frame: its id keeps the others aligned
         try:
-            vertices = read_bin(bin_path, num_vertices)
+            if not whole or not np.isfinite(row).all():
+                read_bin(stem + ".bin", num_vertices)  # raises with the reason
         except MeshtalkError as error:
             problems.append(Problem(str(error.path), error.problem, "frame skipped"))
             continue
-        pose_path = mesh_dir / f"{frame_id:06d}_transform.txt"
-        pose = np.full((3, 4), np.nan)
-        if pose_path.exists():
+        if os.path.exists(stem + "_transform.txt"):
             try:
-                pose = read_transform(pose_path)
+                poses[len(ids)] = read_transform(stem + "_transform.txt")
             except MeshtalkError as error:
                 problems.append(Problem(str(error.path), error.problem, "warning"))
         ids.append(frame_id)
-        meshes.append(vertices if kept is None else vertices[kept])
-        poses.append(pose)
-    if not meshes:
-        return [], np.zeros((0, 0, 3), np.float32), np.zeros((0, 3, 4), np.float32)
-    return ids, np.stack(meshes), np.stack(poses).astype(np.float32)
+    meshes = buffer[: len(ids)]
+    return ids, (meshes if kept is None else meshes[:, kept]), poses[: len(ids)]
 
 
 def process_segment(

@@ -343,24 +343,23 @@ def synthesise_audio(
     def at_audio_rate(curve: np.ndarray) -> np.ndarray:
         return np.interp(t_audio, t_control, curve)
 
-    pitch = (
-        f0
-        * (1.1 - 0.2 * t_audio / max(duration, 1e-3))
-        * (1 + 0.03 * np.sin(2 * np.pi * 3.1 * t_audio))
-    )
-    phase = 2 * np.pi * np.cumsum(pitch) / AUDIO_RATE
-    voice = at_audio_rate(curves["voice"])
-    nasal = at_audio_rate(curves["nasal"])
-    formants = [at_audio_rate(curves["formants"][:, k]) for k in range(3)]
+    def glide(t: np.ndarray) -> np.ndarray:  # declining intonation with a slow vibrato
+        return f0 * (1.1 - 0.2 * t / max(duration, 1e-3)) * (1 + 0.03 * np.sin(2 * np.pi * 3.1 * t))
+
+    phase = 2 * np.pi * np.cumsum(glide(t_audio)) / AUDIO_RATE
+    # Harmonic amplitudes change slowly: compute them at the control rate, then interpolate.
+    pitch = glide(t_control)
+    formants = curves["formants"]
     signal = np.zeros(n)
     for k in range(1, int(5000 / f0) + 1):
         frequency = k * pitch
         gain = sum(
             1.0 / np.sqrt((1 - (frequency / fk) ** 2) ** 2 + (frequency / (fk * 8)) ** 2)
-            for fk in formants
+            for fk in formants.T
         )
         murmur = 1.0 / np.sqrt((1 - (frequency / 250) ** 2) ** 2 + (frequency / 2000) ** 2)
-        signal += (voice * gain + 0.5 * nasal * murmur) / k * np.sin(k * phase)
+        amplitude = (curves["voice"] * gain + 0.5 * curves["nasal"] * murmur) / k
+        signal += at_audio_rate(amplitude) * np.sin(k * phase)
     white = rng.standard_normal(n)
     spectrum = np.fft.rfft(white)
     freqs = np.fft.rfftfreq(n, 1 / AUDIO_RATE)
