@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from meshtalk.pipelines.atomic import atomic_path
 from meshtalk.pipelines.errors import MeshtalkError
 

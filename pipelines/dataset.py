@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from meshtalk.pipelines.errors import MeshtalkError
 from torch.utils.data import Dataset
+
+from meshtalk.pipelines.errors import MeshtalkError
 
 
 @dataclass(frozen=True)

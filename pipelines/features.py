@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from meshtalk.pipelines.audio_io import MODEL_SAMPLE_RATE
 from meshtalk.pipelines.errors import MeshtalkError
 

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
 from meshtalk.pipelines.errors import MeshtalkError
 
 MASK_NAMES = ("mouth", "upper_face", "eyelids", "forehead", "neck")

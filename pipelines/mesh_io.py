@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from meshtalk.pipelines.atomic import atomic_path
 from meshtalk.pipelines.errors import MeshtalkError
 

@@ -24,16 +24,16 @@ def paper_splits(segments: dict[str, list[str]]) -> dict[tuple[str, str], str]:
     of the other 50 identities make validation (10 identities) and test (40). Here: the first 80% of
     sorted identities train on the first 80% of their sorted sentences; of the held-out identities
     (at least 2) the first 20% (at least 1) validate and the rest test, on their last 20% of
-    sentences. With fewer than 3 identities, sentences are split instead: first 80% train, then
-    validation, then test.
+    sentences. With fewer than 3 identities, sentences are split instead: the first 80% train, the
+    rest (at least 2) is halved into validation and test.
     """
     identities = sorted(segments)
     assignment: dict[tuple[str, str], str] = {}
     if len(identities) < 3:
         for identity in identities:
             names = sorted(segments[identity])
-            n_train = _first(len(names), 0.8) if len(names) > 2 else max(1, len(names) - 1)
-            n_val = max(1, (len(names) - n_train + 1) // 2) if len(names) > n_train else 0
+            n_held = max(2, round(len(names) * 0.2)) if len(names) >= 3 else len(names) - 1
+            n_train, n_val = len(names) - n_held, (n_held + 1) // 2
             for index, name in enumerate(names):
                 split = "train" if index < n_train else "val" if index < n_train + n_val else "test"
                 assignment[identity, name] = split

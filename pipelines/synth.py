@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from meshtalk.pipelines.atomic import write_text_atomic
 from meshtalk.pipelines.audio_io import write_wav
 from meshtalk.pipelines.errors import MeshtalkError

@@ -6,6 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
 from meshtalk.pipelines.errors import MeshtalkError
 
 MULTIFACE_NUM_VERTICES = 7306

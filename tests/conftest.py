@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from meshtalk.pipelines.prep import PrepConfig
 from meshtalk.pipelines.prep import run as prep
 from meshtalk.pipelines.synth import SynthConfig

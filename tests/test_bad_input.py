@@ -8,12 +8,13 @@ import shutil
 import numpy as np
 import pytest
 import soundfile
+from typer.testing import CliRunner
+
 from meshtalk.cli.main import app
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.prep import run as prep
 from meshtalk.pipelines.synth import SynthConfig
 from meshtalk.pipelines.synth import run as synth
-from typer.testing import CliRunner
 
 from .conftest import builtin_prep_config
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile
+
 from meshtalk.pipelines.audio_io import load_audio
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.features import AUDIO_WINDOWS, MelConfig, utterance_mel

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
+
 from meshtalk.pipelines import prep as prep_module
 from meshtalk.pipelines.audio_io import load_audio
 from meshtalk.pipelines.dataset import PreparedStore, SegmentDataset
@@ -17,7 +19,6 @@ from meshtalk.pipelines.prep import PrepConfig
 from meshtalk.pipelines.prep import run as prep
 from meshtalk.pipelines.synth import SynthConfig
 from meshtalk.pipelines.synth import run as synth
-from torch.utils.data import DataLoader
 
 from .conftest import builtin_prep_config
 
