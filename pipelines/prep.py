@@ -277,7 +277,7 @@ def _read_frames(
 
     mesh_dir = os.path.join(identity_dir, "tracked_mesh", task.segment)
     size = num_vertices * 12
-    buffer = np.empty((len(task.frame_ids), num_vertices, 3), dtype="<f4")
+    buffer = _scratch("read", (len(task.frame_ids), num_vertices, 3))
     poses = np.full((len(task.frame_ids), 3, 4), np.nan, dtype=np.float32)
     ids: list[int] = []
     for frame_id in task.frame_ids:
@@ -314,9 +314,26 @@ def _read_frames(
         path = os.path.join(mesh_dir, f"{frame_id:06d}.bin")
         message = "mesh has NaN or infinite vertex coordinates"
         problems.append(Problem(path, message, "frame skipped"))
-    meshes = buffer[: len(ids)][finite]
+    meshes = buffer[: len(ids)] if finite.all() else buffer[: len(ids)][finite]
     ids = [i for i, ok in zip(ids, finite) if ok]
-    return ids, (meshes if kept is None else meshes[:, kept]), poses[: len(finite)][finite]
+    if kept is not None:
+        meshes = np.take(meshes, kept, axis=1, out=_scratch("crop", (len(ids), len(kept), 3)))
+    return ids, meshes, poses[: len(finite)][finite]
+
+
+_SCRATCH: dict[str, np.ndarray] = {}
+
+
+def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 work array reused across segments in this process.
+
+    Fresh large arrays cost a page fault per 4 KiB on first touch, which under virtualisation was
+    the largest cost of prep; reusing them keeps memory bounded by the longest segment.
+    """
+    size = int(np.prod(shape))
+    if name not in _SCRATCH or _SCRATCH[name].size < size:
+        _SCRATCH[name] = np.empty(max(size, 1), dtype="<f4")
+    return _SCRATCH[name][:size].reshape(shape)
 
 
 def process_segment(
@@ -342,7 +359,7 @@ def process_segment(
     segment_dir = work_dir / task.segment
     segment_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(segment_dir / "vertices.npy", suffix=".npy") as tmp:
-        np.save(tmp, meshes.astype(np.float32))
+        np.save(tmp, meshes)
     with atomic_path(segment_dir / "frames.npz", suffix=".npz") as tmp:
         np.savez(
             tmp,
@@ -364,7 +381,7 @@ def segment_moments(frames: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     float64 ones; segments are merged in float64.
     """
     shift = frames[0].astype(np.float64)
-    deviation = frames - frames[0]
+    deviation = np.subtract(frames, frames[0], out=_scratch("moments", frames.shape))
     total = deviation.sum(0).astype(np.float64)
     squares = np.square(deviation, out=deviation).sum(0).astype(np.float64)
     count = len(frames)
