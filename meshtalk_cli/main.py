@@ -123,8 +123,12 @@ def prep(
         Path | None, typer.Option(help="Take masks from this directory instead.")
     ] = None,
     window: Annotated[
-        str, typer.Option(help="Audio window: 'paper' (-500/+100 ms) or 'release' (1 s centred).")
-    ] = "paper",
+        str,
+        typer.Option(
+            help="Audio window: 'release' (1 s centred, 101 mel frames: the receptive field of the "
+            "release's audio encoder) or 'paper' (-500/+100 ms, 61)."
+        ),
+    ] = "release",
     splits: Annotated[
         str, typer.Option(help="Split protocol: 'paper', 'multiface', or a YAML file.")
     ] = "paper",

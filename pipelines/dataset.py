@@ -43,6 +43,8 @@ class PreparedStore:
         ]
         window = self.manifest["audio_window"]
         self.mel_first, self.mel_frames = int(window["mel_first"]), int(window["mel_frames"])
+        self.fps = float(self.manifest["fps"])
+        self.mel_fps = self.manifest["mel"]["sample_rate"] / self.manifest["mel"]["hop_length"]
         self._open: dict[tuple[str, str, str], np.ndarray] = {}
 
     @property
@@ -91,6 +93,27 @@ class PreparedStore:
             self.mel(segment)[mel_index[:, None] + offsets].transpose(0, 2, 1)
         )
 
+    def span_length(self, frames: int) -> int:
+        """Mel frames that hold the windows of any `frames` consecutive gap-free mesh frames."""
+        return int(np.ceil((frames - 1) * self.mel_fps / self.fps)) + 1 + self.mel_frames
+
+    def audio_span(
+        self, segment: SegmentRef, mel_index: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The mel that holds the windows of some consecutive frames, and where each window starts.
+
+        Returns:
+            mel (L, n_mels) with L = `span_length(len(mel_index))` (edge-padded past the
+            utterance's end), and starts (T,) int64: window k is mel[starts[k] : starts[k] + W].
+        """
+        mel = self.mel(segment)
+        first = int(mel_index[0]) + self.mel_first
+        length = self.span_length(len(mel_index))
+        span = np.array(mel[first : first + length])
+        if len(span) < length:
+            span = np.concatenate([span, np.repeat(span[-1:], length - len(span), axis=0)])
+        return np.ascontiguousarray(span), (mel_index - mel_index[0]).astype(np.int64)
+
     def split(self, name: str) -> list[SegmentRef]:
         return [s for s in self.segments if s.split == name]
 
@@ -115,9 +138,12 @@ class SegmentDataset(Dataset):
     windows) and a start, from a generator seeded by (seed, epoch, index), so a run is reproducible.
 
     Items:
-        template (V, 3), vertices (T, V, 3), audio (T, n_mels, W) float32; identity () int64
-        (index into store.identities); frame_ids (T,) int64; segment () int64 (index into
-        `self.segments`).
+        template (V, 3), vertices (T, V, 3) float32;
+        with `audio="span"` (the default): mel (L, n_mels) float32, the utterance's mel holding
+        every frame's window, and mel_starts (T,) int64, where each window starts in it (see
+        `PreparedStore.audio_span`); with `audio="windows"`: audio (T, n_mels, W) float32;
+        identity () int64 (index into store.identities); frame_ids (T,) int64;
+        segment () int64 (index into `self.segments`); index () int64, the item's index.
     """
 
     def __init__(
@@ -127,9 +153,13 @@ class SegmentDataset(Dataset):
         frames: int = 32,
         length: int = 1000,
         seed: int = 0,
+        audio: str = "span",
     ) -> None:
+        if audio not in ("span", "windows"):
+            raise ValueError(f"audio must be 'span' or 'windows', got '{audio}'")
         self.store = store if isinstance(store, PreparedStore) else PreparedStore(store)
         self.frames, self.length, self.seed, self.epoch = frames, length, seed, 0
+        self.audio = audio
         self.segments, self.starts = [], []
         for segment in self.store.split(split):
             ids = self.store.frames(segment)["frame_ids"]
@@ -152,24 +182,35 @@ class SegmentDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        choice, start = self.draw(np.random.default_rng([self.seed, self.epoch, index]))
+        item = self.item(choice, start)
+        item["index"] = torch.tensor(index)
+        return item
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int]:
+        """A random (segment choice, start), segments in proportion to their usable windows."""
         choice = int(rng.choice(len(self.segments), p=self.weights))
-        start = int(rng.choice(self.starts[choice]))
-        return self.item(choice, start)
+        return choice, int(rng.choice(self.starts[choice]))
 
     def item(self, choice: int, start: int) -> dict[str, torch.Tensor]:
         """The window of `self.frames` frames starting at observed frame `start` of a segment."""
         segment = self.segments[choice]
         span = slice(start, start + self.frames)
         frames = self.store.frames(segment)
-        return {
+        item = {
             "template": torch.from_numpy(np.array(self.store.template(segment.identity))),
             "vertices": torch.from_numpy(np.array(self.store.vertices(segment)[span])),
-            "audio": torch.from_numpy(self.store.audio_windows(segment, frames["mel_index"][span])),
             "identity": torch.tensor(self.store.identities.index(segment.identity)),
             "frame_ids": torch.from_numpy(frames["frame_ids"][span]),
             "segment": torch.tensor(choice),
         }
+        mel_index = frames["mel_index"][span]
+        if self.audio == "windows":
+            item["audio"] = torch.from_numpy(self.store.audio_windows(segment, mel_index))
+        else:
+            mel, starts = self.store.audio_span(segment, mel_index)
+            item["mel"], item["mel_starts"] = torch.from_numpy(mel), torch.from_numpy(starts)
+        return item
 
 
 def _gap_free_starts(frame_ids: np.ndarray, frames: int) -> np.ndarray:

@@ -48,10 +48,14 @@ class AudioWindow:
     """Window end relative to the frame, in seconds (the look-ahead)."""
 
     def mel_offsets(self, mel: MelConfig) -> tuple[int, int]:
-        """(first, count): mel frames of the window relative to the frame's own mel index."""
+        """(first, count): mel frames of the window relative to the frame's own mel index.
+
+        Both ends are included, as in a centred mel of the window's audio: 1 s of audio gives
+        101 frames at a 10 ms hop, exactly the receptive field of the release's audio encoder.
+        """
         fps = mel.frames_per_second
         first = round(self.start_s * fps)
-        return first, round(self.end_s * fps) - first
+        return first, round(self.end_s * fps) - first + 1
 
 
 AUDIO_WINDOWS = {

@@ -61,8 +61,9 @@ class PrepConfig:
     """Landmark preset or YAML file the masks are built from; default 'meshtalk' for that crop."""
     masks: Path | None = None
     """Mask directory (the authors' file names) to take instead of building masks."""
-    window: str = "paper"
-    """Audio window per frame: 'paper' (-500/+100 ms) or 'release' (1 s centred)."""
+    window: str = "release"
+    """Audio window per frame: 'release' (1 s centred, what the release's audio encoder needs) or
+    'paper' (-500/+100 ms)."""
     splits: str = "paper"
     """Split protocol: 'paper', 'multiface', or a YAML file."""
     neutral_segment: str = "E001_Neutral_Eyes_Open"

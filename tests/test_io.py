@@ -118,5 +118,5 @@ def test_mel_shape_and_window_lengths():
     config = MelConfig()
     mel = utterance_mel(np.random.default_rng(0).normal(size=16_000).astype(np.float32), 1.0)
     assert mel.shape == (1 + (16_000 + 16_000) // 160, 80)  # 1 s + 0.5 s padding each side
-    assert AUDIO_WINDOWS["paper"].mel_offsets(config) == (-50, 60)
-    assert AUDIO_WINDOWS["release"].mel_offsets(config) == (-50, 100)
+    assert AUDIO_WINDOWS["paper"].mel_offsets(config) == (-50, 61)
+    assert AUDIO_WINDOWS["release"].mel_offsets(config) == (-50, 101)

@@ -31,8 +31,15 @@ def test_dataset_batch_shapes(tiny_store):
     assert v == 24 * 24
     assert batch["template"].shape == (3, v, 3)
     assert batch["vertices"].shape == (3, 8, v, 3)
-    assert batch["audio"].shape == (3, 8, 80, 60)  # paper window: 600 ms of 10 ms mel frames
-    assert batch["vertices"].dtype == torch.float32 and torch.isfinite(batch["audio"]).all()
+    assert batch["mel"].shape == (3, store.span_length(8), 80)
+    assert batch["mel_starts"].shape == (3, 8)
+    assert batch["vertices"].dtype == torch.float32 and torch.isfinite(batch["mel"]).all()
+    # The span holds exactly the per-frame windows (release window: 1 s centred, both ends).
+    windows = SegmentDataset(store, split="train", frames=8, length=6, seed=1, audio="windows")
+    item, span = windows[4], dataset[4]
+    assert item["audio"].shape == (8, 80, 101)
+    for k, start in enumerate(span["mel_starts"].tolist()):
+        assert torch.equal(span["mel"][start : start + 101].T, item["audio"][k])
     steps = batch["frame_ids"].diff(dim=1)
     assert (steps == 3).all()  # no window spans a dropped frame
     # Same seed, same items; another epoch, other items.
@@ -87,7 +94,7 @@ def test_alignment_with_dropped_frames_matches_ground_truth(tiny_dataset, tiny_s
     assert np.corrcoef(drop, [opening[i] for i in kept])[0, 1] > 0.95
 
     # Audio: a window after the dropped frame is the mel at that frame's ground-truth time.
-    dataset = SegmentDataset(store, split="train", frames=4, length=1)
+    dataset = SegmentDataset(store, split="train", frames=4, length=1, audio="windows")
     choice = dataset.segments.index(segment)
     first_drop = truth["dropped_frame_ids"][0]
     start = next(int(s) for s in dataset.starts[choice] if frames["frame_ids"][s] > first_drop)
@@ -96,7 +103,7 @@ def test_alignment_with_dropped_frames_matches_ground_truth(tiny_dataset, tiny_s
     mel = utterance_mel(audio, truth["frame_times_s"][-1])
     for k, frame_id in enumerate(item["frame_ids"].tolist()):
         centre = round((truth_time[frame_id] + 0.5) * 100)
-        expected = mel[centre - 50 : centre + 10].T
+        expected = mel[centre - 50 : centre + 51].T
         np.testing.assert_allclose(item["audio"][k].numpy(), expected, atol=1e-5)
 
 
@@ -181,7 +188,7 @@ def test_two_workers_give_the_same_store(tiny_dataset, tiny_store, tmp_path):
     np.testing.assert_allclose(parallel.mel(segment), serial.mel(segment), atol=1e-5)  # FFT threads
 
 
-def test_release_window(tiny_dataset, tmp_path):
-    out = prep(builtin_prep_config(tiny_dataset, tmp_path / "data", window="release"))
-    item = SegmentDataset(out, frames=4, length=1)[0]
-    assert item["audio"].shape == (4, 80, 100)
+def test_paper_window(tiny_dataset, tmp_path):
+    out = prep(builtin_prep_config(tiny_dataset, tmp_path / "data", window="paper"))
+    item = SegmentDataset(out, frames=4, length=1, audio="windows")[0]
+    assert item["audio"].shape == (4, 80, 61)  # -500..+100 ms, both ends
