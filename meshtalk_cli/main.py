@@ -159,6 +159,59 @@ def prep(
     )
 
 
+train_app = typer.Typer(
+    help="Train the two MeshTalk stages.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("latent")
+def train_latent(
+    data: Annotated[Path, typer.Option(help="Prepared store (meshtalk prep).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML with 'model:' (preset and overrides) and 'train:' sections, e.g. "
+            "examples/configs/latent-tiny.yaml [default: the release's settings]."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --output from its checkpoint.")
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option(help="Train this many steps in all (overrides the config).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Stage 1: encoders, Gumbel quantiser and vertex decoder with the cross-modality loss.
+
+    Several GPUs: torchrun --nproc-per-node N --no-python meshtalk train latent ...
+    """
+    from meshtalk.pipelines import train_latent as pipeline
+
+    def make_config():
+        model, training = (
+            pipeline.load_config_file(config)
+            if config is not None
+            else (pipeline.LATENT_PRESETS["release"], pipeline.LatentTrainingConfig())
+        )
+        if steps is not None:
+            training = pipeline.with_steps(training, steps)
+        return pipeline.TrainLatentConfig(
+            data=data,
+            output=output,
+            model=model,
+            training=training,
+            device=device,
+            resume=resume,
+            progress=progress,
+        )
+
+    _call(pipeline.run, make_config)
+
+
 def main() -> None:
     app()
 

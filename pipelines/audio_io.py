@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from meshtalk.models.config import MelConfig
 from meshtalk.pipelines.atomic import atomic_path
 from meshtalk.pipelines.errors import MeshtalkError
 
-MODEL_SAMPLE_RATE = 16_000
+MODEL_SAMPLE_RATE = MelConfig.sample_rate
+"""Sample rate of everything the model hears."""
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:

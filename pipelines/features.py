@@ -10,30 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meshtalk.pipelines.audio_io import MODEL_SAMPLE_RATE
+from meshtalk.models.config import MelConfig
 from meshtalk.pipelines.errors import MeshtalkError
 
-
-@dataclass(frozen=True)
-class MelConfig:
-    """Log-mel settings (SPEC section 3)."""
-
-    sample_rate: int = MODEL_SAMPLE_RATE
-    """Audio sample rate in Hz the features are computed at."""
-    n_mels: int = 80
-    """Number of mel bands."""
-    n_fft: int = 2048
-    """FFT size in samples."""
-    win_length: int = 800
-    """Analysis window in samples (50 ms)."""
-    hop_length: int = 160
-    """Hop between mel frames in samples (10 ms)."""
-    log_floor: float = 1e-10
-    """The power mel spectrogram is clamped at this value before the log."""
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.sample_rate / self.hop_length
+__all__ = ["AUDIO_WINDOWS", "PAD_SECONDS", "AudioWindow", "MelConfig", "utterance_mel"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +38,8 @@ class AudioWindow:
         return first, round(self.end_s * fps) - first + 1
 
 
+DEFAULT_MEL = MelConfig()
+
 AUDIO_WINDOWS = {
     "paper": AudioWindow("paper", -0.5, 0.1),
     "release": AudioWindow("release", -0.5, 0.5),
@@ -75,7 +57,7 @@ def normalise_loudness(samples: np.ndarray) -> np.ndarray:
 
 
 def utterance_mel(
-    samples: np.ndarray, duration_s: float, config: MelConfig = MelConfig()
+    samples: np.ndarray, duration_s: float, config: MelConfig = DEFAULT_MEL
 ) -> np.ndarray:
     """Log-mel of a padded utterance.
 
@@ -112,6 +94,6 @@ def utterance_mel(
     return torch.log(power.clamp_min(config.log_floor)).T.contiguous().numpy()
 
 
-def frame_mel_index(time_s: np.ndarray, config: MelConfig = MelConfig()) -> np.ndarray:
+def frame_mel_index(time_s: np.ndarray, config: MelConfig = DEFAULT_MEL) -> np.ndarray:
     """Index of the mel frame centred nearest to each mesh frame time (in padded mel frames)."""
     return np.rint((np.asarray(time_s) + PAD_SECONDS) * config.frames_per_second).astype(np.int64)

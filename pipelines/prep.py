@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.features import AUDIO_WINDOWS, MelConfig, frame_mel_index
 from meshtalk.pipelines.masks import MASK_NAMES
 from meshtalk.pipelines.pictures import save_vertex_maps
+from meshtalk.pipelines.provenance import versions
 from meshtalk.pipelines.topology import CROP_PRESETS, MULTIFACE_NUM_VERTICES, kept_vertices
 
 log = logging.getLogger(__name__)
@@ -737,18 +737,6 @@ def _make_masks(config: PrepConfig, template: np.ndarray) -> dict[str, np.ndarra
     return build_masks(template, load_landmarks(config.landmarks, len(template)))
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": sys.version.split()[0]}
-    for package in ("meshtalk", "numpy", "torch", "torchaudio", "soundfile"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
 def _manifest(
     config: PrepConfig,
     records: list[dict],
@@ -775,7 +763,7 @@ def _manifest(
             for k, v in asdict(config).items()
             if k not in ("force", "progress", "output")
         },
-        "versions": _versions(),
+        "versions": versions(("meshtalk", "numpy", "torch", "torchaudio", "soundfile")),
         "fps": FPS,
         "num_vertices": num_vertices,
         "mel": asdict(MelConfig()),

@@ -1,0 +1,200 @@
+"""The stage-1 encoders: audio, expression, and their fusion into per-head categorical logits.
+
+Parameter names follow the authors' `encoder.pkl` one to one (SPEC section 7), so importing it is a
+pure renaming-free load.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import nn
+
+from meshtalk.models.config import LatentModelConfig, MelConfig
+
+
+def leaky(x: torch.Tensor, slope: float) -> torch.Tensor:
+    return F.leaky_relu(x, slope)
+
+
+class AudioEncoder(nn.Module):
+    """Log-mel windows -> one audio code per frame.
+
+    A stack of 'valid' 1-D convolutions over mel time, each residual layer averaged with its
+    centre-cropped input, then a mean over the remaining time steps and a linear code. The stack is
+    translation-equivariant, so `encode_span` computes it once over an utterance and pools each
+    frame's window from it; `forward` runs it on every window separately (the reference).
+    """
+
+    def __init__(
+        self,
+        *,
+        mel: MelConfig,
+        channels: int,
+        kernel: int,
+        dilations: tuple[int, ...],
+        code_dim: int,
+        dropout: float,
+        slope: float,
+    ) -> None:
+        super().__init__()
+        self.mel_config, self.dropout, self.slope = mel, dropout, slope
+        self.melspec = torchaudio.transforms.MelSpectrogram(
+            sample_rate=mel.sample_rate,
+            n_fft=mel.n_fft,
+            win_length=mel.win_length,
+            hop_length=mel.hop_length,
+            n_mels=mel.n_mels,
+        )
+        self.convert_dimensions = nn.Conv1d(mel.n_mels, channels, kernel)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel, dilation=d) for d in dilations
+        )
+        self.code = nn.Linear(channels, code_dim)
+        self.receptive_field = 1 + (kernel - 1) * (1 + sum(dilations))
+
+    def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(..., N) 16 kHz audio -> (..., M, n_mels) log power mel (centred frames, 10 ms hop)."""
+        power = self.melspec(waveform)
+        return torch.log(power.clamp_min(self.mel_config.log_floor)).transpose(-1, -2)
+
+    def features(self, mel: torch.Tensor) -> torch.Tensor:
+        """(N, n_mels, L) log-mel -> (N, channels, L - receptive_field + 1).
+
+        Output p depends on mel frames p .. p + receptive_field - 1 only.
+        """
+        x = leaky(self.convert_dimensions(mel), self.slope)
+        for conv in self.convs:
+            y = leaky(conv(x), self.slope)
+            y = F.dropout(y, self.dropout, self.training)
+            crop = (x.shape[-1] - y.shape[-1]) // 2
+            x = (x[..., crop : x.shape[-1] - crop] + y) / 2
+        return x
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """Reference path: encode every frame's window separately.
+
+        Args:
+            windows: (B, T, n_mels, W) log-mel window of each frame, W >= receptive_field.
+
+        Returns:
+            (B, T, code_dim) audio codes.
+        """
+        b, t, n_mels, w = windows.shape
+        self._check_window(w)
+        pooled = self.features(windows.reshape(b * t, n_mels, w)).mean(dim=-1)
+        return self.code(pooled).view(b, t, -1)
+
+    def encode_span(self, mel: torch.Tensor, starts: torch.Tensor, window: int) -> torch.Tensor:
+        """Fast path: one convolution pass over a mel span, each frame's window pooled from it.
+
+        Equal to `forward` on the windows mel[starts[k] : starts[k] + window] (up to float
+        rounding; exactly so without dropout).
+
+        Args:
+            mel: (B, L, n_mels) log-mel holding every window.
+            starts: (B, T) int64, first mel frame of each frame's window in `mel`.
+            window: W, mel frames per window.
+
+        Returns:
+            (B, T, code_dim) audio codes.
+        """
+        self._check_window(window)
+        features = self.features(mel.transpose(1, 2))  # (B, C, L - R + 1)
+        outputs_per_window = window - self.receptive_field + 1
+        if outputs_per_window > 1:
+            features = F.avg_pool1d(features, outputs_per_window, stride=1)
+        index = starts.unsqueeze(1).expand(-1, features.shape[1], -1)
+        pooled = torch.gather(features, 2, index).transpose(1, 2)  # (B, T, C)
+        return self.code(pooled)
+
+    def _check_window(self, window: int) -> None:
+        if window < self.receptive_field:
+            raise ValueError(
+                f"audio window of {window} mel frames is shorter than the audio encoder's "
+                f"receptive field of {self.receptive_field}"
+            )
+
+
+class ExpressionEncoder(nn.Module):
+    """Tracked meshes -> one expression code per frame (per-vertex normalisation, MLP, LSTM)."""
+
+    def __init__(self, *, num_vertices: int, hidden: int, code_dim: int, slope: float) -> None:
+        super().__init__()
+        self.slope = slope
+        self.register_buffer("mean", torch.zeros(1, 1, num_vertices, 3))
+        self.register_buffer("stddev", torch.ones(1, 1, num_vertices, 3))
+        self.layers = nn.ModuleList(
+            [nn.Linear(num_vertices * 3, hidden), nn.Linear(hidden, code_dim)]
+        )
+        self.lstm = nn.LSTM(code_dim, code_dim, batch_first=True)
+        self.code = nn.Linear(code_dim, code_dim)
+
+    def forward(self, vertices: torch.Tensor) -> torch.Tensor:
+        """(B, T, V, 3) meshes -> (B, T, code_dim) expression codes."""
+        x = ((vertices - self.mean) / self.stddev).flatten(2)
+        for layer in self.layers:
+            x = leaky(layer(x), self.slope)
+        x, _ = self.lstm(x)
+        return self.code(x)
+
+
+class FusionModel(nn.Module):
+    """(expression code, audio code) -> per-head log-probabilities over the classes."""
+
+    def __init__(
+        self, *, code_dim: int, hidden: int, heads: int, classes: int, slope: float
+    ) -> None:
+        super().__init__()
+        self.heads, self.classes = heads, classes
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * code_dim, hidden),
+            nn.LeakyReLU(slope),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(slope),
+            nn.Linear(hidden, heads * classes),
+        )
+
+    def forward(self, expression_code: torch.Tensor, audio_code: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) and (B, T, D) -> (B, T, H, C) log-softmax over C."""
+        logits = self.mlp(torch.cat([expression_code, audio_code], dim=-1))
+        logits = logits.view(*logits.shape[:-1], self.heads, self.classes)
+        return F.log_softmax(logits, dim=-1)
+
+
+class LatentEncoder(nn.Module):
+    """The three encoder parts under the names of the authors' `encoder.pkl`."""
+
+    def __init__(self, config: LatentModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.audio_encoder = AudioEncoder(
+            mel=config.mel,
+            channels=config.audio_channels,
+            kernel=config.audio_kernel,
+            dilations=config.audio_dilations,
+            code_dim=config.code_dim,
+            dropout=config.audio_dropout,
+            slope=config.leaky_slope,
+        )
+        self.expression_encoder = ExpressionEncoder(
+            num_vertices=config.num_vertices,
+            hidden=config.expression_hidden,
+            code_dim=config.code_dim,
+            slope=config.leaky_slope,
+        )
+        self.fusion_model = FusionModel(
+            code_dim=config.code_dim,
+            hidden=config.fusion_hidden,
+            heads=config.heads,
+            classes=config.classes,
+            slope=config.leaky_slope,
+        )
+
+    def forward(
+        self, vertices: torch.Tensor, mel: torch.Tensor, mel_starts: torch.Tensor, window: int
+    ) -> torch.Tensor:
+        """(B, T, V, 3) meshes with their audio span -> (B, T, H, C) log-probabilities."""
+        audio_code = self.audio_encoder.encode_span(mel, mel_starts, window)
+        return self.fusion_model(self.expression_encoder(vertices), audio_code)

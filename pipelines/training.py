@@ -1,0 +1,263 @@
+"""What every training stage shares: devices, processes, batches by step, metrics, run records."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch.utils.data import Sampler
+
+from meshtalk.pipelines.atomic import write_text_atomic
+from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.provenance import file_sha256, git_commit, versions
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto: CUDA (this process's GPU under torchrun), else Apple MPS, else the CPU."""
+    if name not in DEVICES:
+        raise MeshtalkError(None, f"--device must be one of {', '.join(DEVICES)}, got '{name}'")
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "cuda" and not cuda:
+        raise MeshtalkError(None, "--device cuda: no CUDA device is available")
+    if name == "mps" and not mps:
+        raise MeshtalkError(None, "--device mps: no Apple MPS device is available")
+    if name == "cuda" or (name == "auto" and cuda):
+        return torch.device("cuda", local_rank)
+    if name == "mps" or (name == "auto" and mps):
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed derived from several integers (seed, step, rank, ...)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class Distributed:
+    """This process's place among the processes torchrun started (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        env = os.environ
+        return cls(
+            int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+        )
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def start(self, device: torch.device) -> None:
+        if self.world_size > 1 and not torch_dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """DistributedDataParallel over the processes, or the model itself for one process."""
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    def barrier(self) -> None:
+        if self.world_size > 1 and torch_dist.is_initialized():
+            torch_dist.barrier()
+
+    def close(self) -> None:
+        if self.world_size > 1 and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+class StepBatches(Sampler[list[int]]):
+    """Dataset indices of each step's batch for one process.
+
+    Step s uses global sample indices s*B .. s*B + B - 1; process r of N takes its contiguous
+    B/N of them. Items are functions of their index, so resuming at any step and any number of
+    processes see the same samples.
+    """
+
+    def __init__(
+        self, start_step: int, steps: int, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.start_step, self.steps = start_step, steps
+        self.batch_size, self.local = batch_size, batch_size // world_size
+        self.offset = rank * self.local
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.steps):
+            first = step * self.batch_size + self.offset
+            yield list(range(first, first + self.local))
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start_step)
+
+
+class MetricsLog:
+    """metrics.csv (step, name, value); on resume, rows after the resumed step are dropped."""
+
+    def __init__(self, path: Path, resume_from: int = 0, enabled: bool = True) -> None:
+        self.path, self.enabled = Path(path), enabled
+        if not enabled:
+            return
+        rows = [r for r in self.read(self.path) if int(r["step"]) <= resume_from]
+        if resume_from == 0:
+            rows = []
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["step", "name", "value"])
+        writer.writerows([r["step"], r["name"], r["value"]] for r in rows)
+        write_text_atomic(self.path, buffer.getvalue())
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, str]]:
+        if not Path(path).is_file():
+            return []
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", newline="") as handle:
+            csv.writer(handle).writerows([step, k, f"{v:.6g}"] for k, v in values.items())
+
+    def plot(self, path: Path) -> None:
+        """Loss curves (training terms) and validation errors against the step, as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from meshtalk.pipelines.atomic import atomic_path
+
+        series: dict[str, tuple[list[int], list[float]]] = {}
+        for row in self.read(self.path):
+            steps, values = series.setdefault(row["name"], ([], []))
+            steps.append(int(row["step"]))
+            values.append(float(row["value"]))
+        panels = {
+            "training losses": [
+                k for k in series if k.startswith("train/") and k not in _NOT_LOSSES
+            ],
+            "validation": [k for k in series if k.startswith("val/") and k.endswith("_mm")],
+            "validation ratios": [k for k in series if k.startswith("val/") and "_over_" in k],
+        }
+        panels = {title: names for title, names in panels.items() if names}
+        figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+        for axis, (title, names) in zip(axes[0], panels.items()):
+            for name in names:
+                axis.plot(
+                    *series[name],
+                    label=name.split("/", 1)[1],
+                    marker="." if "val" in name else None,
+                )
+            if all(v > 0 for name in names for v in series[name][1]):
+                axis.set_yscale("log")
+            axis.set_xlabel("step")
+            axis.set_title(title)
+            axis.legend(fontsize=7)
+            axis.grid(alpha=0.3)
+        figure.tight_layout()
+        with atomic_path(path, suffix=".png") as tmp:
+            figure.savefig(tmp, dpi=90)
+        plt.close(figure)
+
+
+_NOT_LOSSES = ("train/lr", "train/data_wait_share")
+
+
+class RunRecord:
+    """run.json: per stage, the settings, the data it trained on, and every invocation."""
+
+    def __init__(self, run_dir: Path, stage: str, settings: dict, data: Path) -> None:
+        self.path, self.stage = Path(run_dir) / "run.json", stage
+        manifest = Path(data) / "manifest.json"
+        self.entry = {
+            "settings": json.loads(json.dumps(settings, default=str)),
+            "data": {"path": str(Path(data).resolve()), "manifest_sha256": file_sha256(manifest)},
+        }
+
+    def _load(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def check_resumable(self) -> None:
+        """The recorded settings and data must be those of this invocation (steps may grow)."""
+        old = self._load().get(self.stage)
+        if old is None:
+            raise MeshtalkError(self.path, f"records no {self.stage} run to resume")
+        differences = []
+        for section, values in self.entry["settings"].items():
+            for key, value in values.items():
+                before = old["settings"].get(section, {}).get(key)
+                if key != "steps" and before != value:
+                    differences.append(f"{section}.{key} was {before!r}, now {value!r}")
+        if old["data"]["manifest_sha256"] != self.entry["data"]["manifest_sha256"]:
+            differences.append(f"the data differs from {old['data']['path']}")
+        if differences:
+            raise MeshtalkError(self.path, "cannot resume: " + "; ".join(differences))
+
+    def start(self, device: str, world_size: int, from_step: int) -> None:
+        record = self._load()
+        invocations = record.get(self.stage, {}).get("invocations", []) if from_step else []
+        invocations.append(
+            {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": sys.argv,
+                "from_step": from_step,
+                "device": device,
+                "world_size": world_size,
+                "git_commit": git_commit(),
+                "versions": versions(),
+            }
+        )
+        record[self.stage] = {**self.entry, "invocations": invocations}
+        write_text_atomic(self.path, json.dumps(record, indent=2) + "\n")
+
+
+class _Progress:
+    def __init__(self, bar, task) -> None:
+        self.bar, self.task = bar, task
+
+    def show(self, step: int, values: dict[str, float]) -> None:
+        text = " ".join(
+            f"{k} {v:.4g}" for k, v in values.items() if k not in ("lr", "data_wait_share")
+        )
+        self.bar.update(self.task, losses=text)
+
+    def advance(self, step: int) -> None:
+        self.bar.update(self.task, completed=step)
+
+
+@contextlib.contextmanager
+def training_progress(description: str, total: int, completed: int, enabled: bool):
+    """A progress bar over steps that also shows the latest losses."""
+    from rich.progress import TextColumn
+
+    from meshtalk.pipelines.progress import progress_bar
+
+    with progress_bar(TextColumn("{task.fields[losses]}"), disable=not enabled) as bar:
+        task = bar.add_task(description, total=total, completed=completed, losses="")
+        yield _Progress(bar, task)

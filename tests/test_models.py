@@ -1,0 +1,201 @@
+"""Stage-1 modules: shapes, the fast audio path, golden outputs, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from meshtalk.models.config import LATENT_PRESETS, LatentModelConfig, latent_preset
+from meshtalk.models.latent import LatentAutoencoder, gumbel_one_hot
+from meshtalk.pipelines import checkpoint as ckpt
+from meshtalk.pipelines.errors import MeshtalkError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def small_config(**overrides) -> LatentModelConfig:
+    return latent_preset("tiny", num_vertices=40, audio_dropout=0.0, **overrides)
+
+
+def test_shapes_of_every_module():
+    config = small_config()
+    model = LatentAutoencoder(config)
+    b, t, v, w = 2, 5, config.num_vertices, 61
+    vertices, template = torch.randn(b, t, v, 3), torch.randn(b, v, 3)
+    windows = torch.randn(b, t, 80, w)
+    audio = model.encoder.audio_encoder(windows)
+    expression = model.encoder.expression_encoder(vertices)
+    assert audio.shape == expression.shape == (b, t, config.code_dim)
+    logprobs = model.encoder.fusion_model(expression, audio)
+    assert logprobs.shape == (b, t, config.heads, config.classes)
+    torch.testing.assert_close(logprobs.exp().sum(-1), torch.ones(b, t, config.heads))
+    codes = gumbel_one_hot(logprobs)
+    assert codes.shape == logprobs.shape and torch.equal(codes.sum(-1), torch.ones(b, t, 4))
+    assert model.decoder(template, codes).shape == (b, t, v, 3)
+    features = model.encoder.audio_encoder.features(windows[0])
+    assert features.shape[-1] == w - config.audio_receptive_field + 1
+    mel = model.encoder.audio_encoder.log_mel(torch.randn(b, 16000))
+    assert mel.shape == (b, 101, 80)  # 1 s of audio: 101 centred 10 ms frames
+
+
+def test_release_names_and_shapes_match_the_authors_checkpoint():
+    """A few entries of SPEC section 7, including the torchaudio front end's buffers."""
+    model = LatentAutoencoder(LATENT_PRESETS["release"])
+    encoder, decoder = model.encoder.state_dict(), model.decoder.state_dict()
+    expected_encoder = {
+        "audio_encoder.melspec.spectrogram.window": (800,),
+        "audio_encoder.melspec.mel_scale.fb": (1025, 80),
+        "audio_encoder.convert_dimensions.weight": (128, 80, 5),
+        "audio_encoder.convs.5.weight": (128, 128, 5),
+        "expression_encoder.mean": (1, 1, 6172, 3),
+        "expression_encoder.layers.0.weight": (256, 18516),
+        "expression_encoder.lstm.weight_hh_l0": (512, 128),
+        "fusion_model.mlp.4.weight": (2048, 256),
+    }
+    expected_decoder = {
+        "vertex_bias": (18516,),
+        "encoder.0.weight": (512, 18516),
+        "fusion.weight": (128, 2176),
+        "temporal.weight_ih_l1": (512, 128),
+        "decoder.2.weight": (18516, 512),
+    }
+    assert {k: tuple(encoder[k].shape) for k in expected_encoder} == expected_encoder
+    assert {k: tuple(decoder[k].shape) for k in expected_decoder} == expected_decoder
+    assert len(encoder) == 36 and len(decoder) == 25
+    assert LATENT_PRESETS["release"].audio_receptive_field == 101
+
+
+@pytest.mark.parametrize("window", [61, 101])
+def test_utterance_pass_equals_per_window_reference(window):
+    """Where windows start on mel frames (as every window of a prepared store does)."""
+    torch.manual_seed(0)
+    encoder = LatentAutoencoder(small_config()).encoder.audio_encoder.eval()
+    mel = torch.randn(2, 400, 80)
+    starts = torch.tensor([[0, 3, 7, 10, 13, 17], [5, 8, 12, 15, 18, 22]])
+    windows = torch.stack(
+        [torch.stack([mel[b, s : s + window].T for s in row]) for b, row in enumerate(starts)]
+    )
+    reference = encoder(windows)
+    fast = encoder.encode_span(mel, starts, window)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_window_shorter_than_receptive_field_is_refused():
+    encoder = LatentAutoencoder(LATENT_PRESETS["release"]).encoder.audio_encoder
+    with pytest.raises(ValueError, match="receptive field of 101"):
+        encoder.encode_span(torch.zeros(1, 200, 80), torch.zeros(1, 3, dtype=torch.long), 61)
+
+
+def test_gumbel_straight_through_passes_gradients():
+    logprobs = torch.randn(3, 4, 8, requires_grad=True)
+    codes = gumbel_one_hot(torch.log_softmax(logprobs, -1))
+    (codes * torch.arange(8.0)).sum().backward()
+    assert logprobs.grad is not None and logprobs.grad.abs().sum() > 0
+
+
+def deterministic_model(config: LatentModelConfig) -> LatentAutoencoder:
+    """Weights that depend on nothing but their shapes (no random generator)."""
+    model = LatentAutoencoder(config)
+    with torch.no_grad():
+        for index, (name, tensor) in enumerate(sorted(model.state_dict().items())):
+            if "melspec" in name:
+                continue
+            values = torch.arange(tensor.numel(), dtype=torch.float64)
+            filled = 0.5 * torch.sin(0.37 * values + index) / (1 + tensor.shape[-1]) ** 0.5
+            if name.endswith(("stddev",)):
+                filled = 1.0 + 0.5 * filled.abs()
+            tensor.copy_(filled.view_as(tensor).float())
+    return model.eval()
+
+
+def golden_inputs(config: LatentModelConfig) -> dict[str, torch.Tensor]:
+    b, t, v = 2, 6, config.num_vertices
+    grid = torch.arange(b * t * v * 3, dtype=torch.float64)
+    mel = torch.cos(0.013 * torch.arange(b * 90 * 80, dtype=torch.float64)).view(b, 90, 80)
+    return {
+        "vertices": torch.sin(0.01 * grid).view(b, t, v, 3).float(),
+        "template": torch.cos(0.05 * torch.arange(b * v * 3.0)).view(b, v, 3).float(),
+        "mel": (4 * mel - 6).float(),
+        "mel_starts": torch.tensor([[0, 3, 7, 10, 13, 17], [1, 4, 8, 11, 14, 18]]),
+    }
+
+
+def golden_outputs(model: LatentAutoencoder, inputs: dict[str, torch.Tensor]) -> dict:
+    with torch.no_grad():
+        expression, audio = model.codes(inputs["vertices"], inputs["mel"], inputs["mel_starts"], 61)
+        logprobs = model.encoder.fusion_model(expression, audio)
+        meshes = model.decode(inputs["template"], expression, audio, sample=False)
+    return {
+        "audio_code": audio,
+        "expression_code": expression,
+        "logprobs": logprobs,
+        "meshes": meshes,
+    }
+
+
+def test_golden_outputs_of_deterministic_weights():
+    """Regenerate with: python tests/fixtures/make_golden.py"""
+    model = deterministic_model(small_config())
+    outputs = golden_outputs(model, golden_inputs(model.config))
+    expected = load_file(str(FIXTURES / "latent_golden.safetensors"))
+    assert set(outputs) == set(expected)
+    for name, value in outputs.items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_save_load_is_bit_exact(tmp_path):
+    torch.manual_seed(3)
+    model = LatentAutoencoder(small_config())
+    model.set_statistics(torch.randn(40, 3), torch.rand(40, 3) + 0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = sum(p.square().sum() for p in model.parameters())
+    loss.backward()
+    optimizer.step()
+    names = {i: n for i, (n, _) in enumerate(model.named_parameters())}
+    config = {"model": model.config.to_dict()}
+    ckpt.write_checkpoint(
+        tmp_path / "ck",
+        {"encoder": (model.encoder, config), "decoder": (model.decoder, config)},
+        (optimizer, names),
+        {"step": 1},
+    )
+    loaded = LatentAutoencoder(
+        LatentModelConfig.from_dict(
+            ckpt.read_component_config(tmp_path / "ck" / "encoder")["model"]
+        )
+    )
+    ckpt.load_component_state(tmp_path / "ck" / "encoder", loaded.encoder)
+    ckpt.load_component_state(tmp_path / "ck" / "decoder", loaded.decoder)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    optimizer2 = torch.optim.Adam(loaded.parameters(), lr=1e-3)
+    ckpt.load_optimizer_tensors(
+        optimizer2, names, ckpt.load_tensors(tmp_path / "ck" / ckpt.OPTIMIZER_FILE)
+    )
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            assert torch.equal(optimizer2.state_dict()["state"][index][key], value)
+    assert not list(tmp_path.glob(".ck*"))  # no temporary left behind
+
+
+def test_loading_into_a_different_model_names_the_file(tmp_path):
+    model = LatentAutoencoder(small_config())
+    ckpt.save_component(tmp_path / "encoder", model.encoder, {})
+    other = LatentAutoencoder(small_config(heads=8))
+    with pytest.raises(MeshtalkError, match="fusion_model.mlp.4.weight has shape"):
+        ckpt.load_component_state(tmp_path / "encoder", other.encoder)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / ckpt.WEIGHTS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(MeshtalkError, match="not a readable safetensors file"):
+        ckpt.load_component_state(tmp_path / "broken", other.encoder)
+
+
+def test_config_rejects_impossible_values():
+    with pytest.raises(ValueError, match="heads must be positive, got 0"):
+        replace(LATENT_PRESETS["tiny"], heads=0)
+    with pytest.raises(ValueError, match="audio_dropout must be in"):
+        replace(LATENT_PRESETS["tiny"], audio_dropout=1.5)
