@@ -10,18 +10,16 @@ per second and the peak resident memory of prep's whole process tree (sampled ev
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import psutil
+from _measure import peak_tree_rss
 from rich.console import Console
 from rich.table import Table
 
@@ -32,37 +30,6 @@ SIZES = {"5k": (6, 15), "25k": (15, 30)}  # identities, sentences
 
 def _meshtalk(*args: str) -> list[str]:
     return [sys.executable, "-m", "meshtalk.cli.main", *args]
-
-
-def _peak_tree_rss(process: subprocess.Popen) -> tuple[int, float]:
-    """Wait for a process; return its tree's peak summed RSS (bytes) and wall time (s)."""
-    peak = 0
-    start = time.perf_counter()
-    parent = psutil.Process(process.pid)
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            try:
-                total = parent.memory_info().rss
-                for child in parent.children(recursive=True):
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        total += child.memory_info().rss
-                peak = max(peak, total)
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    process.wait()
-    elapsed = time.perf_counter() - start
-    done.set()
-    thread.join()
-    if process.returncode:
-        raise SystemExit(f"prep failed with exit code {process.returncode}")
-    return peak, elapsed
 
 
 def measure(name: str, workdir: Path, workers: int) -> list[dict]:
@@ -87,7 +54,7 @@ def measure(name: str, workdir: Path, workers: int) -> list[dict]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        peak, seconds = _peak_tree_rss(process)
+        peak, seconds = peak_tree_rss(process)
         manifest = json.loads((store / "manifest.json").read_text())
         frames = sum(s["frames"] for r in manifest["identities"] for s in r["segments"])
         frames += sum(r["neutral_frames"] for r in manifest["identities"])

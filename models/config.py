@@ -45,6 +45,13 @@ class LatentModelConfig:
     """Dilations of the residual audio convolutions after the first one."""
     audio_dropout: float = 0.2
     """Dropout after each residual audio convolution in training."""
+    mel_mean: float | None = None
+    """Log-mel is standardised as (mel - mel_mean) / mel_std before the first convolution. None:
+    taken from the training data when training starts (raw log-mel, 0 and 1, is what the
+    release's weights expect). Without it the log-mel's large mean (about -11) lets Adam's
+    first steps blow up the audio codes, saturating the Gumbel softmax for good."""
+    mel_std: float | None = None
+    """See `mel_mean`."""
     code_dim: int = 128
     """Size of the audio code and of the expression code (and the expression LSTM)."""
     expression_hidden: int = 256
@@ -72,6 +79,8 @@ class LatentModelConfig:
                 f"audio_kernel and audio_dilations must be >= 1, got {self.audio_kernel} and "
                 f"{list(self.audio_dilations)}"
             )
+        if self.mel_std is not None and self.mel_std <= 0:
+            problems.append(f"mel_std must be positive, got {self.mel_std}")
         if not 0.0 <= self.audio_dropout < 1.0:
             problems.append(f"audio_dropout must be in [0, 1), got {self.audio_dropout}")
         if len(self.decoder_hidden) < 1 or any(w <= 0 for w in self.decoder_hidden):
@@ -105,7 +114,6 @@ LATENT_PRESETS: dict[str, LatentModelConfig] = {
         heads=4,
         classes=16,
         audio_channels=32,
-        audio_dilations=(1, 2, 3, 1, 2, 3),
         code_dim=32,
         expression_hidden=64,
         fusion_hidden=64,
@@ -113,7 +121,9 @@ LATENT_PRESETS: dict[str, LatentModelConfig] = {
     ),
 }
 """'release': the authors' public release (H=16, C=128); 'paper': H=64 heads as in the paper;
-'tiny': for tests and CPU demos (its audio receptive field, 53 mel frames, fits either window)."""
+'tiny': for tests and CPU demos. Every preset sees 101 mel frames (1 s) through one output of its
+audio convolutions, the release window: with a smaller receptive field the mean over the window's
+outputs blurs the frame's own moment of speech and lips barely follow the audio."""
 
 
 def latent_preset(name: str, **overrides) -> LatentModelConfig:

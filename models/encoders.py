@@ -37,9 +37,12 @@ class AudioEncoder(nn.Module):
         code_dim: int,
         dropout: float,
         slope: float,
+        mel_mean: float = 0.0,
+        mel_std: float = 1.0,
     ) -> None:
         super().__init__()
         self.mel_config, self.dropout, self.slope = mel, dropout, slope
+        self.mel_mean, self.mel_std = mel_mean, mel_std
         self.melspec = torchaudio.transforms.MelSpectrogram(
             sample_rate=mel.sample_rate,
             n_fft=mel.n_fft,
@@ -64,7 +67,7 @@ class AudioEncoder(nn.Module):
 
         Output p depends on mel frames p .. p + receptive_field - 1 only.
         """
-        x = leaky(self.convert_dimensions(mel), self.slope)
+        x = leaky(self.convert_dimensions((mel - self.mel_mean) / self.mel_std), self.slope)
         for conv in self.convs:
             y = leaky(conv(x), self.slope)
             y = F.dropout(y, self.dropout, self.training)
@@ -177,6 +180,8 @@ class LatentEncoder(nn.Module):
             code_dim=config.code_dim,
             dropout=config.audio_dropout,
             slope=config.leaky_slope,
+            mel_mean=0.0 if config.mel_mean is None else config.mel_mean,
+            mel_std=1.0 if config.mel_std is None else config.mel_std,
         )
         self.expression_encoder = ExpressionEncoder(
             num_vertices=config.num_vertices,

@@ -68,6 +68,21 @@ class PreparedStore:
             name: np.load(self.root / "masks" / f"{name}.npy") for name in self.manifest["masks"]
         }
 
+    def mel_statistics(self, split: str) -> tuple[float, float]:
+        """Mean and standard deviation of every log-mel value of a split's segments."""
+        total, squares, count = 0.0, 0.0, 0
+        for segment in self.split(split):
+            mel = np.asarray(self.mel(segment), dtype=np.float64)
+            total, squares, count = (
+                total + mel.sum(),
+                squares + np.square(mel).sum(),
+                count + mel.size,
+            )
+        if count == 0:
+            raise MeshtalkError(self.root, f"has no '{split}' segments")
+        mean = total / count
+        return round(mean, 4), round(float(np.sqrt(max(squares / count - mean**2, 1e-12))), 4)
+
     def template(self, identity: str) -> np.ndarray:
         """(V, 3) neutral face of an identity."""
         return self._array(identity, "", "template.npy")

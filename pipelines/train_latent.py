@@ -297,6 +297,10 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
                 means = {f"train/{k}": v / count for k, v in sums.items()}
                 means["train/lr"] = training.lr_at(step - 1)
                 means["train/data_wait_share"] = waited / max(waited + stepped, 1e-9)
+                means["train/steps_per_second"] = count / max(waited + stepped, 1e-9)
+                if device.type == "cuda":
+                    peak = torch.cuda.max_memory_allocated(device) / 2**20
+                    means["train/gpu_peak_memory_mib"] = peak
                 metrics.write(step, means)
                 progress.show(step, {k.removeprefix("train/"): v for k, v in means.items()})
                 sums, count, waited, stepped = {}, 0, 0.0, 0.0
@@ -319,6 +323,13 @@ def _fit_to_data(model: LatentModelConfig, store: PreparedStore, data: Path) -> 
             f"has {store.num_vertices} vertices but the config asks for {model.num_vertices}",
         )
     model = replace(model, num_vertices=store.num_vertices)
+    if model.mel_mean is None or model.mel_std is None:
+        mean, std = store.mel_statistics("train")
+        model = replace(
+            model,
+            mel_mean=mean if model.mel_mean is None else model.mel_mean,
+            mel_std=std if model.mel_std is None else model.mel_std,
+        )
     if store.mel_frames < model.audio_receptive_field:
         raise MeshtalkError(
             data,

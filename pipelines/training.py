@@ -186,7 +186,12 @@ class MetricsLog:
         plt.close(figure)
 
 
-_NOT_LOSSES = ("train/lr", "train/data_wait_share")
+_NOT_LOSSES = (
+    "train/lr",
+    "train/data_wait_share",
+    "train/steps_per_second",
+    "train/gpu_peak_memory_mib",
+)
 
 
 class RunRecord:

@@ -24,7 +24,7 @@ def small_config(**overrides) -> LatentModelConfig:
 def test_shapes_of_every_module():
     config = small_config()
     model = LatentAutoencoder(config)
-    b, t, v, w = 2, 5, config.num_vertices, 61
+    b, t, v, w = 2, 5, config.num_vertices, 101
     vertices, template = torch.randn(b, t, v, 3), torch.randn(b, v, 3)
     windows = torch.randn(b, t, 80, w)
     audio = model.encoder.audio_encoder(windows)
@@ -69,11 +69,15 @@ def test_release_names_and_shapes_match_the_authors_checkpoint():
     assert LATENT_PRESETS["release"].audio_receptive_field == 101
 
 
-@pytest.mark.parametrize("window", [61, 101])
-def test_utterance_pass_equals_per_window_reference(window):
-    """Where windows start on mel frames (as every window of a prepared store does)."""
+@pytest.mark.parametrize(
+    ("dilations", "window"), [((2, 4, 6, 2, 4, 6), 101), ((1, 2, 3, 1, 2, 3), 61), ((1, 2), 101)]
+)
+def test_utterance_pass_equals_per_window_reference(dilations, window):
+    """Where windows start on mel frames (as every window of a prepared store does); with a
+    receptive field smaller than the window, the mean over the window's outputs is pooled too."""
     torch.manual_seed(0)
-    encoder = LatentAutoencoder(small_config()).encoder.audio_encoder.eval()
+    config = small_config(audio_dilations=dilations, mel_mean=-8.0, mel_std=5.0)
+    encoder = LatentAutoencoder(config).encoder.audio_encoder.eval()
     mel = torch.randn(2, 400, 80)
     starts = torch.tensor([[0, 3, 7, 10, 13, 17], [5, 8, 12, 15, 18, 22]])
     windows = torch.stack(
@@ -115,7 +119,7 @@ def deterministic_model(config: LatentModelConfig) -> LatentAutoencoder:
 def golden_inputs(config: LatentModelConfig) -> dict[str, torch.Tensor]:
     b, t, v = 2, 6, config.num_vertices
     grid = torch.arange(b * t * v * 3, dtype=torch.float64)
-    mel = torch.cos(0.013 * torch.arange(b * 90 * 80, dtype=torch.float64)).view(b, 90, 80)
+    mel = torch.cos(0.013 * torch.arange(b * 130 * 80, dtype=torch.float64)).view(b, 130, 80)
     return {
         "vertices": torch.sin(0.01 * grid).view(b, t, v, 3).float(),
         "template": torch.cos(0.05 * torch.arange(b * v * 3.0)).view(b, v, 3).float(),
@@ -126,7 +130,9 @@ def golden_inputs(config: LatentModelConfig) -> dict[str, torch.Tensor]:
 
 def golden_outputs(model: LatentAutoencoder, inputs: dict[str, torch.Tensor]) -> dict:
     with torch.no_grad():
-        expression, audio = model.codes(inputs["vertices"], inputs["mel"], inputs["mel_starts"], 61)
+        expression, audio = model.codes(
+            inputs["vertices"], inputs["mel"], inputs["mel_starts"], 101
+        )
         logprobs = model.encoder.fusion_model(expression, audio)
         meshes = model.decode(inputs["template"], expression, audio, sample=False)
     return {
@@ -139,7 +145,7 @@ def golden_outputs(model: LatentAutoencoder, inputs: dict[str, torch.Tensor]) ->
 
 def test_golden_outputs_of_deterministic_weights():
     """Regenerate with: python tests/fixtures/make_golden.py"""
-    model = deterministic_model(small_config())
+    model = deterministic_model(small_config(mel_mean=-6.0, mel_std=4.0))
     outputs = golden_outputs(model, golden_inputs(model.config))
     expected = load_file(str(FIXTURES / "latent_golden.safetensors"))
     assert set(outputs) == set(expected)

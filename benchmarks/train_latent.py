@@ -1,0 +1,178 @@
+"""Speed and memory of `meshtalk train latent` with the release's sizes (H=16, C=128, V=6172).
+
+Makes a small synthetic dataset on the MeshTalk template (../shared/reference), then:
+
+1. times the audio encoder on a training batch (8 segments x 32 frames, forward and backward):
+   the per-window reference (the convolutions run on every frame's 1 s window) against the
+   utterance pass (run once over the segment's mel, each frame's window pooled from it);
+2. runs the real training command for some steps on each device present (the CPU; a GPU when
+   there is one) and reports steps per second, peak resident memory of the process, the GPU's
+   peak memory, and the share of step time spent waiting for data.
+
+    python benchmarks/train_latent.py [--steps 40] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import torch
+from _measure import peak_tree_rss
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPOLOGY = ROOT.parent / "shared" / "reference" / "meshtalk_topology"
+
+
+def _meshtalk(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshtalk.cli.main", *args]
+
+
+def make_store(workdir: Path) -> Path:
+    data, store = workdir / "multiface", workdir / "data"
+    subprocess.run(
+        _meshtalk(
+            "synth", str(data), "--identities", "3", "--sentences", "4", "--seed", "1",
+            "--template", str(TOPOLOGY / "face_template.obj"), "--masks", str(TOPOLOGY),
+        ),
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    subprocess.run(
+        _meshtalk("prep", str(data), "-o", str(store), "--crop", "none", "--masks", str(TOPOLOGY)),
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return store
+
+
+def audio_encoder_comparison(store: Path, repeats: int) -> dict:
+    """Forward + backward time of both audio paths on one training batch (CPU)."""
+    from meshtalk.models.config import latent_preset
+    from meshtalk.models.encoders import LatentEncoder
+    from meshtalk.pipelines.dataset import PreparedStore, SegmentDataset
+
+    prepared = PreparedStore(store)
+    encoder = LatentEncoder(latent_preset("release", num_vertices=prepared.num_vertices))
+    audio = encoder.audio_encoder.train()
+    spans = SegmentDataset(prepared, "train", 32, seed=0)
+    windows = SegmentDataset(prepared, "train", 32, seed=0, audio="windows")
+    span = [spans[i] for i in range(8)]
+    mel = torch.stack([item["mel"] for item in span])
+    starts = torch.stack([item["mel_starts"] for item in span])
+    per_window = torch.stack([windows[i]["audio"] for i in range(8)])
+
+    def timed(function) -> float:
+        function().sum().backward()  # warm up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            function().sum().backward()
+        return (time.perf_counter() - start) / repeats
+
+    window = prepared.mel_frames
+    per_window_s = timed(lambda: audio(per_window))
+    utterance_s = timed(lambda: audio.encode_span(mel, starts, window))
+    return {
+        "batch": "8 segments x 32 frames",
+        "mel_frames_per_window": window,
+        "mel_frames_per_segment_span": int(mel.shape[1]),
+        "per_window_ms": round(per_window_s * 1000, 1),
+        "utterance_pass_ms": round(utterance_s * 1000, 1),
+        "speedup": round(per_window_s / utterance_s, 1),
+    }
+
+
+def training_run(store: Path, workdir: Path, device: str, steps: int) -> dict:
+    config = workdir / "release.yaml"
+    config.write_text(
+        "model: {preset: release}\n"
+        f"train: {{steps: {steps}, batch_size: 8, frames: 32, log_every: 10, val_every: {steps},"
+        f" checkpoint_every: {steps}, val_segments: 8, data_workers: 2}}\n"
+    )
+    output = workdir / f"run-{device}"
+    process = subprocess.Popen(
+        _meshtalk("train", "latent", "--data", str(store), "--config", str(config),
+                  "-o", str(output), "--device", device, "--no-progress"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    peak, seconds = peak_tree_rss(process)
+    with open(output / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+
+    def series(name: str) -> list[float]:
+        values = [float(r["value"]) for r in rows if r["name"] == name]
+        return values[1:] if len(values) > 1 else values  # the first interval warms up
+
+    speeds, waits = series("train/steps_per_second"), series("train/data_wait_share")
+    gpu = series("train/gpu_peak_memory_mib")
+    return {
+        "device": device,
+        "steps": steps,
+        "steps_per_second": round(sum(speeds) / len(speeds), 2),
+        "data_wait_share": round(sum(waits) / len(waits), 3),
+        "peak_rss_mib_all_processes": round(peak / 2**20),
+        "gpu_peak_memory_mib": round(max(gpu)) if gpu else None,
+        "wall_seconds_with_setup_and_validation": round(seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=40, help="training steps per device")
+    parser.add_argument("--repeats", type=int, default=5, help="audio encoder timing repeats")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    if not (TOPOLOGY / "face_template.obj").is_file():
+        raise SystemExit(
+            f"{TOPOLOGY}: the MeshTalk reference topology is needed beside the project"
+        )
+    torch.set_num_threads(psutil.cpu_count())
+    with tempfile.TemporaryDirectory(prefix="meshtalk-bench-") as tmp:
+        workdir = Path(tmp)
+        store = make_store(workdir)
+        audio = audio_encoder_comparison(store, args.repeats)
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        runs = [training_run(store, workdir, device, args.steps) for device in devices]
+    console = Console()
+    table = Table(
+        title="audio encoder, release sizes, one training batch (forward + backward, CPU)"
+    )
+    for column in ("path", "mel frames convolved", "ms"):
+        table.add_column(column, justify="right")
+    table.add_row("per window (reference)", f"8 x 32 x {audio['mel_frames_per_window']}",
+                  f"{audio['per_window_ms']:.1f}")  # fmt: skip
+    table.add_row("utterance pass", f"8 x {audio['mel_frames_per_segment_span']}",
+                  f"{audio['utterance_pass_ms']:.1f}")  # fmt: skip
+    console.print(table)
+    console.print(f"utterance pass speed-up: {audio['speedup']}x")
+    table = Table(title="meshtalk train latent, release preset, batch 8 x 32 frames")
+    columns = ("device", "steps/s", "data wait share", "peak RSS (MiB)", "GPU peak (MiB)")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for run in runs:
+        gpu = run["gpu_peak_memory_mib"]
+        table.add_row(
+            run["device"],
+            f"{run['steps_per_second']:.2f}",
+            f"{100 * run['data_wait_share']:.1f}%",
+            f"{run['peak_rss_mib_all_processes']:,}",
+            "-" if gpu is None else f"{gpu:,}",
+        )
+    console.print(table)
+    console.print(f"CPU: {psutil.cpu_count()} cores; target data wait share on a GPU: < 10%")
+    if args.json:
+        figures = {"audio_encoder": audio, "training": runs, "cpu_count": psutil.cpu_count()}
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
