@@ -178,7 +178,8 @@ def train_latent(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     resume: Annotated[
-        bool, typer.Option(help="Continue the run in --output from its checkpoint.")
+        bool,
+        typer.Option(help="Continue the run in --output from its checkpoint (start it if none)."),
     ] = False,
     steps: Annotated[
         int | None, typer.Option(help="Train this many steps in all (overrides the config).")

@@ -117,7 +117,7 @@ class TrainLatentConfig:
     device: str = "auto"
     """auto (CUDA, else MPS, else CPU), cpu, cuda or mps."""
     resume: bool = False
-    """Continue the run in `output` from its checkpoint."""
+    """Continue the run in `output` from its checkpoint if it has one (else start it)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -221,7 +221,7 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
     )
     checkpoint_dir = output / STAGE
     start_step = 0
-    if config.resume:
+    if config.resume and checkpoint_dir.is_dir():
         start_step = _load_checkpoint(checkpoint_dir, model, optimizer, names, record)
     elif checkpoint_dir.exists():
         raise MeshtalkError(output, "already holds a latent run (--resume to continue it)")
@@ -369,8 +369,6 @@ def _write_checkpoint(folder, model, model_config, store, optimizer, names, step
 
 
 def _load_checkpoint(folder, model, optimizer, names, record) -> int:
-    if not folder.is_dir():
-        raise MeshtalkError(folder, "no checkpoint to resume from")
     record.check_resumable()
     ckpt.load_component_state(folder / "encoder", model.encoder)
     ckpt.load_component_state(folder / "decoder", model.decoder)

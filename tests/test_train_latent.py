@@ -157,8 +157,10 @@ def test_existing_run_needs_resume_and_resume_needs_the_same_settings(tiny_store
     changed = replace(tiny_run(tiny_store, tmp_path / "run", lr=5e-4), resume=True)
     with pytest.raises(MeshtalkError, match="train.lr was 0.001, now 0.0005"):
         run(changed)
-    with pytest.raises(MeshtalkError, match="no checkpoint to resume from"):
-        run(replace(tiny_run(tiny_store, tmp_path / "fresh"), resume=True))
+    fresh = run(replace(tiny_run(tiny_store, tmp_path / "fresh", steps=1), resume=True))
+    assert json.loads((fresh / "latent" / "trainer.json").read_text())["step"] == 1
+    again = run(replace(tiny_run(tiny_store, tmp_path / "fresh", steps=1), resume=True))
+    assert json.loads((again / "latent" / "trainer.json").read_text())["step"] == 1
 
 
 def test_config_file_problems_are_all_named_on_one_line(tmp_path):
