@@ -257,7 +257,15 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
         if dist.is_main:
             figures = evaluate(model, validation, masks, window, device)
             metrics.write(step, {f"val/{k}": v for k, v in figures.items()})
-            log.info("step %d validation: %s", step, figures)
+            log.info(
+                "step %d validation: reconstruction %.3f mm, lip vertex error %.2f mm, audio swap "
+                "moves mouth/upper %.1fx, expression swap moves upper/mouth %.2fx",
+                step,
+                figures["reconstruction_mm"],
+                figures["lip_vertex_error_mm"],
+                figures["audio_swap_mouth_over_upper"],
+                figures["expression_swap_upper_over_mouth"],
+            )
         dist.barrier()
 
     def save(step: int) -> None:
