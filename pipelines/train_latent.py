@@ -275,7 +275,7 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
 
     if start_step == 0:
         validate(0)
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
     count, waited, stepped = 0, 0.0, 0.0
     with training_progress(
         "train latent", training.steps, start_step, config.progress and dist.is_main
@@ -297,12 +297,12 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
             losses["total"].backward()
             optimizer.step()
             for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+                sums[key] = sums[key] + value.detach() if key in sums else value.detach()
             count += 1
             fetch_started = time.perf_counter()
             stepped += fetch_started - fetched
             if step % training.log_every == 0 or step == training.steps:
-                means = {f"train/{k}": v / count for k, v in sums.items()}
+                means = {f"train/{k}": float(v) / count for k, v in sums.items()}
                 means["train/lr"] = training.lr_at(step - 1)
                 means["train/data_wait_share"] = waited / max(waited + stepped, 1e-9)
                 means["train/steps_per_second"] = count / max(waited + stepped, 1e-9)
