@@ -191,6 +191,7 @@ def train_latent(
     Several GPUs: torchrun --nproc-per-node N --no-python meshtalk train latent ...
     """
     from meshtalk.pipelines import train_latent as pipeline
+    from meshtalk.pipelines.configs import with_steps
 
     def make_config():
         model, training = (
@@ -199,8 +200,61 @@ def train_latent(
             else (pipeline.LATENT_PRESETS["release"], pipeline.LatentTrainingConfig())
         )
         if steps is not None:
-            training = pipeline.with_steps(training, steps)
+            training = with_steps(training, steps)
         return pipeline.TrainLatentConfig(
+            data=data,
+            output=output,
+            model=model,
+            training=training,
+            device=device,
+            resume=resume,
+            progress=progress,
+        )
+
+    _call(pipeline.run, make_config)
+
+
+@train_app.command("prior")
+def train_prior(
+    latent: Annotated[
+        Path, typer.Option(help="Stage-1 run directory (meshtalk train latent -o ...).")
+    ],
+    data: Annotated[Path, typer.Option(help="Prepared store (meshtalk prep).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML with 'model:' (preset and overrides) and 'train:' sections, e.g. "
+            "examples/configs/prior-tiny.yaml [default: the release's settings]."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue the run in --output from its checkpoint (start it if none)."),
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option(help="Train this many steps in all (overrides the config).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Stage 2: the audio-conditioned autoregressive prior over the frozen stage-1 codes.
+
+    Several GPUs: torchrun --nproc-per-node N --no-python meshtalk train prior ...
+    """
+    from meshtalk.pipelines import train_prior as pipeline
+    from meshtalk.pipelines.configs import with_steps
+
+    def make_config():
+        model, training = (
+            pipeline.load_config_file(config)
+            if config is not None
+            else (pipeline.PRIOR_PRESETS["release"], pipeline.PriorTrainingConfig())
+        )
+        if steps is not None:
+            training = with_steps(training, steps)
+        return pipeline.TrainPriorConfig(
+            latent=latent,
             data=data,
             output=output,
             model=model,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,3 +62,38 @@ def parse_section(cls: type[T], values: Any, where: str, problems: list[str]) ->
 def raise_problems(path: Path, problems: list[str]) -> None:
     if problems:
         raise MeshtalkError(path, "; ".join(problems))
+
+
+def load_model_and_training(
+    path: Path, presets: dict[str, Any], model_type: type, training_type: type[T]
+) -> tuple[Any, T]:
+    """Read a YAML file with `model:` (a preset and fields of it to replace) and `train:`."""
+    data = read_yaml(path)
+    problems = [
+        f"{key}: unknown section (known: model, train)"
+        for key in data
+        if key not in ("model", "train")
+    ]
+    model_values = data.get("model") or {}
+    if not isinstance(model_values, dict):
+        problems.append(f"model: must be a mapping, got {model_values!r}")
+        model_values = {}
+    model_values = dict(model_values)
+    preset = model_values.pop("preset", "release")
+    model = None
+    if preset not in presets:
+        problems.append(f"model.preset: unknown preset '{preset}' (known: {', '.join(presets)})")
+    else:
+        base = asdict(presets[preset])
+        model = parse_section(model_type, {**base, **model_values}, "model", problems)
+    training = parse_section(training_type, data.get("train"), "train", problems)
+    raise_problems(path, problems)
+    return model, training
+
+
+def with_steps(training: T, steps: int) -> T:
+    """The same training settings with another step count (a one-line error if not positive)."""
+    try:
+        return replace(training, steps=steps)
+    except ValueError as error:
+        raise MeshtalkError(None, f"--steps: {error}") from None

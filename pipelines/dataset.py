@@ -118,12 +118,14 @@ class PreparedStore:
         """The mel that holds the windows of some consecutive frames, and where each window starts.
 
         Returns:
-            mel (L, n_mels) with L = `span_length(len(mel_index))` (edge-padded past the
-            utterance's end), and starts (T,) int64: window k is mel[starts[k] : starts[k] + W].
+            mel (L, n_mels) with L = `span_length(len(mel_index))` for gap-free frames (longer
+            if the frames skip dropped ones), edge-padded past the utterance's end, and starts
+            (T,) int64: window k is mel[starts[k] : starts[k] + W].
         """
         mel = self.mel(segment)
         first = int(mel_index[0]) + self.mel_first
-        length = self.span_length(len(mel_index))
+        reach = int(mel_index[-1] - mel_index[0]) + self.mel_frames
+        length = max(self.span_length(len(mel_index)), reach)
         span = np.array(mel[first : first + length])
         if len(span) < length:
             span = np.concatenate([span, np.repeat(span[-1:], length - len(span), axis=0)])

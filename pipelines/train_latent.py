@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from meshtalk.models.config import LATENT_PRESETS, LatentModelConfig
 from meshtalk.models.latent import LatentAutoencoder
 from meshtalk.pipelines import checkpoint as ckpt
-from meshtalk.pipelines.configs import parse_section, raise_problems, read_yaml
+from meshtalk.pipelines.configs import load_model_and_training
 from meshtalk.pipelines.dataset import PreparedStore, SegmentDataset
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.metrics import lip_vertex_errors, mean_vertex_error, weighted_mean
@@ -30,6 +30,7 @@ from meshtalk.pipelines.training import (
     MetricsLog,
     RunRecord,
     StepBatches,
+    parameter_names,
     resolve_device,
     seed_for,
     training_progress,
@@ -122,35 +123,9 @@ class TrainLatentConfig:
     """Show a progress bar."""
 
 
-def with_steps(training: LatentTrainingConfig, steps: int) -> LatentTrainingConfig:
-    """The same settings with another step count (a one-line error if it is not positive)."""
-    try:
-        return replace(training, steps=steps)
-    except ValueError as error:
-        raise MeshtalkError(None, f"--steps: {error}") from None
-
-
 def load_config_file(path: Path) -> tuple[LatentModelConfig, LatentTrainingConfig]:
     """Read a YAML file with `model:` (a preset and overrides) and `train:` sections."""
-    data = read_yaml(path)
-    problems = [
-        f"{key}: unknown section (known: model, train)"
-        for key in data
-        if key not in ("model", "train")
-    ]
-    model_values = dict(data.get("model") or {})
-    preset = model_values.pop("preset", "release")
-    model = None
-    if preset not in LATENT_PRESETS:
-        problems.append(
-            f"model.preset: unknown preset '{preset}' (known: {', '.join(LATENT_PRESETS)})"
-        )
-    else:
-        base = asdict(LATENT_PRESETS[preset])
-        model = parse_section(LatentModelConfig, {**base, **model_values}, "model", problems)
-    training = parse_section(LatentTrainingConfig, data.get("train"), "train", problems)
-    raise_problems(path, problems)
-    return model, training
+    return load_model_and_training(path, LATENT_PRESETS, LatentModelConfig, LatentTrainingConfig)
 
 
 class PairedSegments(Dataset):
@@ -212,7 +187,7 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
         ],
         lr=training.lr,
     )
-    names = _parameter_names(model, optimizer)
+    names = parameter_names(model, optimizer)
     record = RunRecord(
         output,
         stage=STAGE,
@@ -346,13 +321,6 @@ def _fit_to_data(model: LatentModelConfig, store: PreparedStore, data: Path) -> 
             "use smaller audio_dilations)",
         )
     return model
-
-
-def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
-    """Optimizer parameter index -> parameter name, in the order of its groups."""
-    by_id = {id(p): name for name, p in model.named_parameters()}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    return {index: by_id[id(p)] for index, p in enumerate(params)}
 
 
 def component_config(model_config: LatentModelConfig, store: PreparedStore, name: str) -> dict:

@@ -91,6 +91,13 @@ class Distributed:
             torch_dist.destroy_process_group()
 
 
+def parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """Optimizer parameter index -> parameter name, in the order of its groups."""
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return {index: by_id[id(p)] for index, p in enumerate(params)}
+
+
 class StepBatches(Sampler[list[int]]):
     """Dataset indices of each step's batch for one process.
 
@@ -162,7 +169,9 @@ class MetricsLog:
             "training losses": [
                 k for k in series if k.startswith("train/") and k not in _NOT_LOSSES
             ],
-            "validation": [k for k in series if k.startswith("val/") and k.endswith("_mm")],
+            "validation": [
+                k for k in series if k.startswith("val/") and (k.endswith("_mm") or "perplex" in k)
+            ],
             "validation ratios": [k for k in series if k.startswith("val/") and "_over_" in k],
         }
         panels = {title: names for title, names in panels.items() if names}

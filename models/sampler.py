@@ -1,0 +1,271 @@
+"""Sampling the prior in time and memory linear in the length, and streaming.
+
+`PriorSampler` evaluates exactly the function of `ContextModel.forward`, one step at a time:
+
+- only the receptive field is kept: each middle layer keeps its last 1 + dilation inputs in a ring
+  buffer, so memory does not grow with the length;
+- the audio contribution of all frames of a chunk is one batched matrix product;
+- within a step, a layer's head block is computed once, as soon as the heads it depends on are
+  known. With the masks of SPEC section 7 (head h reads heads < h in every layer), the logits of
+  head h depend on the current step's codes of heads <= h - (number of layers) only, so several
+  heads are sampled together in one round (H=16: 3 rounds per step instead of 16);
+- codes are drawn on the model's device (Gumbel-max with a seeded generator, or argmax), with no
+  copy to the host per step.
+
+`push` takes audio codes chunk by chunk and returns the codes of those frames at once: the prior
+reads a[<=t] only, so a frame is determined as soon as its audio code is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from meshtalk.models.prior import ContextModel, MaskedLayer
+
+
+def mask_offset(layer: MaskedLayer, heads: int) -> int:
+    """o such that output block j of the layer reads input blocks < j + o (0: strict, 1: with j).
+
+    Raises ValueError for a mask of any other form.
+    """
+    mask = layer.mask[..., 0] != 0
+    out_per_head, in_per_head = mask.shape[0] // heads, mask.shape[1] // heads
+    for offset in (0, 1):
+        expected = torch.zeros_like(mask)
+        for j in range(heads):
+            expected[j * out_per_head : (j + 1) * out_per_head, : (j + offset) * in_per_head] = 1
+        if torch.equal(mask, expected):
+            return offset
+    raise ValueError("the prior's mask is not block lower-triangular over heads")
+
+
+@dataclass(frozen=True)
+class Round:
+    """Heads sampled together, and per layer the blocks computed before sampling them.
+
+    The last round of a step samples no head: it completes the blocks that only the next steps
+    read (through the causal convolutions).
+    """
+
+    heads: tuple[int, int]
+    blocks: tuple[tuple[int, int], ...]
+
+
+def schedule(model: ContextModel) -> list[Round]:
+    """Rounds of one step: which head blocks each layer computes before which heads are drawn."""
+    heads = model.config.heads
+    layers = [model.embedding, *model.context_layers, model.logits]
+    # needs[l][j]: highest current-step head that block j of layer l depends on (-1: none).
+    needs, previous = [], None
+    for layer in layers:
+        offset = mask_offset(layer, heads)
+        row = []
+        for j in range(heads):
+            last_input = j + offset - 1
+            if last_input < 0:
+                row.append(-1)
+            elif previous is None:
+                row.append(last_input)
+            else:
+                row.append(max(previous[: last_input + 1]))
+        needs.append(row)
+        previous = row
+    if any(needs[-1][h] >= h for h in range(heads)):
+        raise ValueError("the prior's masks let a head depend on itself")
+    rounds, sampled, done = [], 0, [0] * len(layers)
+    while sampled < heads:
+        ready = [sum(1 for need in row if need < sampled) for row in needs]
+        blocks = tuple((done[i], ready[i]) for i in range(len(layers)))
+        rounds.append(Round((sampled, ready[-1]), blocks))
+        done, sampled = ready, ready[-1]
+    # The next steps read every block of the layers below the logits: finish them.
+    rest = tuple((done[i], heads) for i in range(len(layers) - 1)) + ((heads, heads),)
+    if any(first < last for first, last in rest):
+        rounds.append(Round((heads, heads), rest))
+    return rounds
+
+
+class PriorSampler:
+    """Draws codes from a `ContextModel`, step by step, for a batch of B sequences.
+
+    Args:
+        model: the prior (its device and dtype are used).
+        batch: B, sequences sampled side by side.
+        temperature: logits are divided by it before drawing (ignored with `argmax`).
+        argmax: take the most likely class instead of drawing.
+        seed: seed of the Gumbel noise (same seed, same codes on the same device).
+        record_logits: keep the logits used at every (t, h) (for tests).
+    """
+
+    def __init__(
+        self,
+        model: ContextModel,
+        *,
+        batch: int = 1,
+        temperature: float = 1.0,
+        argmax: bool = False,
+        seed: int = 0,
+        record_logits: bool = False,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.model, self.batch = model, batch
+        self.temperature, self.argmax = temperature, argmax
+        self.record_logits = record_logits
+        self.recorded: list[torch.Tensor] = []
+        config = model.config
+        self.heads, self.classes, self.width = (
+            config.heads,
+            config.classes,
+            config.heads * config.channels_per_head,
+        )
+        self.slope = config.leaky_slope
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.rounds = schedule(model)
+        self._prepare_weights()
+        self.step = 0
+        b, w = batch, self.width
+        self.history = [
+            torch.zeros(b, 1 + layer.dilation, w, device=self.device, dtype=self.dtype)
+            for layer in model.context_layers
+        ]
+
+    @torch.no_grad()
+    def _prepare_weights(self) -> None:
+        model, k, c = self.model, self.model.config.channels_per_head, self.classes
+        layers = [model.embedding, *model.context_layers, model.logits]
+        per_head = [(c, k)] + [(k, k)] * len(model.context_layers) + [(k, c)]
+        offsets = [mask_offset(layer, self.heads) for layer in layers]
+        # Embedding of a one-hot input: row (head i, class c) of the masked weight, transposed.
+        self.embedding_rows = layers[0].masked_weight()[..., 0].t().contiguous()
+        self.biases = [layer.masked_linear.bias.detach() for layer in layers]
+        # Per round and layer after the embedding: the new rows' weights over the columns they read.
+        self.round_weights = []
+        for round_ in self.rounds:
+            weights = []
+            for index in range(1, len(layers)):
+                (first, last), (inp, out) = round_.blocks[index], per_head[index]
+                columns = max(0, (last - 1 + offsets[index]) * inp)
+                weight = layers[index].masked_weight()[first * out : last * out, :columns, 0]
+                weights.append(weight.t().contiguous())
+            self.round_weights.append(weights)
+        self.historic = [
+            torch.cat([layer.historic.weight[..., 0].t(), layer.historic.weight[..., 1].t()])
+            .contiguous()
+            .detach()
+            for layer in model.context_layers
+        ]
+        constant = [
+            layer.masked_linear.bias + layer.historic.bias for layer in model.context_layers
+        ]
+        if model.config.audio_conditioning:
+            self.audio_weight = torch.cat(
+                [layer.unmasked_linear.weight[..., 0] for layer in model.context_layers]
+            ).t()
+            constant = [
+                b + layer.unmasked_linear.bias
+                for b, layer in zip(constant, model.context_layers, strict=True)
+            ]
+        else:
+            self.audio_weight = None
+        self.constant = torch.cat(constant).detach()
+        self.per_head = per_head
+
+    @torch.no_grad()
+    def push(self, audio_code: torch.Tensor) -> torch.Tensor:
+        """Codes of the next frames given their audio codes.
+
+        Args:
+            audio_code: (B, n, audio_dim) audio codes of the next n frames.
+
+        Returns:
+            (B, n, H) int64 class indices, on the model's device.
+        """
+        b, n, _ = audio_code.shape
+        if b != self.batch:
+            raise ValueError(f"expected a batch of {self.batch} sequences, got {b}")
+        audio_code = audio_code.to(self.device, self.dtype)
+        # The audio contribution (and the constant biases) of every middle layer and frame at once.
+        if self.audio_weight is None:
+            pre = self.constant.expand(b, n, -1)
+        else:
+            pre = torch.addmm(self.constant, audio_code.reshape(b * n, -1), self.audio_weight)
+            pre = pre.view(b, n, -1)
+        pre = pre.view(b, n, len(self.history), self.width)
+        noise = None
+        if not self.argmax:
+            noise = torch.empty(b, n, self.heads, self.classes, device=self.device)
+            noise.exponential_(generator=self.generator).log_().neg_()
+            noise = noise.to(self.dtype)
+        codes = torch.empty(b, n, self.heads, dtype=torch.long, device=self.device)
+        for t in range(n):
+            self._step(pre[:, t], None if noise is None else noise[:, t], codes[:, t])
+        return codes
+
+    def _step(self, pre: torch.Tensor, noise: torch.Tensor | None, codes: torch.Tensor) -> None:
+        """One frame: pre (B, layers, width) audio + biases, noise (B, H, C); fills codes (B, H)."""
+        slope, c = self.slope, self.classes
+        layers = 2 + len(self.history)
+        step = self.step
+        # Current-step activations of every layer (inputs of the next), filled block by block.
+        inputs = [torch.zeros(self.batch, self.width, device=self.device, dtype=self.dtype)]
+        inputs += [torch.empty_like(inputs[0]) for _ in range(layers - 2)]
+        logits = torch.empty(self.batch, self.heads * c, device=self.device, dtype=self.dtype)
+        embedded = self.biases[0].expand(self.batch, -1).clone()
+        # History: each middle layer reads its input at t-1-d and t-1.
+        context = []
+        for index, ring in enumerate(self.history):
+            size = ring.shape[1]  # 1 + d: slot s % size holds the input of step s
+            past = torch.cat([ring[:, step % size], ring[:, (step - 1) % size]], dim=1)
+            context.append(torch.addmm(pre[:, index], past, self.historic[index]))
+        for round_, weights in zip(self.rounds, self.round_weights, strict=True):
+            first, last = round_.blocks[0]
+            k = self.per_head[0][1]
+            inputs[0][:, first * k : last * k] = F.leaky_relu(
+                embedded[:, first * k : last * k], slope
+            )
+            for index in range(1, layers):
+                (first, last), (_, out) = round_.blocks[index], self.per_head[index]
+                if last == first:
+                    continue
+                rows = slice(first * out, last * out)
+                columns = weights[index - 1].shape[0]
+                if index < layers - 1:
+                    base = context[index - 1][:, rows]
+                    value = torch.addmm(base, inputs[index - 1][:, :columns], weights[index - 1])
+                    inputs[index][:, rows] = F.leaky_relu(value, slope)
+                else:
+                    base = self.biases[-1][rows].expand(self.batch, -1)
+                    logits[:, rows] = torch.addmm(
+                        base, inputs[index - 1][:, :columns], weights[index - 1]
+                    )
+            first, last = round_.heads
+            if first == last:
+                continue
+            drawn = logits[:, first * c : last * c].view(self.batch, last - first, c)
+            if noise is None:
+                chosen = drawn.argmax(dim=-1)
+            else:
+                chosen = (drawn / self.temperature + noise[:, first:last]).argmax(dim=-1)
+            codes[:, first:last] = chosen
+            rows = torch.arange(first, last, device=self.device) * c + chosen  # (B, n)
+            embedded += self.embedding_rows[rows].sum(dim=1)
+        for index, ring in enumerate(self.history):
+            ring[:, step % ring.shape[1]] = inputs[index]
+        if self.record_logits:
+            self.recorded.append(logits.view(self.batch, self.heads, c).clone())
+        self.step += 1
+
+    def sample(self, audio_code: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """(B, T, audio_dim) audio codes -> (B, T, H) codes, `chunk` frames at a time."""
+        parts = [
+            self.push(audio_code[:, start : start + chunk])
+            for start in range(0, audio_code.shape[1], chunk)
+        ]
+        return torch.cat(parts, dim=1)

@@ -1,0 +1,189 @@
+"""The autoregressive prior and its linear-time sampler."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from meshtalk.models.prior import ContextModel, PriorModelConfig, prior_preset
+from meshtalk.models.sampler import PriorSampler, schedule
+from meshtalk.pipelines.train_prior import evaluate
+
+
+def random_prior(config: PriorModelConfig, seed: int = 0, scale: float = 3.0) -> ContextModel:
+    """Random weights, scaled up so that logits vary a lot between inputs."""
+    torch.manual_seed(seed)
+    model = ContextModel(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(scale)
+    return model
+
+
+def logits_of(model: ContextModel, codes: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(F.one_hot(codes, model.config.classes).float(), audio)
+
+
+def test_state_names_and_shapes_are_those_of_the_release():
+    state = ContextModel(prior_preset("release")).state_dict()
+    expected = {
+        "embedding.mask": (1024, 2048, 1),
+        "embedding.masked_linear.weight": (1024, 2048, 1),
+        "embedding.masked_linear.bias": (1024,),
+        "embedding.unmasked_linear.weight": (1024, 128, 1),
+        "embedding.unmasked_linear.bias": (1024,),
+        "logits.mask": (2048, 1024, 1),
+        "logits.masked_linear.weight": (2048, 1024, 1),
+        "logits.masked_linear.bias": (2048,),
+        "logits.unmasked_linear.weight": (2048, 128, 1),
+        "logits.unmasked_linear.bias": (2048,),
+    }
+    for i in range(4):
+        layer = f"context_layers.{i}"
+        expected |= {
+            f"{layer}.mask": (1024, 1024, 1),
+            f"{layer}.masked_linear.weight": (1024, 1024, 1),
+            f"{layer}.masked_linear.bias": (1024,),
+            f"{layer}.unmasked_linear.weight": (1024, 128, 1),
+            f"{layer}.unmasked_linear.bias": (1024,),
+            f"{layer}.historic.weight": (1024, 1024, 2),
+            f"{layer}.historic.bias": (1024,),
+        }
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+    # Output block h reads input blocks < h only.
+    mask = state["context_layers.0.mask"][..., 0]
+    assert mask[:64].sum() == 0 and mask[64:128, :64].all() and mask[64:128, 64:].sum() == 0
+    assert mask[-64:, : 15 * 64].all() and mask[-64:, 15 * 64 :].sum() == 0
+
+
+def test_forward_shapes_and_receptive_field():
+    config = prior_preset("tiny")
+    assert config.receptive_field == 20
+    model = random_prior(config)
+    codes = torch.randint(0, 16, (2, 30, 4))
+    audio = torch.randn(2, 30, 32)
+    logits = logits_of(model, codes, audio)
+    assert logits.shape == (2, 30, 4, 16)
+    # Step 25 depends on steps 6..25 and on nothing earlier.
+    changed = codes.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % 16
+    assert torch.equal(logits_of(model, changed, audio)[:, 25], logits[:, 25])
+    changed = codes.clone()
+    changed[:, 6] = (changed[:, 6] + 1) % 16
+    assert not torch.allclose(logits_of(model, changed, audio)[:, 25], logits[:, 25])
+
+
+@pytest.mark.parametrize("config", [prior_preset("tiny"), prior_preset("tiny", heads=8)])
+def test_changing_a_code_never_changes_the_logits_it_may_not_see(config):
+    """c[t, h] must not affect logits at (t, h') for h' <= h, nor at any earlier step."""
+    model = random_prior(config, seed=1)
+    t_len, heads = 12, config.heads
+    codes = torch.randint(0, config.classes, (1, t_len, heads))
+    audio = torch.randn(1, t_len, config.audio_dim)
+    base = logits_of(model, codes, audio)
+    for t in (0, 5, 11):
+        for h in range(heads):
+            changed = codes.clone()
+            changed[0, t, h] = (changed[0, t, h] + 1) % config.classes
+            other = logits_of(model, changed, audio)
+            assert torch.equal(other[:, :t], base[:, :t]), (t, h)
+            assert torch.equal(other[:, t, : h + 1], base[:, t, : h + 1]), (t, h)
+    # ... while the code does reach later steps.
+    changed = codes.clone()
+    changed[0, 5, 0] = (changed[0, 5, 0] + 1) % config.classes
+    assert not torch.allclose(logits_of(model, changed, audio)[:, 6], base[:, 6])
+
+
+def test_audio_reaches_the_logits_only_when_conditioned():
+    config = prior_preset("tiny")
+    codes = torch.randint(0, 16, (1, 10, 4))
+    audio = torch.randn(1, 10, 32)
+    for conditioned in (True, False):
+        model = random_prior(
+            PriorModelConfig(**{**config.to_dict(), "audio_conditioning": conditioned})
+        )
+        moved = logits_of(model, codes, audio + 1.0) - logits_of(model, codes, audio)
+        assert (moved.abs().max() > 1e-3) == conditioned
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        prior_preset("tiny"),
+        prior_preset("tiny", heads=9, dilations=(1, 3)),
+        prior_preset("release", channels_per_head=8),
+    ],
+)
+@pytest.mark.parametrize("argmax", [False, True])
+def test_sampler_logits_equal_the_full_forward_pass_on_the_sampled_codes(config, argmax):
+    model = random_prior(config, seed=2)
+    audio = torch.randn(2, 45, config.audio_dim)
+    sampler = PriorSampler(model, batch=2, seed=3, argmax=argmax, record_logits=True)
+    codes = sampler.sample(audio, chunk=16)
+    used = torch.stack(sampler.recorded, dim=1)
+    full = logits_of(model, codes, audio)
+    torch.testing.assert_close(used, full, rtol=1e-4, atol=1e-4)
+    if argmax:
+        assert torch.equal(codes, full.argmax(dim=-1))
+    # The codes are not all alike: the test sees real variation.
+    assert len(codes.unique()) > config.classes // 4
+
+
+def test_release_masks_sample_several_heads_per_round():
+    rounds = schedule(ContextModel(prior_preset("release", channels_per_head=2)))
+    # 6 masked layers: head h depends on the current step's heads <= h - 6 only.
+    assert [r.heads for r in rounds] == [(0, 6), (6, 12), (12, 16), (16, 16)]
+
+
+def test_seeded_sampling_is_reproducible_and_streaming_equals_one_pass():
+    config = prior_preset("tiny")
+    model = random_prior(config, seed=4)
+    audio = torch.randn(1, 60, config.audio_dim)
+    once = PriorSampler(model, seed=7).sample(audio)
+    again = PriorSampler(model, seed=7).sample(audio, chunk=60)
+    assert torch.equal(once, again)
+    assert not torch.equal(once, PriorSampler(model, seed=8).sample(audio))
+    # Chunk by chunk (streaming): the same codes for the same noise, whatever the chunk sizes,
+    # when the noise is drawn per frame in the same order.
+    stream = PriorSampler(model, argmax=True)
+    parts = [stream.push(audio[:, a:b]) for a, b in ((0, 1), (1, 17), (17, 18), (18, 60))]
+    assert [p.shape[1] for p in parts] == [1, 16, 1, 42]
+    assert torch.equal(torch.cat(parts, dim=1), PriorSampler(model, argmax=True).sample(audio))
+    # Memory does not grow with the length: the state is the receptive field only.
+    assert [ring.shape[1] for ring in stream.history] == [2, 3, 5, 9]
+
+
+def test_temperature_sharpens_the_samples():
+    config = prior_preset("tiny")
+    model = random_prior(config, seed=5, scale=1.0)
+    audio = torch.randn(1, 200, config.audio_dim)
+    greedy = PriorSampler(model, argmax=True).sample(audio)
+    cold = PriorSampler(model, temperature=0.05, seed=1).sample(audio)
+    hot = PriorSampler(model, temperature=1.0, seed=1).sample(audio)
+    assert (cold == greedy).float().mean() > (hot == greedy).float().mean()
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        PriorSampler(model, temperature=0.0)
+
+
+def test_a_uniform_prior_has_perplexity_c():
+    config = prior_preset("tiny")
+    model = ContextModel(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    sequences = [(torch.randint(0, 16, (40, 4)), torch.randn(40, 32)) for _ in range(3)]
+    figures = evaluate(model, sequences, torch.device("cpu"))
+    assert figures["perplexity"] == pytest.approx(config.classes, rel=1e-5)
+    assert figures["cross_entropy"] == pytest.approx(math.log(config.classes), rel=1e-5)
+
+
+def test_a_mask_of_another_form_is_refused():
+    model = ContextModel(prior_preset("tiny"))
+    with torch.no_grad():
+        model.context_layers[1].mask.fill_(1.0)
+    with pytest.raises(ValueError, match="not block lower-triangular"):
+        PriorSampler(model)
