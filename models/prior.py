@@ -146,6 +146,13 @@ class ContextModel(nn.Module):
         self.logits = MaskedLayer(
             heads=h, in_per_head=k, out_per_head=c, audio_dim=config.audio_dim, dilation=None
         )
+        # Kept for the release's names but never used: frozen, so no optimizer or DDP expects
+        # gradients for them.
+        unused = [self.embedding, self.logits]
+        if not config.audio_conditioning:
+            unused += list(self.context_layers)
+        for layer in unused:
+            layer.unmasked_linear.requires_grad_(False)
 
     def forward(self, one_hot: torch.Tensor, audio_code: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits.

@@ -128,11 +128,12 @@ def fit_to_latent(model: PriorModelConfig, latent: dict, where: Path) -> PriorMo
         "classes": latent["classes"],
         "audio_dim": latent["code_dim"],
     }
-    preset = PRIOR_PRESETS["release"]
+    # A preset's own value gives way to stage 1's; any other value is a clash.
     clashes = [
         f"{key} {getattr(model, key)} (stage 1 has {value})"
         for key, value in sizes.items()
-        if getattr(model, key) not in (value, getattr(preset, key))
+        if getattr(model, key) != value
+        and getattr(model, key) not in {getattr(p, key) for p in PRIOR_PRESETS.values()}
     ]
     if clashes:
         raise MeshtalkError(where, "the prior config does not fit stage 1: " + ", ".join(clashes))
@@ -285,7 +286,7 @@ def _train(config: TrainPriorConfig, dist: Distributed) -> Path:
         )
     torch.manual_seed(training.seed)
     model = ContextModel(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.lr)
     names = parameter_names(model, optimizer)
     record = RunRecord(
         output,
