@@ -97,3 +97,31 @@ def utterance_mel(
 def frame_mel_index(time_s: np.ndarray, config: MelConfig = DEFAULT_MEL) -> np.ndarray:
     """Index of the mel frame centred nearest to each mesh frame time (in padded mel frames)."""
     return np.rint((np.asarray(time_s) + PAD_SECONDS) * config.frames_per_second).astype(np.int64)
+
+
+def utterance_audio_codes(
+    audio_encoder, samples: np.ndarray, fps: float, mel_first: int, mel_frames: int
+):
+    """Audio codes of every mesh frame of an utterance, the convolutions run once over it.
+
+    Args:
+        audio_encoder: a stage-1 `AudioEncoder` (its device is used).
+        samples: (N,) float32 mono audio at 16 kHz.
+        fps: mesh frames per second; frames cover the audio's duration.
+        mel_first, mel_frames: the audio window relative to a frame's mel index (a stage-1
+            checkpoint's `audio_window`, e.g. -50 and 101 for the release's 1 s window).
+
+    Returns:
+        (1, T, code_dim) tensor, T = floor(duration * fps).
+    """
+    import torch
+
+    duration = samples.size / audio_encoder.mel_config.sample_rate
+    device = next(audio_encoder.parameters()).device
+    mel = torch.from_numpy(utterance_mel(samples, duration, audio_encoder.mel_config))
+    frames = int(duration * fps)
+    starts = frame_mel_index(np.arange(frames) / fps, audio_encoder.mel_config) + mel_first
+    with torch.no_grad():
+        return audio_encoder.encode_span(
+            mel.to(device)[None], torch.from_numpy(starts).to(device)[None], mel_frames
+        )

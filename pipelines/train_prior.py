@@ -294,7 +294,10 @@ def _train(config: TrainPriorConfig, dist: Distributed) -> Path:
         settings={
             "model": model_config.to_dict(),
             "train": asdict(training),
-            "latent": {"path": str(latent_dir.resolve())},
+            "latent": {
+                "path": str(latent_dir.resolve()),
+                "encoder_sha256": file_sha256(latent_dir / "encoder" / ckpt.WEIGHTS_FILE),
+            },
         },
         data=store.root,
     )

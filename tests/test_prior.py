@@ -187,3 +187,20 @@ def test_a_mask_of_another_form_is_refused():
         model.context_layers[1].mask.fill_(1.0)
     with pytest.raises(ValueError, match="not block lower-triangular"):
         PriorSampler(model)
+
+
+def test_utterance_audio_codes_are_the_per_window_codes_of_every_frame():
+    from meshtalk.models.config import latent_preset
+    from meshtalk.models.encoders import LatentEncoder
+    from meshtalk.pipelines.features import frame_mel_index, utterance_audio_codes, utterance_mel
+
+    torch.manual_seed(0)
+    encoder = LatentEncoder(latent_preset("tiny", num_vertices=8)).audio_encoder.eval()
+    samples = torch.randn(16000 + 8000).numpy()  # 1.5 s
+    codes = utterance_audio_codes(encoder, samples, 30, -50, 101)
+    assert codes.shape == (1, 45, 32)
+    mel = torch.from_numpy(utterance_mel(samples, 1.5))
+    index = frame_mel_index(torch.arange(45).numpy() / 30) - 50
+    windows = torch.stack([mel[i : i + 101].T for i in index])[None]  # (1, T, 80, 101)
+    with torch.no_grad():
+        torch.testing.assert_close(codes, encoder(windows), rtol=1e-4, atol=1e-5)
