@@ -482,7 +482,14 @@ def save_code_picture(
         ],
         strict=True,
     ):
-        axis.imshow(values.T.numpy(), aspect="auto", interpolation="nearest", cmap="tab20")
+        axis.imshow(
+            values.T.numpy(),
+            aspect="auto",
+            interpolation="nearest",
+            cmap="tab20",
+            vmin=0,
+            vmax=model.config.classes - 1,
+        )
         axis.set_title(title, fontsize=9)
         axis.set_ylabel("head")
     axes[-1].set_xlabel("frame")
