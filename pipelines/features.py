@@ -57,13 +57,18 @@ def normalise_loudness(samples: np.ndarray) -> np.ndarray:
 
 
 def utterance_mel(
-    samples: np.ndarray, duration_s: float, config: MelConfig = DEFAULT_MEL
+    samples: np.ndarray,
+    duration_s: float,
+    config: MelConfig = DEFAULT_MEL,
+    chunk_frames: int = 3000,
 ) -> np.ndarray:
     """Log-mel of a padded utterance.
 
     The audio is loudness-normalised, then padded with `PAD_SECONDS` of silence before it and
     enough after it to cover `duration_s` plus `PAD_SECONDS`. Mel frame k is centred at time
-    k / frames_per_second - PAD_SECONDS of the original audio.
+    k / frames_per_second - PAD_SECONDS of the original audio. The spectrogram is computed
+    `chunk_frames` frames at a time, so memory stays flat for long audio (the result equals one
+    centred STFT over the whole signal: its edges are silence, where reflection adds zeros).
 
     Args:
         samples: (N,) float32 mono audio at `config.sample_rate`.
@@ -78,9 +83,11 @@ def utterance_mel(
     if samples.size == 0:
         raise MeshtalkError(None, "audio holds no samples")
     pad = round(PAD_SECONDS * config.sample_rate)
+    half = config.n_fft // 2
+    assert pad >= half, "the silent padding must cover half an FFT"
     total = max(samples.size, round(duration_s * config.sample_rate)) + 2 * pad
-    padded = np.zeros(total, dtype=np.float32)
-    padded[pad : pad + samples.size] = normalise_loudness(samples)
+    padded = np.zeros(total + 2 * half, dtype=np.float32)  # + the centring margins (silence)
+    padded[half + pad : half + pad + samples.size] = normalise_loudness(samples)
     transform = torchaudio.transforms.MelSpectrogram(
         sample_rate=config.sample_rate,
         n_fft=config.n_fft,
@@ -88,10 +95,19 @@ def utterance_mel(
         hop_length=config.hop_length,
         n_mels=config.n_mels,
         power=2.0,
+        center=False,
     )
+    frames = 1 + total // config.hop_length
+    mel = np.empty((frames, config.n_mels), dtype=np.float32)
     with torch.no_grad():
-        power = transform(torch.from_numpy(padded))
-    return torch.log(power.clamp_min(config.log_floor)).T.contiguous().numpy()
+        for first in range(0, frames, chunk_frames):
+            last = min(frames, first + chunk_frames)
+            piece = padded[
+                first * config.hop_length : (last - 1) * config.hop_length + config.n_fft
+            ]
+            power = transform(torch.from_numpy(piece))
+            mel[first:last] = torch.log(power.clamp_min(config.log_floor)).T.numpy()
+    return mel
 
 
 def frame_mel_index(time_s: np.ndarray, config: MelConfig = DEFAULT_MEL) -> np.ndarray:

@@ -204,3 +204,14 @@ def test_utterance_audio_codes_are_the_per_window_codes_of_every_frame():
     windows = torch.stack([mel[i : i + 101].T for i in index])[None]  # (1, T, 80, 101)
     with torch.no_grad():
         torch.testing.assert_close(codes, encoder(windows), rtol=1e-4, atol=1e-5)
+
+
+def test_the_mel_of_long_audio_is_computed_in_chunks_with_the_same_values():
+    from meshtalk.pipelines.features import utterance_mel
+
+    samples = torch.randn(16000 * 3 + 17).numpy()
+    whole = utterance_mel(samples, 3.2, chunk_frames=100_000)
+    assert whole.shape == (1 + (int(3.2 * 16000) + 16000) // 160, 80)
+    for chunk in (7, 64):
+        chunked = utterance_mel(samples, 3.2, chunk_frames=chunk)
+        assert abs(chunked - whole).max() < 1e-4  # FFT batches may round differently
