@@ -155,12 +155,17 @@ class PriorSampler:
                 weight = layers[index].masked_weight()[first * out : last * out, :columns, 0]
                 weights.append(weight.t().contiguous())
             self.round_weights.append(weights)
-        self.historic = [
-            torch.cat([layer.historic.weight[..., 0].t(), layer.historic.weight[..., 1].t()])
-            .contiguous()
-            .detach()
-            for layer in model.context_layers
+        # Causal convolutions: the near tap (step t-1) is a product per frame; the far tap (step
+        # t-1-d) of the d frames t..t+d-1 reads inputs that are all known at frame t, so for d > 1
+        # it is one product every d frames (d times fewer weight reads for that tap).
+        self.far = [
+            layer.historic.weight[..., 0].t().contiguous() for layer in model.context_layers
         ]
+        self.near = [
+            layer.historic.weight[..., 1].t().contiguous() for layer in model.context_layers
+        ]
+        self.dilations = [layer.dilation for layer in model.context_layers]
+        self.far_ahead: list[torch.Tensor | None] = [None] * len(self.dilations)
         constant = [
             layer.masked_linear.bias + layer.historic.bias for layer in model.context_layers
         ]
@@ -176,6 +181,19 @@ class PriorSampler:
             self.audio_weight = None
         self.constant = torch.cat(constant).detach()
         self.per_head = per_head
+        # Per round: (layer, rows, columns, weight) of every layer that computes new blocks, the
+        # logits' bias over those rows, and the class-row offsets of the heads drawn.
+        self.plans = []
+        for round_, weights in zip(self.rounds, self.round_weights, strict=True):
+            steps = []
+            for index in range(1, len(layers)):
+                (first, last), (_, out) = round_.blocks[index], per_head[index]
+                if last > first:
+                    rows = slice(first * out, last * out)
+                    steps.append((index, rows, weights[index - 1].shape[0], weights[index - 1]))
+            first, last = round_.heads
+            offsets = torch.arange(first, last, device=self.device) * c
+            self.plans.append((round_.blocks[0], steps, offsets))
 
     @torch.no_grad()
     def push(self, audio_code: torch.Tensor) -> torch.Tensor:
@@ -221,30 +239,25 @@ class PriorSampler:
         # History: each middle layer reads its input at t-1-d and t-1.
         context = []
         for index, ring in enumerate(self.history):
-            size = ring.shape[1]  # 1 + d: slot s % size holds the input of step s
-            past = torch.cat([ring[:, step % size], ring[:, (step - 1) % size]], dim=1)
-            context.append(torch.addmm(pre[:, index], past, self.historic[index]))
-        for round_, weights in zip(self.rounds, self.round_weights, strict=True):
-            first, last = round_.blocks[0]
-            k = self.per_head[0][1]
+            d, size = self.dilations[index], ring.shape[1]  # slot s % size: input of step s
+            if step % d == 0:
+                slots = [(step - 1 - d + j) % size for j in range(d)]
+                self.far_ahead[index] = torch.matmul(ring[:, slots], self.far[index])
+            base = pre[:, index] + self.far_ahead[index][:, step % d]
+            context.append(torch.addmm(base, ring[:, (step - 1) % size], self.near[index]))
+        k = self.per_head[0][1]
+        last_layer = layers - 1
+        for ((first, last), steps, offsets), round_ in zip(self.plans, self.rounds, strict=True):
             inputs[0][:, first * k : last * k] = F.leaky_relu(
                 embedded[:, first * k : last * k], slope
             )
-            for index in range(1, layers):
-                (first, last), (_, out) = round_.blocks[index], self.per_head[index]
-                if last == first:
-                    continue
-                rows = slice(first * out, last * out)
-                columns = weights[index - 1].shape[0]
-                if index < layers - 1:
-                    base = context[index - 1][:, rows]
-                    value = torch.addmm(base, inputs[index - 1][:, :columns], weights[index - 1])
+            for index, rows, columns, weight in steps:
+                source = inputs[index - 1][:, :columns]
+                if index < last_layer:
+                    value = torch.addmm(context[index - 1][:, rows], source, weight)
                     inputs[index][:, rows] = F.leaky_relu(value, slope)
                 else:
-                    base = self.biases[-1][rows].expand(self.batch, -1)
-                    logits[:, rows] = torch.addmm(
-                        base, inputs[index - 1][:, :columns], weights[index - 1]
-                    )
+                    logits[:, rows] = torch.addmm(self.biases[-1][rows], source, weight)
             first, last = round_.heads
             if first == last:
                 continue
@@ -254,8 +267,7 @@ class PriorSampler:
             else:
                 chosen = (drawn / self.temperature + noise[:, first:last]).argmax(dim=-1)
             codes[:, first:last] = chosen
-            rows = torch.arange(first, last, device=self.device) * c + chosen  # (B, n)
-            embedded += self.embedding_rows[rows].sum(dim=1)
+            embedded += self.embedding_rows[offsets + chosen].sum(dim=1)  # (B, n) rows
         for index, ring in enumerate(self.history):
             ring[:, step % ring.shape[1]] = inputs[index]
         if self.record_logits:
