@@ -4,7 +4,8 @@ Side by side in one run, on the CPU (and a GPU when there is one):
 
 1. the full path from a waveform (a real recording from ../shared/reference, repeated to length):
    log-mel, the stage-1 audio encoder in one pass, and the linear-time sampler, for 10 s and 60 s
-   of audio with the release's sizes (H=16, C=128) and 10 s with the paper's (H=64); the
+   of audio with the release's sizes (H=16, C=128), 10 s with the paper's (H=64), and 8 takes of
+   10 s side by side (one batch: the weights are read once per frame for all of them); the
    real-time factor is seconds of audio per second of compute;
 2. the way the authors' sampler works (the whole model re-run on the growing sequence for every
    frame and head) on 0.5 s and 1 s, to show its quadratic growth against our linear one;
@@ -65,30 +66,34 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def linear_sampling(preset: str, seconds: float, device: torch.device) -> dict:
+def linear_sampling(preset: str, seconds: float, device: torch.device, takes: int = 1) -> dict:
+    """Audio -> codes for `takes` samples side by side (one utterance, different noise)."""
     from meshtalk.models.sampler import PriorSampler
 
     encoder, prior = models(preset, device)
     samples = speech(seconds)
-    PriorSampler(prior).sample(audio_codes(encoder, speech(1.0), device))  # warm up
+    warm = audio_codes(encoder, speech(1.0), device).expand(takes, -1, -1)
+    PriorSampler(prior, batch=takes).sample(warm)
     synchronise(device)
     started = time.perf_counter()
-    codes = audio_codes(encoder, samples, device)
+    codes = audio_codes(encoder, samples, device).expand(takes, -1, -1)
     synchronise(device)
     encoded = time.perf_counter()
-    sampled = PriorSampler(prior, seed=0).sample(codes)
+    sampled = PriorSampler(prior, batch=takes, seed=0).sample(codes)
     synchronise(device)
     done = time.perf_counter()
-    assert sampled.shape == (1, int(seconds * FPS), prior.config.heads)
+    assert sampled.shape == (takes, int(seconds * FPS), prior.config.heads)
     return {
         "preset": preset,
         "heads": prior.config.heads,
+        "takes": takes,
         "device": str(device),
         "audio_seconds": seconds,
         "audio_encoder_seconds": encoded - started,
         "sampler_seconds": done - encoded,
         "total_seconds": done - started,
         "real_time_factor": seconds / (done - started),
+        "real_time_factor_per_take": takes * seconds / (done - started),
         "sampler_ms_per_frame": 1e3 * (done - encoded) / codes.shape[1],
     }
 
@@ -148,9 +153,14 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     linear = []
     for device in devices:
-        for preset, seconds in (("release", 10.0), ("release", 60.0), ("paper", 10.0)):
-            console.log(f"linear sampler: {preset}, {seconds:g} s of audio on {device}")
-            linear.append(linear_sampling(preset, seconds, device))
+        for preset, seconds, takes in (
+            ("release", 10.0, 1),
+            ("release", 60.0, 1),
+            ("paper", 10.0, 1),
+            ("release", 10.0, 8),
+        ):
+            console.log(f"linear sampler: {preset}, {seconds:g} s x {takes} on {device}")
+            linear.append(linear_sampling(preset, seconds, device, takes))
     quadratic = []
     for seconds in (0.5, 1.0):
         console.log(f"re-run-everything sampler: {seconds:g} s of audio on the CPU")
@@ -161,17 +171,18 @@ def main() -> None:
     table = Table(title="Sampling the prior from audio (random weights)")
     for column in ("sampler", "sizes", "device", "audio", "encoder s", "sampler s", "total s"):
         table.add_column(column, justify="right")
-    table.add_column("x real time", justify="right")
+    table.add_column("x real time (per take)", justify="right")
     for row in linear:
+        takes = f" x {row['takes']} takes" if row["takes"] > 1 else ""
         table.add_row(
             "linear",
             f"{row['preset']} H={row['heads']}",
             row["device"],
-            f"{row['audio_seconds']:g} s",
+            f"{row['audio_seconds']:g} s{takes}",
             f"{row['audio_encoder_seconds']:.2f}",
             f"{row['sampler_seconds']:.2f}",
             f"{row['total_seconds']:.2f}",
-            f"{row['real_time_factor']:.1f}",
+            f"{row['real_time_factor_per_take']:.1f}",
         )
     for row in quadratic:
         table.add_row(
@@ -185,7 +196,11 @@ def main() -> None:
             f"{row['real_time_factor']:.3f}",
         )
     console.print(table)
-    cpu = {(r["preset"], r["audio_seconds"]): r for r in linear if r["device"] == "cpu"}
+    cpu = {
+        (r["preset"], r["audio_seconds"]): r
+        for r in linear
+        if r["device"] == "cpu" and r["takes"] == 1
+    }
     ratios = {
         "linear_60s_over_10s_time": cpu[("release", 60.0)]["total_seconds"]
         / cpu[("release", 10.0)]["total_seconds"],
