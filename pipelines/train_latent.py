@@ -8,9 +8,7 @@ with the same global batch equal one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -30,10 +28,11 @@ from meshtalk.pipelines.training import (
     MetricsLog,
     RunRecord,
     StepBatches,
+    StepLoop,
+    bf16_autocast,
     parameter_names,
     resolve_device,
     seed_for,
-    training_progress,
 )
 
 log = logging.getLogger(__name__)
@@ -222,11 +221,7 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and training.bf16
-        else contextlib.nullcontext()
-    )
+    autocast = bf16_autocast(device, training.bf16)
 
     def validate(step: int) -> None:
         if dist.is_main:
@@ -248,50 +243,33 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
             _write_checkpoint(checkpoint_dir, model, model_config, store, optimizer, names, step)
         dist.barrier()
 
+    def train_step(step: int, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed_for(training.seed, step, dist.rank))  # dropout
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        model.train()
+        with autocast:
+            losses = trained(
+                batch, masks, window, batch["gumbel"].transpose(0, 1), training.cross_modality
+            )
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        return {key: value.detach() for key, value in losses.items()}
+
     if start_step == 0:
         validate(0)
-    sums: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
-    count, waited, stepped = 0, 0.0, 0.0
-    with training_progress(
-        "train latent", training.steps, start_step, config.progress and dist.is_main
-    ) as progress:
-        fetch_started = time.perf_counter()
-        for step, batch in enumerate(loader, start=start_step + 1):
-            fetched = time.perf_counter()
-            waited += fetched - fetch_started
-            for group in optimizer.param_groups:
-                group["lr"] = training.lr_at(step - 1)
-            torch.manual_seed(seed_for(training.seed, step, dist.rank))  # dropout
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            model.train()
-            with autocast:
-                losses = trained(
-                    batch, masks, window, batch["gumbel"].transpose(0, 1), training.cross_modality
-                )
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            for key, value in losses.items():
-                sums[key] = sums[key] + value.detach() if key in sums else value.detach()
-            count += 1
-            fetch_started = time.perf_counter()
-            stepped += fetch_started - fetched
-            if step % training.log_every == 0 or step == training.steps:
-                means = {f"train/{k}": float(v) / count for k, v in sums.items()}
-                means["train/lr"] = training.lr_at(step - 1)
-                means["train/data_wait_share"] = waited / max(waited + stepped, 1e-9)
-                means["train/steps_per_second"] = count / max(waited + stepped, 1e-9)
-                if device.type == "cuda":
-                    peak = torch.cuda.max_memory_allocated(device) / 2**20
-                    means["train/gpu_peak_memory_mib"] = peak
-                metrics.write(step, means)
-                progress.show(step, {k.removeprefix("train/"): v for k, v in means.items()})
-                sums, count, waited, stepped = {}, 0, 0.0, 0.0
-            progress.advance(step)
-            if step % training.val_every == 0 or step == training.steps:
-                validate(step)
-            if step % training.checkpoint_every == 0 or step == training.steps:
-                save(step)
+    StepLoop(
+        "train latent",
+        training.steps,
+        training.log_every,
+        training.val_every,
+        training.checkpoint_every,
+        training.lr_at,
+        optimizer,
+        metrics,
+        device,
+        config.progress and dist.is_main,
+    ).run(loader, start_step, train_step, validate, save)
     if dist.is_main:
         metrics.plot(output / "loss_curve.png")
         _save_error_map(model, validation, store, window, device, output / "val_error_map.png")

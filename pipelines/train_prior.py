@@ -9,10 +9,8 @@ resuming and logging work as in stage 1.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -33,9 +31,10 @@ from meshtalk.pipelines.training import (
     MetricsLog,
     RunRecord,
     StepBatches,
+    StepLoop,
+    bf16_autocast,
     parameter_names,
     resolve_device,
-    training_progress,
 )
 
 log = logging.getLogger(__name__)
@@ -346,11 +345,7 @@ def _train(config: TrainPriorConfig, dist: Distributed) -> Path:
         ),
         num_workers=0,
     )
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and training.bf16
-        else contextlib.nullcontext()
-    )
+    autocast = bf16_autocast(device, training.bf16)
 
     def validate(step: int) -> None:
         if dist.is_main:
@@ -381,50 +376,33 @@ def _train(config: TrainPriorConfig, dist: Distributed) -> Path:
             )
         dist.barrier()
 
+    def train_step(step: int, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        codes = batch["codes"].to(device, non_blocking=True)
+        audio = batch["audio"].to(device, non_blocking=True)
+        model.train()
+        with autocast:
+            one_hot = F.one_hot(codes, model_config.classes).to(audio.dtype)
+            logits = trained(one_hot, audio)
+        loss = F.cross_entropy(logits.float().flatten(0, 2), codes.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"cross_entropy": loss.detach()}
+
     if start_step == 0:
         validate(0)
-    total, count, waited, stepped = None, 0, 0.0, 0.0
-    with training_progress(
-        "train prior", training.steps, start_step, config.progress and dist.is_main
-    ) as progress:
-        fetch_started = time.perf_counter()
-        for step, batch in enumerate(loader, start=start_step + 1):
-            fetched = time.perf_counter()
-            waited += fetched - fetch_started
-            for group in optimizer.param_groups:
-                group["lr"] = training.lr_at(step - 1)
-            codes = batch["codes"].to(device, non_blocking=True)
-            audio = batch["audio"].to(device, non_blocking=True)
-            model.train()
-            with autocast:
-                one_hot = F.one_hot(codes, model_config.classes).to(audio.dtype)
-                logits = trained(one_hot, audio)
-            loss = F.cross_entropy(logits.float().flatten(0, 2), codes.flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total = loss.detach() if total is None else total + loss.detach()
-            count += 1
-            fetch_started = time.perf_counter()
-            stepped += fetch_started - fetched
-            if step % training.log_every == 0 or step == training.steps:
-                means = {
-                    "train/cross_entropy": float(total) / count,
-                    "train/lr": training.lr_at(step - 1),
-                    "train/data_wait_share": waited / max(waited + stepped, 1e-9),
-                    "train/steps_per_second": count / max(waited + stepped, 1e-9),
-                }
-                if device.type == "cuda":
-                    peak = torch.cuda.max_memory_allocated(device) / 2**20
-                    means["train/gpu_peak_memory_mib"] = peak
-                metrics.write(step, means)
-                progress.show(step, {k.removeprefix("train/"): v for k, v in means.items()})
-                total, count, waited, stepped = None, 0, 0.0, 0.0
-            progress.advance(step)
-            if step % training.val_every == 0 or step == training.steps:
-                validate(step)
-            if step % training.checkpoint_every == 0 or step == training.steps:
-                save(step)
+    StepLoop(
+        "train prior",
+        training.steps,
+        training.log_every,
+        training.val_every,
+        training.checkpoint_every,
+        training.lr_at,
+        optimizer,
+        metrics,
+        device,
+        config.progress and dist.is_main,
+    ).run(loader, start_step, train_step, validate, save)
     if dist.is_main:
         metrics.plot(output / "prior_loss_curve.png")
         if validation:

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,3 +275,66 @@ def training_progress(description: str, total: int, completed: int, enabled: boo
     with progress_bar(TextColumn("{task.fields[losses]}"), disable=not enabled) as bar:
         task = bar.add_task(description, total=total, completed=completed, losses="")
         yield _Progress(bar, task)
+
+
+def bf16_autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op context elsewhere."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class StepLoop:
+    """The step loop both stages share: learning rate, timing, logged means, cadences.
+
+    `train_step(step, batch)` runs one optimisation step and returns its losses (device
+    tensors, detached); they are summed on the device, so there is no host sync per step.
+    `validate(step)` and `save(step)` run every `val_every` / `checkpoint_every` steps and at
+    the end.
+    """
+
+    description: str
+    steps: int
+    log_every: int
+    val_every: int
+    checkpoint_every: int
+    lr_at: Callable[[int], float]
+    optimizer: torch.optim.Optimizer
+    metrics: MetricsLog
+    device: torch.device
+    show_progress: bool
+
+    def run(self, loader, start_step: int, train_step, validate, save) -> None:
+        sums: dict[str, torch.Tensor] = {}
+        count, waited, stepped = 0, 0.0, 0.0
+        with training_progress(
+            self.description, self.steps, start_step, self.show_progress
+        ) as progress:
+            fetch_started = time.perf_counter()
+            for step, batch in enumerate(loader, start=start_step + 1):
+                fetched = time.perf_counter()
+                waited += fetched - fetch_started
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr_at(step - 1)
+                for key, value in train_step(step, batch).items():
+                    sums[key] = sums[key] + value if key in sums else value
+                count += 1
+                fetch_started = time.perf_counter()
+                stepped += fetch_started - fetched
+                if step % self.log_every == 0 or step == self.steps:
+                    means = {f"train/{k}": float(v) / count for k, v in sums.items()}
+                    means["train/lr"] = self.lr_at(step - 1)
+                    means["train/data_wait_share"] = waited / max(waited + stepped, 1e-9)
+                    means["train/steps_per_second"] = count / max(waited + stepped, 1e-9)
+                    if self.device.type == "cuda":
+                        peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+                        means["train/gpu_peak_memory_mib"] = peak
+                    self.metrics.write(step, means)
+                    progress.show(step, {k.removeprefix("train/"): v for k, v in means.items()})
+                    sums, count, waited, stepped = {}, 0, 0.0, 0.0
+                progress.advance(step)
+                if step % self.val_every == 0 or step == self.steps:
+                    validate(step)
+                if step % self.checkpoint_every == 0 or step == self.steps:
+                    save(step)
