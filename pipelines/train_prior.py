@@ -391,18 +391,9 @@ def _train(config: TrainPriorConfig, dist: Distributed) -> Path:
 
     if start_step == 0:
         validate(0)
-    StepLoop(
-        "train prior",
-        training.steps,
-        training.log_every,
-        training.val_every,
-        training.checkpoint_every,
-        training.lr_at,
-        optimizer,
-        metrics,
-        device,
-        config.progress and dist.is_main,
-    ).run(loader, start_step, train_step, validate, save)
+    show = config.progress and dist.is_main
+    loop = StepLoop.for_settings("train prior", training, optimizer, metrics, device, show)
+    loop.run(loader, start_step, train_step, validate, save)
     if dist.is_main:
         metrics.plot(output / "prior_loss_curve.png")
         if validation:

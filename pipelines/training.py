@@ -305,6 +305,22 @@ class StepLoop:
     device: torch.device
     show_progress: bool
 
+    @classmethod
+    def for_settings(cls, description: str, training, optimizer, metrics, device, show):
+        """From a stage's settings: steps, log_every, val_every, checkpoint_every, lr_at."""
+        return cls(
+            description,
+            training.steps,
+            training.log_every,
+            training.val_every,
+            training.checkpoint_every,
+            training.lr_at,
+            optimizer,
+            metrics,
+            device,
+            show,
+        )
+
     def run(self, loader, start_step: int, train_step, validate, save) -> None:
         sums: dict[str, torch.Tensor] = {}
         count, waited, stepped = 0, 0.0, 0.0
