@@ -135,6 +135,7 @@ class PriorSampler:
             torch.zeros(b, 1 + layer.dilation, w, device=self.device, dtype=self.dtype)
             for layer in model.context_layers
         ]
+        self._prepare_buffers()
 
     @torch.no_grad()
     def _prepare_weights(self) -> None:
@@ -195,6 +196,36 @@ class PriorSampler:
             offsets = torch.arange(first, last, device=self.device) * c
             self.plans.append((round_.blocks[0], steps, offsets))
 
+    def _prepare_buffers(self) -> None:
+        """Per-frame buffers, reused every frame, and each round's views into them."""
+        b, w, c = self.batch, self.width, self.classes
+        zeros = dict(device=self.device, dtype=self.dtype)
+        self.inputs = [torch.zeros(b, w, **zeros) for _ in range(1 + len(self.history))]
+        self.context = [torch.zeros(b, w, **zeros) for _ in self.history]
+        self.logits = torch.zeros(b, self.heads * c, **zeros)
+        self.embedded = torch.zeros(b, w, **zeros)
+        k, last_layer = self.per_head[0][1], 1 + len(self.history)
+        self.round_views = []
+        for ((first, last), steps, offsets), round_ in zip(self.plans, self.rounds, strict=True):
+            embedding = None
+            if last > first:
+                blocks = slice(first * k, last * k)
+                embedding = (self.embedded[:, blocks], self.inputs[0][:, blocks])
+            products = []
+            for index, rows, columns, weight in steps:
+                source = self.inputs[index - 1][:, :columns]
+                if index < last_layer:
+                    target = self.inputs[index][:, rows]
+                    products.append(
+                        (self.context[index - 1][:, rows], source, weight, target, True)
+                    )
+                else:
+                    bias = self.biases[-1][rows].expand(b, -1)
+                    products.append((bias, source, weight, self.logits[:, rows], False))
+            heads = round_.heads
+            drawn = self.logits[:, heads[0] * c : heads[1] * c].view(b, heads[1] - heads[0], c)
+            self.round_views.append((embedding, products, heads, drawn, offsets))
+
     @torch.no_grad()
     def push(self, audio_code: torch.Tensor) -> torch.Tensor:
         """Codes of the next frames given their audio codes.
@@ -228,50 +259,36 @@ class PriorSampler:
 
     def _step(self, pre: torch.Tensor, noise: torch.Tensor | None, codes: torch.Tensor) -> None:
         """One frame: pre (B, layers, width) audio + biases, noise (B, H, C); fills codes (B, H)."""
-        slope, c = self.slope, self.classes
-        layers = 2 + len(self.history)
-        step = self.step
-        # Current-step activations of every layer (inputs of the next), filled block by block.
-        inputs = [torch.zeros(self.batch, self.width, device=self.device, dtype=self.dtype)]
-        inputs += [torch.empty_like(inputs[0]) for _ in range(layers - 2)]
-        logits = torch.empty(self.batch, self.heads * c, device=self.device, dtype=self.dtype)
-        embedded = self.biases[0].expand(self.batch, -1).clone()
+        slope, step = self.slope, self.step
         # History: each middle layer reads its input at t-1-d and t-1.
-        context = []
         for index, ring in enumerate(self.history):
             d, size = self.dilations[index], ring.shape[1]  # slot s % size: input of step s
             if step % d == 0:
                 slots = [(step - 1 - d + j) % size for j in range(d)]
                 self.far_ahead[index] = torch.matmul(ring[:, slots], self.far[index])
-            base = pre[:, index] + self.far_ahead[index][:, step % d]
-            context.append(torch.addmm(base, ring[:, (step - 1) % size], self.near[index]))
-        k = self.per_head[0][1]
-        last_layer = layers - 1
-        for ((first, last), steps, offsets), round_ in zip(self.plans, self.rounds, strict=True):
-            inputs[0][:, first * k : last * k] = F.leaky_relu(
-                embedded[:, first * k : last * k], slope
-            )
-            for index, rows, columns, weight in steps:
-                source = inputs[index - 1][:, :columns]
-                if index < last_layer:
-                    value = torch.addmm(context[index - 1][:, rows], source, weight)
-                    inputs[index][:, rows] = F.leaky_relu(value, slope)
-                else:
-                    logits[:, rows] = torch.addmm(self.biases[-1][rows], source, weight)
-            first, last = round_.heads
+            context = self.context[index]
+            torch.add(pre[:, index], self.far_ahead[index][:, step % d], out=context)
+            context.addmm_(ring[:, (step - 1) % size], self.near[index])
+        self.embedded.copy_(self.biases[0].expand_as(self.embedded))
+        for embedding, products, (first, last), drawn, offsets in self.round_views:
+            if embedding is not None:
+                F.leaky_relu_(embedding[1].copy_(embedding[0]), slope)
+            for base, source, weight, target, activate in products:
+                torch.addmm(base, source, weight, out=target)
+                if activate:
+                    F.leaky_relu_(target, slope)
             if first == last:
                 continue
-            drawn = logits[:, first * c : last * c].view(self.batch, last - first, c)
             if noise is None:
                 chosen = drawn.argmax(dim=-1)
             else:
                 chosen = (drawn / self.temperature + noise[:, first:last]).argmax(dim=-1)
             codes[:, first:last] = chosen
-            embedded += self.embedding_rows[offsets + chosen].sum(dim=1)  # (B, n) rows
+            self.embedded += self.embedding_rows[offsets + chosen].sum(dim=1)  # (B, n) rows
         for index, ring in enumerate(self.history):
-            ring[:, step % ring.shape[1]] = inputs[index]
+            ring[:, step % ring.shape[1]] = self.inputs[index]
         if self.record_logits:
-            self.recorded.append(logits.view(self.batch, self.heads, c).clone())
+            self.recorded.append(self.logits.view(self.batch, self.heads, self.classes).clone())
         self.step += 1
 
     def sample(self, audio_code: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
