@@ -77,6 +77,7 @@ def synth(
         float, typer.Option(help="Fraction of frames whose mesh is missing.")
     ] = 0.02,
     blinks_per_minute: Annotated[float, typer.Option(help="Mean blink rate.")] = 15.0,
+    brow_raises_per_minute: Annotated[float, typer.Option(help="Mean brow-raise rate.")] = 6.0,
 ) -> None:
     """Write a procedural talking-face dataset in the Multiface layout, with ground truth."""
     from meshtalk.pipelines import synth as pipeline
@@ -95,6 +96,7 @@ def synth(
             neutral_frames=neutral_frames,
             drop_rate=drop_rate,
             blinks_per_minute=blinks_per_minute,
+            brow_raises_per_minute=brow_raises_per_minute,
         ),
     )
 

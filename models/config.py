@@ -27,6 +27,9 @@ class MelConfig:
         return self.sample_rate / self.hop_length
 
 
+EXPRESSION_INPUTS = ("offset", "mesh")
+
+
 @dataclass(frozen=True)
 class LatentModelConfig:
     """Sizes of the MeshTalk encoders, fusion and vertex decoder (SPEC section 4)."""
@@ -54,6 +57,13 @@ class LatentModelConfig:
     """See `mel_mean`."""
     code_dim: int = 128
     """Size of the audio code and of the expression code (and the expression LSTM)."""
+    expression_input: str = "offset"
+    """What the expression encoder reads. 'offset': each frame's displacement from the identity's
+    neutral template, divided by the per-vertex deviation, so the code carries the expression and
+    not the face's shape; with the absolute meshes and a handful of identities, shape differences
+    swamp the expression (a blink moves an eyelid by a fraction of how much eyelids differ between
+    faces) and the expression path learns nothing in a CPU-sized run. 'mesh': (mesh - mean) / std,
+    what the authors' release encodes (use it with their weights)."""
     expression_hidden: int = 256
     """Width of the expression encoder's first layer."""
     fusion_hidden: int = 256
@@ -78,6 +88,11 @@ class LatentModelConfig:
             problems.append(
                 f"audio_kernel and audio_dilations must be >= 1, got {self.audio_kernel} and "
                 f"{list(self.audio_dilations)}"
+            )
+        if self.expression_input not in EXPRESSION_INPUTS:
+            problems.append(
+                f"expression_input must be one of {', '.join(EXPRESSION_INPUTS)}, got "
+                f"{self.expression_input!r}"
             )
         if self.mel_std is not None and self.mel_std <= 0:
             problems.append(f"mel_std must be positive, got {self.mel_std}")

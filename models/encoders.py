@@ -123,9 +123,11 @@ class AudioEncoder(nn.Module):
 class ExpressionEncoder(nn.Module):
     """Tracked meshes -> one expression code per frame (per-vertex normalisation, MLP, LSTM)."""
 
-    def __init__(self, *, num_vertices: int, hidden: int, code_dim: int, slope: float) -> None:
+    def __init__(
+        self, *, num_vertices: int, hidden: int, code_dim: int, slope: float, input: str = "mesh"
+    ) -> None:
         super().__init__()
-        self.slope = slope
+        self.slope, self.input = slope, input
         self.register_buffer("mean", torch.zeros(1, 1, num_vertices, 3))
         self.register_buffer("stddev", torch.ones(1, 1, num_vertices, 3))
         self.layers = nn.ModuleList(
@@ -134,9 +136,18 @@ class ExpressionEncoder(nn.Module):
         self.lstm = nn.LSTM(code_dim, code_dim, batch_first=True)
         self.code = nn.Linear(code_dim, code_dim)
 
-    def forward(self, vertices: torch.Tensor) -> torch.Tensor:
-        """(B, T, V, 3) meshes -> (B, T, code_dim) expression codes."""
-        x = ((vertices - self.mean) / self.stddev).flatten(2)
+    def forward(self, vertices: torch.Tensor, template: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, V, 3) meshes of faces whose neutral is template (B, V, 3) -> (B, T, code_dim).
+
+        With input 'mesh' the template is not read: (vertices - mean) / stddev, as the authors'
+        release; with 'offset' the encoder reads (vertices - template) / stddev.
+        """
+        if self.input == "offset":
+            if template is None:
+                raise ValueError("an 'offset' expression encoder needs the neutral template")
+            x = ((vertices - template.unsqueeze(1)) / self.stddev).flatten(2)
+        else:
+            x = ((vertices - self.mean) / self.stddev).flatten(2)
         for layer in self.layers:
             x = leaky(layer(x), self.slope)
         x, _ = self.lstm(x)
@@ -188,6 +199,7 @@ class LatentEncoder(nn.Module):
             hidden=config.expression_hidden,
             code_dim=config.code_dim,
             slope=config.leaky_slope,
+            input=config.expression_input,
         )
         self.fusion_model = FusionModel(
             code_dim=config.code_dim,
@@ -198,8 +210,14 @@ class LatentEncoder(nn.Module):
         )
 
     def forward(
-        self, vertices: torch.Tensor, mel: torch.Tensor, mel_starts: torch.Tensor, window: int
+        self,
+        vertices: torch.Tensor,
+        template: torch.Tensor,
+        mel: torch.Tensor,
+        mel_starts: torch.Tensor,
+        window: int,
     ) -> torch.Tensor:
-        """(B, T, V, 3) meshes with their audio span -> (B, T, H, C) log-probabilities."""
+        """(B, T, V, 3) meshes of a face with neutral template (B, V, 3) and their audio span
+        -> (B, T, H, C) log-probabilities."""
         audio_code = self.audio_encoder.encode_span(mel, mel_starts, window)
-        return self.fusion_model(self.expression_encoder(vertices), audio_code)
+        return self.fusion_model(self.expression_encoder(vertices, template), audio_code)

@@ -48,6 +48,15 @@ def masked_error(
     return (squared_error(prediction, target) * mask).sum(dim=-1).mean() / mask.sum()
 
 
+PARTNER_KEYS = ("vertices", "template", "mel", "mel_starts")
+"""What a batch holds of each item's cross-modality partner, as partner_<key>."""
+
+
+def partner_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The partner's (vertices, template, mel, mel_starts), the arguments of `codes`."""
+    return tuple(batch[f"partner_{key}"] for key in PARTNER_KEYS)
+
+
 class LatentAutoencoder(nn.Module):
     """Encoder and decoder of stage 1; `forward` returns the training losses (SPEC section 5)."""
 
@@ -64,11 +73,17 @@ class LatentAutoencoder(nn.Module):
             module.stddev.copy_(std.view_as(module.stddev))
 
     def codes(
-        self, vertices: torch.Tensor, mel: torch.Tensor, mel_starts: torch.Tensor, window: int
+        self,
+        vertices: torch.Tensor,
+        template: torch.Tensor,
+        mel: torch.Tensor,
+        mel_starts: torch.Tensor,
+        window: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(expression codes, audio codes), each (B, T, code_dim)."""
+        """(expression codes, audio codes), each (B, T, code_dim), of meshes (B, T, V, 3) of a
+        face with neutral template (B, V, 3) and their mel span (see AudioEncoder.encode_span)."""
         audio = self.encoder.audio_encoder.encode_span(mel, mel_starts, window)
-        return self.encoder.expression_encoder(vertices), audio
+        return self.encoder.expression_encoder(vertices, template), audio
 
     def decode(
         self,
@@ -95,8 +110,8 @@ class LatentAutoencoder(nn.Module):
 
         Args:
             batch: template (B, V, 3), vertices (B, T, V, 3), mel (B, L, n_mels), mel_starts
-                (B, T), and the cross-modality partner's partner_vertices, partner_mel,
-                partner_mel_starts (another segment of the same length).
+                (B, T), and the cross-modality partner's partner_vertices, partner_template,
+                partner_mel, partner_mel_starts (another segment of the same length).
             masks: mouth, upper_face and eyelids, each (V,).
             window: mel frames per audio window.
             gumbel: (3, B, T, H, C) Gumbel noise for the three decodings, or None to draw it.
@@ -108,16 +123,14 @@ class LatentAutoencoder(nn.Module):
         """
         noise = [None] * 3 if gumbel is None else gumbel.unbind(0)
         target, template = batch["vertices"], batch["template"]
-        expression, audio = self.codes(target, batch["mel"], batch["mel_starts"], window)
+        expression, audio = self.codes(target, template, batch["mel"], batch["mel_starts"], window)
         prediction = self.decode(template, expression, audio, noise[0])
         losses = {
             "reconstruction": squared_error(prediction, target).mean(),
             "eyelids": masked_error(prediction, target, masks["eyelids"]),
         }
         if cross_modality:
-            other_expression, other_audio = self.codes(
-                batch["partner_vertices"], batch["partner_mel"], batch["partner_mel_starts"], window
-            )
+            other_expression, other_audio = self.codes(*partner_inputs(batch), window)
             own_audio = self.decode(template, other_expression, audio, noise[1])
             own_expression = self.decode(template, expression, other_audio, noise[2])
             losses["mouth_from_audio"] = masked_error(own_audio, target, masks["mouth"])

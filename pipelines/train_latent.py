@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from meshtalk.models.config import LATENT_PRESETS, LatentModelConfig
-from meshtalk.models.latent import LatentAutoencoder
+from meshtalk.models.latent import PARTNER_KEYS, LatentAutoencoder, partner_inputs
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.configs import load_model_and_training
 from meshtalk.pipelines.dataset import PreparedStore, SegmentDataset
@@ -148,7 +148,7 @@ class PairedSegments(Dataset):
             while choice == int(item["segment"]):
                 choice, start = self.segments.draw(rng)
         partner = self.segments.item(choice, start)
-        for key in ("vertices", "mel", "mel_starts"):
+        for key in PARTNER_KEYS:
             item[f"partner_{key}"] = partner[key]
         item["gumbel"] = torch.from_numpy(rng.gumbel(size=self.noise_shape).astype(np.float32))
         return item
@@ -371,10 +371,8 @@ def evaluate(
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         template, target = batch["template"], batch["vertices"]
-        expression, audio = model.codes(target, batch["mel"], batch["mel_starts"], window)
-        other_expression, other_audio = model.codes(
-            batch["partner_vertices"], batch["partner_mel"], batch["partner_mel_starts"], window
-        )
+        expression, audio = model.codes(target, template, batch["mel"], batch["mel_starts"], window)
+        other_expression, other_audio = model.codes(*partner_inputs(batch), window)
         own = model.decode(template, expression, audio, sample=False)
         audio_swapped = model.decode(template, expression, other_audio, sample=False)
         expr_swapped = model.decode(template, other_expression, audio, sample=False)
@@ -412,7 +410,7 @@ def _save_error_map(model, batches, store, window, device, path: Path) -> None:
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         expression, audio = model.codes(
-            batch["vertices"], batch["mel"], batch["mel_starts"], window
+            batch["vertices"], batch["template"], batch["mel"], batch["mel_starts"], window
         )
         own = model.decode(batch["template"], expression, audio, sample=False)
         distance = (own - batch["vertices"]).norm(dim=-1).sum(dim=(0, 1))

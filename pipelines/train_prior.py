@@ -170,8 +170,10 @@ def encode_targets(
             vertices = torch.from_numpy(np.array(store.vertices(segment))).to(device)
             mel_index = store.frames(segment)["mel_index"]
             mel, starts = store.audio_span(segment, mel_index)
+            template = torch.from_numpy(np.array(store.template(segment.identity))).to(device)
             expression, audio = model.codes(
                 vertices[None],
+                template[None],
                 torch.from_numpy(mel).to(device)[None],
                 torch.from_numpy(starts).to(device)[None],
                 store.mel_frames,

@@ -28,7 +28,7 @@ def test_shapes_of_every_module():
     vertices, template = torch.randn(b, t, v, 3), torch.randn(b, v, 3)
     windows = torch.randn(b, t, 80, w)
     audio = model.encoder.audio_encoder(windows)
-    expression = model.encoder.expression_encoder(vertices)
+    expression = model.encoder.expression_encoder(vertices, template)
     assert audio.shape == expression.shape == (b, t, config.code_dim)
     logprobs = model.encoder.fusion_model(expression, audio)
     assert logprobs.shape == (b, t, config.heads, config.classes)
@@ -131,7 +131,7 @@ def golden_inputs(config: LatentModelConfig) -> dict[str, torch.Tensor]:
 def golden_outputs(model: LatentAutoencoder, inputs: dict[str, torch.Tensor]) -> dict:
     with torch.no_grad():
         expression, audio = model.codes(
-            inputs["vertices"], inputs["mel"], inputs["mel_starts"], 101
+            inputs["vertices"], inputs["template"], inputs["mel"], inputs["mel_starts"], 101
         )
         logprobs = model.encoder.fusion_model(expression, audio)
         meshes = model.decode(inputs["template"], expression, audio, sample=False)
@@ -143,14 +143,38 @@ def golden_outputs(model: LatentAutoencoder, inputs: dict[str, torch.Tensor]) ->
     }
 
 
+def golden_config() -> LatentModelConfig:
+    """The golden model encodes meshes as the authors' release does ('mesh')."""
+    return small_config(mel_mean=-6.0, mel_std=4.0, expression_input="mesh")
+
+
 def test_golden_outputs_of_deterministic_weights():
     """Regenerate with: python tests/fixtures/make_golden.py"""
-    model = deterministic_model(small_config(mel_mean=-6.0, mel_std=4.0))
+    model = deterministic_model(golden_config())
     outputs = golden_outputs(model, golden_inputs(model.config))
     expected = load_file(str(FIXTURES / "latent_golden.safetensors"))
     assert set(outputs) == set(expected)
     for name, value in outputs.items():
         torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_offset_expression_input_is_the_release_encoder_on_the_displacement():
+    """'offset' reads (mesh - template) / std: the 'mesh' encoder's input with the template in
+    place of the mean. Two faces making the same expression get the same code."""
+    mesh_model = deterministic_model(golden_config())
+    offset_model = deterministic_model(replace(golden_config(), expression_input="offset"))
+    inputs = golden_inputs(mesh_model.config)
+    vertices, template = inputs["vertices"], inputs["template"]
+    mean = mesh_model.encoder.expression_encoder.mean[0]
+    with torch.no_grad():
+        offset = offset_model.encoder.expression_encoder(vertices, template)
+        shifted = mesh_model.encoder.expression_encoder(vertices - template[:, None] + mean)
+        other_face = offset_model.encoder.expression_encoder(vertices + 3.0, template + 3.0)
+    torch.testing.assert_close(offset, shifted, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(other_face, offset, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(offset, mesh_model.encoder.expression_encoder(vertices), atol=1e-3)
+    with pytest.raises(ValueError, match="template"):
+        offset_model.encoder.expression_encoder(vertices)
 
 
 def test_save_load_is_bit_exact(tmp_path):
@@ -205,3 +229,5 @@ def test_config_rejects_impossible_values():
         replace(LATENT_PRESETS["tiny"], heads=0)
     with pytest.raises(ValueError, match="audio_dropout must be in"):
         replace(LATENT_PRESETS["tiny"], audio_dropout=1.5)
+    with pytest.raises(ValueError, match="expression_input must be one of offset, mesh"):
+        replace(LATENT_PRESETS["tiny"], expression_input="points")
