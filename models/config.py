@@ -114,6 +114,8 @@ class LatentModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> LatentModelConfig:
         values = dict(values)
+        # Configs written before `expression_input` existed belong to models that encode meshes.
+        values.setdefault("expression_input", "mesh")
         if isinstance(values.get("mel"), dict):
             values["mel"] = MelConfig(**values["mel"])
         for key in ("audio_dilations", "decoder_hidden"):

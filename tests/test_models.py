@@ -224,6 +224,13 @@ def test_loading_into_a_different_model_names_the_file(tmp_path):
         ckpt.load_component_state(tmp_path / "broken", other.encoder)
 
 
+def test_a_config_written_before_expression_input_existed_encodes_meshes():
+    values = LATENT_PRESETS["tiny"].to_dict()
+    assert LatentModelConfig.from_dict(values).expression_input == "offset"
+    del values["expression_input"]
+    assert LatentModelConfig.from_dict(values).expression_input == "mesh"
+
+
 def test_config_rejects_impossible_values():
     with pytest.raises(ValueError, match="heads must be positive, got 0"):
         replace(LATENT_PRESETS["tiny"], heads=0)
