@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -145,7 +146,7 @@ def main() -> None:
         prior_config = CONFIGS / "prior-tiny.yaml"
         no_audio = variant(prior_config, work / "no-audio.yaml", "model", audio_conditioning=False)
         priors = {"with audio": work / "cross", "without audio": work / "cross-no-audio"}
-        subprocess.run(["cp", "-r", str(priors["with audio"]), str(priors["without audio"])])
+        shutil.copytree(priors["with audio"], priors["without audio"])
         console.log(f"stage 2, {args.prior_steps} steps: with and without audio side by side")
         run_side_by_side(
             [
