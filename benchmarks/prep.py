@@ -123,7 +123,7 @@ def main() -> None:
             f"{row['frames_per_second']:,.0f}",
             f"{row['peak_rss_mib']:,.0f}",
         )
-    console = Console()
+    console = Console(width=150)
     console.print(table)
     console.print(
         f"large/small (first read): {ratios['frames_ratio_large_over_small']}x frames, "

@@ -6,10 +6,12 @@ Side by side in one run, on the CPU (and a GPU when there is one):
    log-mel, the stage-1 audio encoder in one pass, and the linear-time sampler, for 10 s and 60 s
    of audio with the release's sizes (H=16, C=128), 10 s with the paper's (H=64), and 8 takes of
    10 s side by side (one batch: the weights are read once per frame for all of them); the
-   real-time factor is seconds of audio per second of compute;
+   real-time factor is seconds of audio per second of compute; on the CPU also with int8
+   weights (`PriorSampler(weights="int8")`), and how far its distributions are from the float
+   model's (KL divergence and argmax agreement at every (t, h) of a 10 s sample);
 2. the way the authors' sampler works (the whole model re-run on the growing sequence for every
    frame and head) on 0.5 s and 1 s, to show its quadratic growth against our linear one;
-3. peak resident memory of a process that samples 10 minutes of audio.
+3. peak resident memory of a process that samples 10 minutes of audio (float and int8 weights).
 
     python benchmarks/sample.py [--long-minutes 10] [--json results.json]
 """
@@ -32,6 +34,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT.parent / "shared" / "reference" / "speech" / "example_sentence.wav"
 FPS = 30
+FIDELITY_WEIGHT_SCALE = 5.0
 
 
 def speech(seconds: float) -> np.ndarray:
@@ -66,20 +69,22 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def linear_sampling(preset: str, seconds: float, device: torch.device, takes: int = 1) -> dict:
+def linear_sampling(
+    preset: str, seconds: float, device: torch.device, takes: int = 1, weights: str = "float"
+) -> dict:
     """Audio -> codes for `takes` samples side by side (one utterance, different noise)."""
     from meshtalk.models.sampler import PriorSampler
 
     encoder, prior = models(preset, device)
     samples = speech(seconds)
     warm = audio_codes(encoder, speech(1.0), device).expand(takes, -1, -1)
-    PriorSampler(prior, batch=takes).sample(warm)
+    PriorSampler(prior, batch=takes, weights=weights).sample(warm)
     synchronise(device)
     started = time.perf_counter()
     codes = audio_codes(encoder, samples, device).expand(takes, -1, -1)
     synchronise(device)
     encoded = time.perf_counter()
-    sampled = PriorSampler(prior, batch=takes, seed=0).sample(codes)
+    sampled = PriorSampler(prior, batch=takes, seed=0, weights=weights).sample(codes)
     synchronise(device)
     done = time.perf_counter()
     assert sampled.shape == (takes, int(seconds * FPS), prior.config.heads)
@@ -87,6 +92,7 @@ def linear_sampling(preset: str, seconds: float, device: torch.device, takes: in
         "preset": preset,
         "heads": prior.config.heads,
         "takes": takes,
+        "weights": weights,
         "device": str(device),
         "audio_seconds": seconds,
         "audio_encoder_seconds": encoded - started,
@@ -95,6 +101,41 @@ def linear_sampling(preset: str, seconds: float, device: torch.device, takes: in
         "real_time_factor": seconds / (done - started),
         "real_time_factor_per_take": takes * seconds / (done - started),
         "sampler_ms_per_frame": 1e3 * (done - encoded) / codes.shape[1],
+    }
+
+
+@torch.no_grad()
+def int8_fidelity(seconds: float = 10.0) -> dict:
+    """How far the int8 sampler's distributions are from the float model's, on its own samples.
+
+    The random weights are scaled by FIDELITY_WEIGHT_SCALE so that the distributions are as
+    peaked as a trained prior's (under 1 nat of entropy; the unscaled ones are nearly uniform,
+    which would hide any difference).
+    """
+    import torch.nn.functional as F
+
+    from meshtalk.models.sampler import PriorSampler
+
+    device = torch.device("cpu")
+    encoder, prior = models("release", device)
+    for parameter in prior.parameters():
+        parameter.mul_(FIDELITY_WEIGHT_SCALE)
+    codes = audio_codes(encoder, speech(seconds), device)
+    sampler = PriorSampler(prior, seed=0, weights="int8", record_logits=True)
+    sampled = sampler.sample(codes)
+    used = torch.stack(sampler.recorded, dim=1).float().log_softmax(dim=-1)
+    one_hot = F.one_hot(sampled, prior.config.classes).float()
+    exact = prior(one_hot, codes).log_softmax(dim=-1)
+    kl = (exact.exp() * (exact - used)).sum(dim=-1)
+    return {
+        "audio_seconds": seconds,
+        "weight_scale": FIDELITY_WEIGHT_SCALE,
+        "positions": int(kl.numel()),
+        "mean_kl_float_to_int8_nats": kl.mean().item(),
+        "max_kl_float_to_int8_nats": kl.max().item(),
+        "max_abs_log_probability_difference": (exact - used).abs().max().item(),
+        "argmax_agreement": (exact.argmax(-1) == used.argmax(-1)).float().mean().item(),
+        "float_mean_entropy_nats": -(exact.exp() * exact).sum(-1).mean().item(),
     }
 
 
@@ -123,15 +164,16 @@ def quadratic_sampling(seconds: float, device: torch.device) -> dict:
     }
 
 
-def child(seconds: float) -> None:
+def child(seconds: float, weights: str) -> None:
     """Sample `seconds` of audio with the release's sizes on the CPU (run in its own process)."""
     torch.set_num_threads(2)
-    figures = linear_sampling("release", seconds, torch.device("cpu"))
+    figures = linear_sampling("release", seconds, torch.device("cpu"), weights=weights)
     print(json.dumps(figures))
 
 
-def long_sampling(minutes: float) -> dict:
+def long_sampling(minutes: float, weights: str) -> dict:
     script = [sys.executable, __file__, "--child-seconds", str(60 * minutes)]
+    script += ["--child-weights", weights]
     process = subprocess.Popen(script, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     peak, elapsed = peak_tree_rss(process)
     figures = json.loads(process.stdout.read().strip().splitlines()[-1])
@@ -143,33 +185,51 @@ def main() -> None:
     parser.add_argument("--long-minutes", type=float, default=10.0)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--child-seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--child-weights", default="float", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_seconds:
-        child(args.child_seconds)
+        child(args.child_seconds, args.child_weights)
         return
     if not SPEECH.is_file():
         raise SystemExit(f"error: {SPEECH}: the reference recording is missing")
-    console = Console()
+    console = Console(width=150)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     linear = []
     for device in devices:
-        for preset, seconds, takes in (
-            ("release", 10.0, 1),
-            ("release", 60.0, 1),
-            ("paper", 10.0, 1),
-            ("release", 10.0, 8),
-        ):
-            console.log(f"linear sampler: {preset}, {seconds:g} s x {takes} on {device}")
-            linear.append(linear_sampling(preset, seconds, device, takes))
+        runs = [
+            ("release", 10.0, 1, "float"),
+            ("release", 60.0, 1, "float"),
+            ("paper", 10.0, 1, "float"),
+            ("release", 10.0, 8, "float"),
+        ]
+        if device.type == "cpu":
+            runs += [
+                ("release", 10.0, 1, "int8"),
+                ("release", 60.0, 1, "int8"),
+                ("paper", 10.0, 1, "int8"),
+            ]
+        for preset, seconds, takes, weights in runs:
+            console.log(
+                f"linear sampler: {preset}, {seconds:g} s x {takes}, {weights} weights on {device}"
+            )
+            linear.append(linear_sampling(preset, seconds, device, takes, weights))
+    console.log("int8 against float distributions (release sizes, 10 s)")
+    fidelity = int8_fidelity()
     quadratic = []
     for seconds in (0.5, 1.0):
         console.log(f"re-run-everything sampler: {seconds:g} s of audio on the CPU")
         quadratic.append(quadratic_sampling(seconds, torch.device("cpu")))
-    console.log(f"{args.long_minutes:g} minutes of audio in a separate process (peak memory)")
-    long = long_sampling(args.long_minutes)
+    long = {}
+    for weights in ("float", "int8"):
+        console.log(
+            f"{args.long_minutes:g} minutes of audio, {weights} weights, in a separate process "
+            "(peak memory)"
+        )
+        long[weights] = long_sampling(args.long_minutes, weights)
 
     table = Table(title="Sampling the prior from audio (random weights)")
-    for column in ("sampler", "sizes", "device", "audio", "encoder s", "sampler s", "total s"):
+    columns = ("sampler", "sizes", "weights", "device", "audio")
+    for column in (*columns, "encoder s", "sampler s", "total s"):
         table.add_column(column, justify="right")
     table.add_column("x real time (per take)", justify="right")
     for row in linear:
@@ -177,6 +237,7 @@ def main() -> None:
         table.add_row(
             "linear",
             f"{row['preset']} H={row['heads']}",
+            row["weights"],
             row["device"],
             f"{row['audio_seconds']:g} s{takes}",
             f"{row['audio_encoder_seconds']:.2f}",
@@ -188,6 +249,7 @@ def main() -> None:
         table.add_row(
             "re-run everything",
             "release H=16",
+            "float",
             "cpu",
             f"{row['audio_seconds']:g} s",
             "",
@@ -197,36 +259,51 @@ def main() -> None:
         )
     console.print(table)
     cpu = {
-        (r["preset"], r["audio_seconds"]): r
+        (r["preset"], r["audio_seconds"], r["weights"]): r
         for r in linear
         if r["device"] == "cpu" and r["takes"] == 1
     }
     ratios = {
-        "linear_60s_over_10s_time": cpu[("release", 60.0)]["total_seconds"]
-        / cpu[("release", 10.0)]["total_seconds"],
+        "linear_60s_over_10s_time": cpu[("release", 60.0, "float")]["total_seconds"]
+        / cpu[("release", 10.0, "float")]["total_seconds"],
         "rerun_1s_over_half_s_time": quadratic[1]["total_seconds"] / quadratic[0]["total_seconds"],
         "linear_over_rerun_speedup_at_1s": (
-            cpu[("release", 10.0)]["real_time_factor"] / quadratic[1]["real_time_factor"]
+            cpu[("release", 10.0, "float")]["real_time_factor"] / quadratic[1]["real_time_factor"]
         ),
-        "paper_over_release_time_10s": cpu[("paper", 10.0)]["total_seconds"]
-        / cpu[("release", 10.0)]["total_seconds"],
+        "paper_over_release_time_10s": cpu[("paper", 10.0, "float")]["total_seconds"]
+        / cpu[("release", 10.0, "float")]["total_seconds"],
+        "int8_over_float_speedup_release_10s": cpu[("release", 10.0, "float")]["total_seconds"]
+        / cpu[("release", 10.0, "int8")]["total_seconds"],
+        "int8_over_float_speedup_paper_10s": cpu[("paper", 10.0, "float")]["total_seconds"]
+        / cpu[("paper", 10.0, "int8")]["total_seconds"],
     }
     console.print(
         f"60 s takes {ratios['linear_60s_over_10s_time']:.2f}x the time of 10 s (linear: 6); "
         f"re-running everything, 1 s takes {ratios['rerun_1s_over_half_s_time']:.2f}x the time "
         f"of 0.5 s (quadratic: about 4); the linear sampler is "
         f"{ratios['linear_over_rerun_speedup_at_1s']:.0f}x faster in real-time factor; H=64 "
-        f"takes {ratios['paper_over_release_time_10s']:.1f}x the time of H=16."
+        f"takes {ratios['paper_over_release_time_10s']:.1f}x the time of H=16; int8 weights are "
+        f"{ratios['int8_over_float_speedup_release_10s']:.1f}x (H=16) and "
+        f"{ratios['int8_over_float_speedup_paper_10s']:.1f}x (H=64) faster than float."
     )
     console.print(
-        f"{args.long_minutes:g} minutes of audio: peak RSS {long['peak_rss_mib']:.0f} MiB, "
-        f"{long['real_time_factor']:.1f}x real time ({long['sampler_ms_per_frame']:.2f} ms "
-        "per frame in the sampler)"
+        f"int8 against float at {fidelity['positions']} (t, h) of a 10 s sample: mean KL "
+        f"{fidelity['mean_kl_float_to_int8_nats']:.2e} nats (max "
+        f"{fidelity['max_kl_float_to_int8_nats']:.2e}; the float entropy is "
+        f"{fidelity['float_mean_entropy_nats']:.2f}), same most likely class at "
+        f"{100 * fidelity['argmax_agreement']:.1f}%"
     )
+    for weights, row in long.items():
+        console.print(
+            f"{args.long_minutes:g} minutes of audio, {weights} weights: peak RSS "
+            f"{row['peak_rss_mib']:.0f} MiB, {row['real_time_factor']:.1f}x real time "
+            f"({row['sampler_ms_per_frame']:.2f} ms per frame in the sampler)"
+        )
     if args.json:
         figures = {
             "linear_sampler": linear,
             "rerun_everything_sampler": quadratic,
+            "int8_against_float": fidelity,
             "long_audio_cpu": long,
             "ratios": ratios,
             "torch_threads": torch.get_num_threads(),

@@ -142,7 +142,7 @@ def main() -> None:
         audio = audio_encoder_comparison(store, args.repeats)
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         runs = [training_run(store, workdir, device, args.steps) for device in devices]
-    console = Console()
+    console = Console(width=150)
     table = Table(
         title="audio encoder, release sizes, one training batch (forward + backward, CPU)"
     )

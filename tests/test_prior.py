@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from meshtalk.models.prior import ContextModel, PriorModelConfig, prior_preset
-from meshtalk.models.sampler import PriorSampler, schedule
+from meshtalk.models.sampler import PriorSampler, int8_rows, quantised, schedule
 from meshtalk.pipelines.train_prior import evaluate
 
 
@@ -131,6 +131,45 @@ def test_sampler_logits_equal_the_full_forward_pass_on_the_sampled_codes(config,
         assert torch.equal(codes, full.argmax(dim=-1))
     # The codes are not all alike: the test sees real variation.
     assert len(codes.unique()) > config.classes // 4
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        prior_preset("tiny"),
+        prior_preset("tiny", heads=5, channels_per_head=3, dilations=(1, 3)),
+        prior_preset("release", channels_per_head=8),
+    ],
+)
+def test_int8_sampler_follows_the_quantised_model(config):
+    model = random_prior(config, seed=2)
+    low = quantised(model)
+    audio = torch.randn(2, 40, config.audio_dim)
+    sampler = PriorSampler(model, batch=2, seed=3, record_logits=True, weights="int8")
+    codes = sampler.sample(audio, chunk=16)
+    used = torch.stack(sampler.recorded, dim=1).float()
+    full, exact = logits_of(low, codes, audio), logits_of(model, codes, audio)
+    # The quantised model is what it samples, up to bfloat16 rounding of the activations (about
+    # 2^-8 relative), and it is close to the float model without being it.
+    scale = full.abs().max()
+    assert (used - full).abs().max() < 0.02 * scale
+    assert 0 < (full - exact).abs().max() < 0.03 * scale
+    assert len(codes.unique()) > config.classes // 4
+    # Same seed, same codes; quantising again changes nothing.
+    again = PriorSampler(model, batch=2, seed=3, weights="int8").sample(audio, chunk=16)
+    assert torch.equal(codes, again)
+    for name, value in quantised(low).state_dict().items():
+        assert torch.equal(value, low.state_dict()[name]), name
+
+
+def test_int8_rows_round_each_row_to_127_steps():
+    weight = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 1.0, -2.0]])
+    q, scale = int8_rows(weight)
+    assert q.dtype == torch.int8 and scale.dtype == torch.bfloat16
+    assert q.abs().amax(dim=1).tolist() == [127, 0, 127]
+    assert torch.allclose(q.float() * scale.float()[:, None], weight, atol=3.0 / 254)
+    with pytest.raises(ValueError, match="weights must be one of float, int8"):
+        PriorSampler(ContextModel(prior_preset("tiny")), weights="int4")
 
 
 def test_release_masks_sample_several_heads_per_round():
