@@ -2,22 +2,26 @@
 
 `PriorSampler` evaluates exactly the function of `ContextModel.forward`, one step at a time:
 
-- only the receptive field is kept: each middle layer keeps its last 1 + dilation inputs in a ring
-  buffer, so memory does not grow with the length;
-- the audio contribution of all frames of a chunk is one batched matrix product;
+- only the receptive field is kept: each middle layer's inputs live in a buffer of a fixed number
+  of steps (the last 1 + max dilation move to its front every few steps), so memory does not grow
+  with the length;
+- the audio contribution of all frames of a chunk is one batched matrix product, and the far tap
+  of a causal convolution with dilation d > 1 is one product every d steps;
 - within a step, a layer's head block is computed once, as soon as the heads it depends on are
   known. With the masks of SPEC section 7 (head h reads heads < h in every layer), the logits of
   head h depend on the current step's codes of heads <= h - (number of layers) only, so several
-  heads are sampled together in one round (H=16: 3 rounds per step instead of 16);
+  heads are sampled together in one round (H=16: 3 rounds per step instead of 16). A round's
+  product for a layer also applies the near tap (and with d = 1 the far tap) to those rows: the
+  earlier steps' inputs sit just before the current one, so it is one matrix product;
 - codes are drawn on the model's device (Gumbel-max with a seeded generator, or argmax), with no
   copy to the host per step.
 
 With one sequence a step reads every weight of the model once (about 9M for the release's sizes)
-and does little arithmetic with it, so on a CPU its time is the time to stream the weights from
-memory. `weights="int8"` stores the per-step weights as int8 with one bfloat16 scale per output row
-(`int8_rows`) and computes in bfloat16 (CPU only): 4x fewer bytes, which then fit in the CPU's
-last-level cache. It samples exactly the distribution of `quantised(model)`, the float model with
-those weights, up to bfloat16 rounding of the activations.
+and does little arithmetic with it, so on a CPU its time is that of streaming the weights through
+the cores plus the cost of calling each operation. `weights="int8"` stores the per-step weights as
+int8 with one bfloat16 scale per output row of each layer (`step_weights`) and computes in bfloat16
+(CPU only): 4x fewer bytes. It samples exactly the distribution of `quantised(model)`, the float
+model with those weights, up to bfloat16 rounding of the activations.
 
 `push` takes audio codes chunk by chunk and returns the codes of those frames at once: the prior
 reads a[<=t] only, so a frame is determined as soon as its audio code is known.
@@ -67,26 +71,48 @@ def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def _dequantised(weight: torch.Tensor) -> torch.Tensor:
-    q, scale = int8_rows(weight)
-    return (q.float() * scale.float()[:, None]).to(weight.dtype)
+def step_weights(
+    model: ContextModel, *, int8: bool = False
+) -> tuple[list[list[torch.Tensor]], list[torch.Tensor | None]]:
+    """The (out, in) weights that one sampling step multiplies, per layer after the embedding.
+
+    Middle layers: [far tap (step t-1-d), near tap (step t-1), masked weight (step t)]; logits:
+    [masked weight]. With `int8`, each layer's weights are int8 with one bfloat16 scale per
+    output row shared by all of them (the second list); otherwise the scales are None.
+    """
+    weights = []
+    for layer in model.context_layers:
+        historic = layer.historic.weight.detach()
+        masked = layer.masked_weight()[..., 0].detach()
+        weights.append([historic[..., 0], historic[..., 1], masked])
+    weights.append([model.logits.masked_weight()[..., 0].detach()])
+    if not int8:
+        return weights, [None] * len(weights)
+    rounded, scales = [], []
+    for parts in weights:
+        q, scale = int8_rows(torch.cat(parts, dim=1))
+        rounded.append(list(q.split([p.shape[1] for p in parts], dim=1)))
+        scales.append(scale)
+    return rounded, scales
 
 
 def quantised(model: ContextModel) -> ContextModel:
     """A copy of the prior whose per-step weights are what `weights="int8"` samples with.
 
-    The masked weights of every layer after the embedding and both taps of every causal
-    convolution are rounded to int8 per output row; the embedding (a table lookup when sampling)
-    and the audio projections (one batched product per chunk) stay as they are.
+    Every layer after the embedding has its masked weight and both taps of its causal
+    convolution rounded to int8 with one scale per output row (shared by the three); the
+    embedding (a table lookup when sampling) and the audio projections (one batched product per
+    chunk) stay as they are.
     """
     model = copy.deepcopy(model)
+    rounded, scales = step_weights(model, int8=True)
     with torch.no_grad():
-        for layer in [*model.context_layers, model.logits]:
-            weight = layer.masked_linear.weight
-            weight[..., 0] = _dequantised(layer.masked_weight()[..., 0])
-        for layer in model.context_layers:
-            for tap in range(layer.historic.weight.shape[-1]):
-                layer.historic.weight[..., tap] = _dequantised(layer.historic.weight[..., tap])
+        for index, layer in enumerate([*model.context_layers, model.logits]):
+            values = [(q.float() * scales[index].float()[:, None]) for q in rounded[index]]
+            *taps, masked = values
+            layer.masked_linear.weight[..., 0] = masked.to(layer.masked_linear.weight.dtype)
+            for tap, value in enumerate(taps):
+                layer.historic.weight[..., tap] = value.to(layer.historic.weight.dtype)
     return model
 
 
@@ -147,14 +173,18 @@ def _int8_product(base, source, weight, target) -> None:
         torch.add(base, torch._weight_int8pack_mm(source, *weight), out=target)
 
 
-def _int8_accumulate(target, source, weight) -> None:
-    target += torch._weight_int8pack_mm(source, *weight)
-
-
 def _int8_matmul(x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """(..., in) bfloat16 times int8 rows (out, in) with their scales -> (..., out) bfloat16."""
     flat = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), *weight)
     return flat.view(*x.shape[:-1], flat.shape[-1])
+
+
+def _padded(columns: int) -> int:
+    return -(-columns // INT8_INNER) * INT8_INNER
+
+
+PHASES = 16
+"""Steps between two moves of the history buffers (the buffers' views are prepared per phase)."""
 
 
 class PriorSampler:
@@ -191,92 +221,72 @@ class PriorSampler:
         self.record_logits = record_logits
         self.recorded: list[torch.Tensor] = []
         config = model.config
-        self.heads, self.classes, self.width = (
-            config.heads,
-            config.classes,
-            config.heads * config.channels_per_head,
-        )
+        self.heads, self.classes = config.heads, config.classes
+        self.width = config.heads * config.channels_per_head
         self.slope = config.leaky_slope
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
+        self.model_dtype = parameter.dtype
+        self.noise_dtype = torch.promote_types(parameter.dtype, torch.float32)
         self.int8 = weights == "int8"
         if self.int8:
             if self.device.type != "cpu":
                 raise ValueError(f"int8 weights are for the CPU; the model is on {self.device}")
             self.dtype = torch.bfloat16
-        self.model_dtype = parameter.dtype
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.rounds = schedule(model)
-        self._prepare_weights()
+        self.dilations = [layer.dilation for layer in model.context_layers]
+        # Columns of one step's stored layer input (int8: padded to the kernel's multiple).
+        self.stored_width = _padded(self.width) if self.int8 else self.width
+        # Earlier inputs that the current step's product reads besides the current one: t-1, and
+        # t-2 too when the dilation is 1 (the far tap then reads the step just before).
+        self.taps = [2 if d == 1 else 1 for d in self.dilations]
+        # History of every middle layer's input: step t at slot `reach` + t % phases; every
+        # `phases` steps the last `reach` slots move to the front.
+        self.reach = 1 + max(self.dilations)
+        self.phases = max(PHASES, self.reach)
         self.step = 0
-        # Columns of the stored layer inputs (int8: padded to the kernel's multiple with zeros).
-        self.stored_width = self.width
-        if self.int8:
-            self.stored_width = -(-self.width // INT8_INNER) * INT8_INNER
-        b, w = batch, self.stored_width
-        self.history = [
-            torch.zeros(b, 1 + layer.dilation, w, device=self.device, dtype=self.dtype)
-            for layer in model.context_layers
-        ]
+        self._prepare_weights()
         self._prepare_buffers()
-
-    def _packed(self, key: tuple, weight: torch.Tensor, rows: slice, columns: int):
-        """Rows and leading columns of an (out, in) weight, ready for `_product` and `_matmul`.
-
-        float: the transposed slice (columns, rows) in the model's dtype; int8: the slice of the
-        whole matrix's per-row quantisation (so that every slice shares its rows' scales); `key`
-        names the matrix.
-        """
-        if not self.int8:
-            return weight[rows, :columns].t().contiguous()
-        if key not in self._int8_cache:
-            self._int8_cache[key] = int8_rows(weight)
-        q, scale = self._int8_cache[key]
-        q, scale = q[rows, :columns], scale[rows].contiguous()
-        # The int8 kernel reads the inner dimension 16 at a time: pad it with zero weights (the
-        # input buffers have as many columns, the extra ones zero or not yet read).
-        padded = -(-columns // INT8_INNER) * INT8_INNER
-        if padded == 0:
-            return None
-        return F.pad(q, (0, padded - columns)).contiguous(), scale
 
     @torch.no_grad()
     def _prepare_weights(self) -> None:
         model, k, c = self.model, self.model.config.channels_per_head, self.classes
         layers = [model.embedding, *model.context_layers, model.logits]
-        per_head = [(c, k)] + [(k, k)] * len(model.context_layers) + [(k, c)]
+        self.per_head = [(c, k)] + [(k, k)] * len(model.context_layers) + [(k, c)]
         offsets = [mask_offset(layer, self.heads) for layer in layers]
-        self._int8_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        masked = [layer.masked_weight()[..., 0] for layer in layers]
+        masked = [layer.masked_weight()[..., 0].detach() for layer in layers]
         # Embedding of a one-hot input: row (head i, class c) of the masked weight, transposed.
         self.embedding_rows = masked[0].t().to(self.dtype).contiguous()
         self.biases = [layer.masked_linear.bias.detach().to(self.dtype) for layer in layers]
-        # Per round and layer after the embedding: the new rows' weights over the columns they read.
+        # Per layer after the embedding: the (out, in) weights of its far tap, near tap and
+        # masked current-step projection (the logits: the last only), and with int8 their rows'
+        # shared scales (`step_weights`).
+        weights, scales = step_weights(model, int8=self.int8)
+        # Far taps of dilation d > 1: the far tap of the d steps t..t+d-1 reads inputs that are
+        # all known at step t, so it is one product every d steps (d times fewer weight reads).
+        # With d = 1 it is part of each round's product, as is the near tap.
+        self.far = {}
+        for index, taps in enumerate(self.taps):
+            far = weights[index][0]
+            if taps == 1:
+                if self.int8:
+                    self.far[index] = (self._pad(far, self.stored_width), scales[index])
+                else:
+                    self.far[index] = far.t().contiguous().to(self.dtype)
+        parts = [w[2 - taps :] for w, taps in zip(weights, self.taps, strict=False)]
+        parts.append(weights[-1])
+        # Per round and layer after the embedding: the new rows over the columns they read.
         self.round_weights = []
         for round_ in self.rounds:
-            weights = []
+            row = []
             for index in range(1, len(layers)):
-                (first, last), (inp, out) = round_.blocks[index], per_head[index]
-                columns = max(0, (last - 1 + offsets[index]) * inp)
+                (first, last), (inp, out) = round_.blocks[index], self.per_head[index]
                 rows = slice(first * out, last * out)
-                weights.append(self._packed(("masked", index), masked[index], rows, columns))
-            self.round_weights.append(weights)
-        # Causal convolutions: the near tap (step t-1) is a product per frame; the far tap (step
-        # t-1-d) of the d frames t..t+d-1 reads inputs that are all known at frame t, so for d > 1
-        # it is one product every d frames (d times fewer weight reads for that tap).
-        everything, width = slice(None), self.width
-        self.far = [
-            self._packed(("far", i), layer.historic.weight[..., 0], everything, width)
-            for i, layer in enumerate(model.context_layers)
-        ]
-        self.near = [
-            self._packed(("near", i), layer.historic.weight[..., 1], everything, width)
-            for i, layer in enumerate(model.context_layers)
-        ]
-        self._int8_cache = {}
-        self.dilations = [layer.dilation for layer in model.context_layers]
-        self.far_ahead: list[torch.Tensor | None] = [None] * len(self.dilations)
+                columns = max(0, (last - 1 + offsets[index]) * inp)
+                row.append(self._packed(parts[index - 1], scales[index - 1], rows, columns))
+            self.round_weights.append(row)
         constant = [
             layer.masked_linear.bias + layer.historic.bias for layer in model.context_layers
         ]
@@ -293,61 +303,98 @@ class PriorSampler:
         self.constant = torch.cat(constant).detach()
         if self.int8:
             self._product, self._matmul = _int8_product, _int8_matmul
-            self._accumulate = _int8_accumulate
         else:
             self._product, self._matmul = _float_product, torch.matmul
-            self._accumulate = torch.Tensor.addmm_
-        self.per_head = per_head
-        # Per round: (layer, rows, columns, weight) of every layer that computes new blocks, the
-        # logits' bias over those rows, and the class-row offsets of the heads drawn.
-        self.plans = []
-        for round_, weights in zip(self.rounds, self.round_weights, strict=True):
-            steps = []
-            for index in range(1, len(layers)):
-                (first, last), (_, out) = round_.blocks[index], per_head[index]
-                if last > first:
-                    rows = slice(first * out, last * out)
-                    weight = weights[index - 1]
-                    if not self.int8:
-                        columns = weight.shape[0]
-                    else:
-                        columns = 0 if weight is None else weight[0].shape[1]
-                    steps.append((index, rows, columns, weight))
-            first, last = round_.heads
-            offsets = torch.arange(first, last, device=self.device) * c
-            self.plans.append((round_.blocks[0], steps, offsets))
+
+    @staticmethod
+    def _pad(weight: torch.Tensor, columns: int) -> torch.Tensor:
+        return F.pad(weight, (0, columns - weight.shape[1]))
+
+    def _packed(self, parts: list[torch.Tensor], scale, rows: slice, columns: int):
+        """Rows of [earlier steps' taps | masked weight's leading columns], ready for `_product`.
+
+        float: transposed (columns, rows) in the sampler's dtype; int8: int8 rows with their
+        scales, each part padded to the kernel's multiple (as the stored inputs are); None when
+        nothing is read.
+        """
+        *taps, weight = parts
+        if not self.int8:
+            whole = torch.cat([p[rows] for p in taps] + [weight[rows, :columns]], dim=1)
+            return whole.t().contiguous().to(self.dtype)
+        pieces = [self._pad(p[rows], self.stored_width) for p in taps]
+        if columns:
+            pieces.append(self._pad(weight[rows, :columns], _padded(columns)))
+        if not pieces:
+            return None
+        return torch.cat(pieces, dim=1).contiguous(), scale[rows].contiguous()
+
+    def _read(self, weight) -> int:
+        """Input columns a packed weight reads."""
+        if weight is None:
+            return 0
+        return weight[0].shape[1] if self.int8 else weight.shape[0]
 
     def _prepare_buffers(self) -> None:
-        """Per-frame buffers, reused every frame, and each round's views into them."""
-        b, w, c = self.batch, self.width, self.classes
+        """Buffers reused every step, and per phase the views of each round into them."""
+        b, w, c, s = self.batch, self.width, self.classes, self.stored_width
         zeros = dict(device=self.device, dtype=self.dtype)
-        self.inputs = [
-            torch.zeros(b, self.stored_width, **zeros) for _ in range(1 + len(self.history))
-        ]
-        self.context = [torch.zeros(b, w, **zeros) for _ in self.history]
+        layers = len(self.dilations)
+        self.history = [torch.zeros(b, self.reach + self.phases, s, **zeros) for _ in range(layers)]
+        self.top = torch.zeros(b, s, **zeros)  # input of the logits layer
+        self.context = torch.zeros(b, layers, w, **zeros)  # audio, biases and far taps
         self.logits = torch.zeros(b, self.heads * c, **zeros)
         self.embedded = torch.zeros(b, w, **zeros)
-        k, last_layer = self.per_head[0][1], 1 + len(self.history)
-        self.round_views = []
-        for ((first, last), steps, offsets), round_ in zip(self.plans, self.rounds, strict=True):
-            embedding = None
-            if last > first:
-                blocks = slice(first * k, last * k)
-                embedding = (self.embedded[:, blocks], self.inputs[0][:, blocks])
-            products = []
-            for index, rows, columns, weight in steps:
-                source = self.inputs[index - 1][:, :columns]
-                if index < last_layer:
-                    target = self.inputs[index][:, rows]
-                    products.append(
-                        (self.context[index - 1][:, rows], source, weight, target, True)
+        # The logits' biases plus the noise of the current step (argmax: the biases alone).
+        self.noise = self.biases[-1].to(self.noise_dtype).repeat(b, 1)
+        self.chosen = torch.zeros(b, self.heads, dtype=torch.long, device=self.device)
+        self.pending: list[torch.Tensor | None] = [None] * layers
+        k = self.per_head[0][1]
+        flat = [h.view(b, -1) for h in self.history]
+        self.views = []
+        for phase in range(self.phases):
+            now = (self.reach + phase) * s  # first column of the current step
+
+            def output(layer: int, rows: slice, now=now) -> torch.Tensor:
+                if layer < layers:
+                    return flat[layer][:, now + rows.start : now + rows.stop]
+                return self.top[:, rows]
+
+            rounds = []
+            for round_, weights in zip(self.rounds, self.round_weights, strict=True):
+                first, last = round_.blocks[0]
+                embedding = None
+                if last > first:
+                    blocks = slice(first * k, last * k)
+                    embedding = (self.embedded[:, blocks], output(0, blocks))
+                products = []
+                for index in range(1, layers + 1):
+                    (first, last), (_, out) = round_.blocks[index], self.per_head[index]
+                    if last <= first:
+                        continue
+                    rows, weight = slice(first * out, last * out), weights[index - 1]
+                    start = now - self.taps[index - 1] * s
+                    source = flat[index - 1][:, start : start + self._read(weight)]
+                    base = self.context[:, index - 1, rows]
+                    products.append((base, source, weight, output(index, rows)))
+                first, last = round_.heads
+                draw = None
+                if last > first:
+                    # The logits' rows are those of the heads drawn in this round.
+                    n, weight = last - first, weights[-1]
+                    rows = slice(first * c, last * c)
+                    draw = (
+                        self.top[:, : self._read(weight)],
+                        weight,
+                        self.noise[:, rows],
+                        self.chosen[:, first:last],
+                        torch.arange(first, last, device=self.device) * c,
+                        torch.zeros(b, n, dtype=torch.long, device=self.device),
+                        torch.zeros(b * n, w, **zeros),
+                        torch.zeros(b, w, **zeros),
+                        (self.biases[-1][rows].expand(b, -1), self.logits[:, rows]),
                     )
-                else:
-                    bias = self.biases[-1][rows].expand(b, -1)
-                    products.append((bias, source, weight, self.logits[:, rows], False))
-            heads = round_.heads
-            drawn = self.logits[:, heads[0] * c : heads[1] * c].view(b, heads[1] - heads[0], c)
-            self.round_views.append((embedding, products, heads, drawn, offsets))
+                rounds.append((embedding, products, draw))
+            self.views.append(rounds)
 
     @torch.no_grad()
     def push(self, audio_code: torch.Tensor) -> torch.Tensor:
@@ -365,55 +412,86 @@ class PriorSampler:
         audio_code = audio_code.to(self.device, self.model_dtype)
         # The audio contribution (and the constant biases) of every middle layer and frame at once.
         if self.audio_weight is None:
-            pre = self.constant.expand(b, n, -1)
+            pre = self.constant.expand(b * n, -1)
         else:
             pre = torch.addmm(self.constant, audio_code.reshape(b * n, -1), self.audio_weight)
-            pre = pre.view(b, n, -1)
-        pre = pre.view(b, n, len(self.history), self.width).to(self.dtype)
+        pre = pre.reshape(b, n, len(self.history), self.width).to(self.dtype).clone()
+        # Far taps computed by an earlier push for these frames.
+        for index, rest in enumerate(self.pending):
+            if rest is not None:
+                pre[:, : rest.shape[1], index] += rest[:, :n]
+                self.pending[index] = rest[:, n:] if rest.shape[1] > n else None
         noise = None
         if not self.argmax:
-            noise = torch.empty(b, n, self.heads, self.classes, device=self.device)
-            noise.exponential_(generator=self.generator).log_().neg_()
-            noise = noise.to(self.model_dtype)
+            # Gumbel noise -log(-log(u)), times the temperature: argmax(l + T g) = argmax(l/T + g).
+            noise = torch.rand(
+                b, n, self.heads * self.classes, generator=self.generator,
+                device=self.device, dtype=self.noise_dtype,
+            )  # fmt: skip
+            noise.log_().neg_().log_().neg_()
+            if self.temperature != 1:
+                noise *= self.temperature
         codes = torch.empty(b, n, self.heads, dtype=torch.long, device=self.device)
         for t in range(n):
-            self._step(pre[:, t], None if noise is None else noise[:, t], codes[:, t])
+            self._far_taps(pre, t)
+            self.context.copy_(pre[:, t])
+            if noise is not None:
+                torch.add(noise[:, t], self.biases[-1], out=self.noise)
+            self._step()
+            codes[:, t] = self.chosen
         return codes
 
-    def _step(self, pre: torch.Tensor, noise: torch.Tensor | None, codes: torch.Tensor) -> None:
-        """One frame: pre (B, layers, width) audio + biases, noise (B, H, C); fills codes (B, H)."""
-        slope, step = self.slope, self.step
-        # History: each middle layer reads its input at t-1-d and t-1.
-        for index, ring in enumerate(self.history):
-            d, size = self.dilations[index], ring.shape[1]  # slot s % size: input of step s
-            if step % d == 0:
-                slots = [(step - 1 - d + j) % size for j in range(d)]
-                self.far_ahead[index] = self._matmul(ring[:, slots], self.far[index])
-            context = self.context[index]
-            torch.add(pre[:, index], self.far_ahead[index][:, step % d], out=context)
-            self._accumulate(context, ring[:, (step - 1) % size], self.near[index])
-        self.embedded.copy_(self.biases[0].expand_as(self.embedded))
-        for embedding, products, (first, last), drawn, offsets in self.round_views:
-            if embedding is not None:
-                F.leaky_relu_(embedding[1].copy_(embedding[0]), slope)
-            for base, source, weight, target, activate in products:
-                self._product(base, source, weight, target)
-                if activate:
-                    F.leaky_relu_(target, slope)
-            if first == last:
+    def _far_taps(self, pre: torch.Tensor, t: int) -> None:
+        """Every d steps: the far taps of the next d steps into `pre` (the rest kept for later)."""
+        step, phase, n = self.step, self.step % self.phases, pre.shape[1]
+        for index, weight in self.far.items():
+            d = self.dilations[index]
+            if step % d:
                 continue
-            if noise is None:
-                chosen = drawn.argmax(dim=-1)
-            else:
-                drawn = drawn.to(noise.dtype) / self.temperature
-                chosen = (drawn + noise[:, first:last]).argmax(dim=-1)
-            codes[:, first:last] = chosen
-            self.embedded += self.embedding_rows[offsets + chosen].sum(dim=1)  # (B, n) rows
-        for index, ring in enumerate(self.history):
-            ring[:, step % ring.shape[1]] = self.inputs[index]
+            start = self.reach + phase - 1 - d  # slot of step - 1 - d
+            far = self._matmul(self.history[index][:, start : start + d], weight)
+            use = min(d, n - t)
+            pre[:, t : t + use, index] += far[:, :use]
+            self.pending[index] = far[:, use:] if use < d else None
+
+    def _step(self) -> None:
+        """One frame from `context` (audio, biases, far taps) and `noise`; fills `chosen`."""
+        slope, phase = self.slope, self.step % self.phases
+        self.embedded.copy_(self.biases[0].expand_as(self.embedded))
+        for embedding, products, draw in self.views[phase]:
+            if embedding is not None:
+                torch._C._nn.leaky_relu(embedding[0], slope, out=embedding[1])
+            for base, source, weight, target in products:
+                self._product(base, source, weight, target)
+                F.leaky_relu_(target, slope)
+            if draw is None:
+                continue
+            source, weight, noise, chosen, offsets, index, rows, total, record = draw
+            scores = self._scores(noise, source, weight)
+            torch.argmax(scores.view(self.batch, -1, self.classes), dim=-1, out=chosen)
+            if self.record_logits:
+                self._product(*record[:1], source, weight, record[1])
+            # Embed the drawn codes: the sum of their rows.
+            torch.add(chosen, offsets, out=index)
+            torch.index_select(self.embedding_rows, 0, index.view(-1), out=rows)
+            torch.sum(rows.view(self.batch, -1, self.width), dim=1, out=total)
+            self.embedded += total
         if self.record_logits:
             self.recorded.append(self.logits.view(self.batch, self.heads, self.classes).clone())
+        if phase == self.phases - 1:  # the last `reach` steps move to the front
+            for history in self.history:
+                history[:, : self.reach] = history[:, self.phases :]
         self.step += 1
+
+    def _scores(self, noise, source, weight) -> torch.Tensor:
+        """Logits (without their biases, which `noise` holds) plus `noise`."""
+        if weight is None:
+            return noise
+        if self.int8:
+            return torch.add(noise, torch._weight_int8pack_mm(source, *weight))
+        if weight.dtype == noise.dtype:
+            return torch.addmm(noise, source, weight)
+        return torch.add(noise, source @ weight)
 
     def sample(self, audio_code: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """(B, T, audio_dim) audio codes -> (B, T, H) codes, `chunk` frames at a time."""

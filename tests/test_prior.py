@@ -193,7 +193,7 @@ def test_seeded_sampling_is_reproducible_and_streaming_equals_one_pass():
     assert [p.shape[1] for p in parts] == [1, 16, 1, 42]
     assert torch.equal(torch.cat(parts, dim=1), PriorSampler(model, argmax=True).sample(audio))
     # Memory does not grow with the length: the state is the receptive field only.
-    assert [ring.shape[1] for ring in stream.history] == [2, 3, 5, 9]
+    assert [buffer.shape[1] for buffer in stream.history] == [9 + 16] * 4
 
 
 def test_temperature_sharpens_the_samples():
