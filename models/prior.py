@@ -154,6 +154,10 @@ class ContextModel(nn.Module):
         for layer in unused:
             layer.unmasked_linear.requires_grad_(False)
 
+    def layers(self) -> list[MaskedLayer]:
+        """The embedding, the middle layers and the logits layer, in order."""
+        return [self.embedding, *self.context_layers, self.logits]
+
     def forward(self, one_hot: torch.Tensor, audio_code: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits.
 

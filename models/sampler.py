@@ -72,20 +72,22 @@ def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def step_weights(
-    model: ContextModel, *, int8: bool = False
+    model: ContextModel, *, int8: bool = False, masked: list[torch.Tensor] | None = None
 ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor | None]]:
     """The (out, in) weights that one sampling step multiplies, per layer after the embedding.
 
     Middle layers: [far tap (step t-1-d), near tap (step t-1), masked weight (step t)]; logits:
     [masked weight]. With `int8`, each layer's weights are int8 with one bfloat16 scale per
-    output row shared by all of them (the second list); otherwise the scales are None.
+    output row shared by all of them (the second list); otherwise the scales are None. `masked`:
+    the masked (out, in) weights of the layers after the embedding, if already at hand.
     """
+    if masked is None:
+        masked = [layer.masked_weight()[..., 0].detach() for layer in model.layers()[1:]]
     weights = []
-    for layer in model.context_layers:
+    for layer, weight in zip(model.context_layers, masked, strict=False):
         historic = layer.historic.weight.detach()
-        masked = layer.masked_weight()[..., 0].detach()
-        weights.append([historic[..., 0], historic[..., 1], masked])
-    weights.append([model.logits.masked_weight()[..., 0].detach()])
+        weights.append([historic[..., 0], historic[..., 1], weight])
+    weights.append([masked[-1]])
     if not int8:
         return weights, [None] * len(weights)
     rounded, scales = [], []
@@ -128,14 +130,14 @@ class Round:
     blocks: tuple[tuple[int, int], ...]
 
 
-def schedule(model: ContextModel) -> list[Round]:
+def schedule(model: ContextModel, offsets: list[int] | None = None) -> list[Round]:
     """Rounds of one step: which head blocks each layer computes before which heads are drawn."""
     heads = model.config.heads
-    layers = [model.embedding, *model.context_layers, model.logits]
+    layers = model.layers()
     # needs[l][j]: highest current-step head that block j of layer l depends on (-1: none).
     needs, previous = [], None
     for layer in layers:
-        offset = mask_offset(layer, heads)
+        offset = mask_offset(layer, heads) if offsets is None else offsets[len(needs)]
         row = []
         for j in range(heads):
             last_input = j + offset - 1
@@ -235,7 +237,9 @@ class PriorSampler:
             self.dtype = torch.bfloat16
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
-        self.rounds = schedule(model)
+        layers = model.layers()
+        self.offsets = [mask_offset(layer, self.heads) for layer in layers]
+        self.rounds = schedule(model, self.offsets)
         self.dilations = [layer.dilation for layer in model.context_layers]
         # Columns of one step's stored layer input (int8: padded to the kernel's multiple).
         self.stored_width = _padded(self.width) if self.int8 else self.width
@@ -246,16 +250,27 @@ class PriorSampler:
         # `phases` steps the last `reach` slots move to the front.
         self.reach = 1 + max(self.dilations)
         self.phases = max(PHASES, self.reach)
-        self.step = 0
         self._prepare_weights()
         self._prepare_buffers()
+        self.reset(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new sequence (the weights stay prepared); `seed` reseeds the noise."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        for buffer in (*self.history, self.top, self.embedded):
+            buffer.zero_()
+        self.noise.copy_(self.biases[-1].expand_as(self.noise))
+        self.pending = [None] * len(self.history)
+        self.recorded = []
+        self.step = 0
 
     @torch.no_grad()
     def _prepare_weights(self) -> None:
         model, k, c = self.model, self.model.config.channels_per_head, self.classes
-        layers = [model.embedding, *model.context_layers, model.logits]
+        layers = model.layers()
         self.per_head = [(c, k)] + [(k, k)] * len(model.context_layers) + [(k, c)]
-        offsets = [mask_offset(layer, self.heads) for layer in layers]
+        offsets = self.offsets
         masked = [layer.masked_weight()[..., 0].detach() for layer in layers]
         # Embedding of a one-hot input: row (head i, class c) of the masked weight, transposed.
         self.embedding_rows = masked[0].t().to(self.dtype).contiguous()
@@ -263,7 +278,7 @@ class PriorSampler:
         # Per layer after the embedding: the (out, in) weights of its far tap, near tap and
         # masked current-step projection (the logits: the last only), and with int8 their rows'
         # shared scales (`step_weights`).
-        weights, scales = step_weights(model, int8=self.int8)
+        weights, scales = step_weights(model, int8=self.int8, masked=masked[1:])
         # Far taps of dilation d > 1: the far tap of the d steps t..t+d-1 reads inputs that are
         # all known at step t, so it is one product every d steps (d times fewer weight reads).
         # With d = 1 it is part of each round's product, as is the near tap.
@@ -389,14 +404,14 @@ class PriorSampler:
                         self.chosen[:, first:last],
                         torch.arange(first, last, device=self.device) * c,
                         torch.zeros(b, n, dtype=torch.long, device=self.device),
-                        torch.zeros(b * n, w, **zeros),
+                        torch.zeros(b, n, w, **zeros),
                         torch.zeros(b, w, **zeros),
                         (self.biases[-1][rows].expand(b, -1), self.logits[:, rows]),
                     )
                 rounds.append((embedding, products, draw))
             self.views.append(rounds)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def push(self, audio_code: torch.Tensor) -> torch.Tensor:
         """Codes of the next frames given their audio codes.
 
@@ -456,26 +471,28 @@ class PriorSampler:
 
     def _step(self) -> None:
         """One frame from `context` (audio, biases, far taps) and `noise`; fills `chosen`."""
-        slope, phase = self.slope, self.step % self.phases
-        self.embedded.copy_(self.biases[0].expand_as(self.embedded))
+        slope, phase, product = self.slope, self.step % self.phases, self._product
+        leaky_relu, leaky_relu_ = torch._C._nn.leaky_relu, F.leaky_relu_
+        embedded, embedding_rows = self.embedded, self.embedding_rows
+        embedded.copy_(self.biases[0].expand_as(embedded))
         for embedding, products, draw in self.views[phase]:
             if embedding is not None:
-                torch._C._nn.leaky_relu(embedding[0], slope, out=embedding[1])
+                leaky_relu(embedding[0], slope, out=embedding[1])
             for base, source, weight, target in products:
-                self._product(base, source, weight, target)
-                F.leaky_relu_(target, slope)
+                product(base, source, weight, target)
+                leaky_relu_(target, slope)
             if draw is None:
                 continue
             source, weight, noise, chosen, offsets, index, rows, total, record = draw
             scores = self._scores(noise, source, weight)
-            torch.argmax(scores.view(self.batch, -1, self.classes), dim=-1, out=chosen)
+            torch.argmax(scores.view(chosen.shape[0], chosen.shape[1], -1), dim=-1, out=chosen)
             if self.record_logits:
-                self._product(*record[:1], source, weight, record[1])
+                product(record[0], source, weight, record[1])
             # Embed the drawn codes: the sum of their rows.
             torch.add(chosen, offsets, out=index)
-            torch.index_select(self.embedding_rows, 0, index.view(-1), out=rows)
-            torch.sum(rows.view(self.batch, -1, self.width), dim=1, out=total)
-            self.embedded += total
+            torch.index_select(embedding_rows, 0, index.view(-1), out=rows.view(-1, rows.shape[-1]))
+            torch.sum(rows, dim=1, out=total)
+            embedded += total
         if self.record_logits:
             self.recorded.append(self.logits.view(self.batch, self.heads, self.classes).clone())
         if phase == self.phases - 1:  # the last `reach` steps move to the front

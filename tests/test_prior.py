@@ -186,6 +186,11 @@ def test_seeded_sampling_is_reproducible_and_streaming_equals_one_pass():
     again = PriorSampler(model, seed=7).sample(audio, chunk=60)
     assert torch.equal(once, again)
     assert not torch.equal(once, PriorSampler(model, seed=8).sample(audio))
+    # A sampler prepared once draws the same codes for a new sequence after reset(seed).
+    reused = PriorSampler(model, seed=1, record_logits=True)
+    reused.sample(audio[:, :23])
+    reused.reset(seed=7)
+    assert torch.equal(reused.sample(audio), once) and len(reused.recorded) == 60
     # Chunk by chunk (streaming): the same codes for the same noise, whatever the chunk sizes,
     # when the noise is drawn per frame in the same order.
     stream = PriorSampler(model, argmax=True)
