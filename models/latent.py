@@ -105,6 +105,7 @@ class LatentAutoencoder(nn.Module):
         window: int,
         gumbel: torch.Tensor | None = None,
         cross_modality: bool = True,
+        upper_face_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Training losses of one batch.
 
@@ -116,10 +117,13 @@ class LatentAutoencoder(nn.Module):
             window: mel frames per audio window.
             gumbel: (3, B, T, H, C) Gumbel noise for the three decodings, or None to draw it.
             cross_modality: add the two cross-modality terms; otherwise plain reconstruction.
+            upper_face_weight: weight of eyelids and upper_face_from_expression in the total
+                (1: equal weights).
 
         Returns:
             reconstruction, eyelids, and if `cross_modality` mouth_from_audio and
-            upper_face_from_expression, each a scalar, and their sum as total.
+            upper_face_from_expression, each a scalar (unweighted), and their weighted sum as
+            total.
         """
         noise = [None] * 3 if gumbel is None else gumbel.unbind(0)
         target, template = batch["vertices"], batch["template"]
@@ -137,5 +141,8 @@ class LatentAutoencoder(nn.Module):
             losses["upper_face_from_expression"] = masked_error(
                 own_expression, target, masks["upper_face"]
             )
-        losses["total"] = sum(losses.values())
+        upper = ("eyelids", "upper_face_from_expression")
+        losses["total"] = sum(
+            upper_face_weight * value if name in upper else value for name, value in losses.items()
+        )
         return losses

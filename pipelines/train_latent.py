@@ -61,6 +61,10 @@ class LatentTrainingConfig:
     """Adam weight decay of the decoder's parameters (the encoder has none)."""
     cross_modality: bool = True
     """Add the cross-modality terms; off: plain reconstruction (for comparison)."""
+    upper_face_weight: float = 1.0
+    """Weight of the eyelid term and of the upper face decoded with this sample's expression (1:
+    the equal weights of SPEC section 5). Raise it for data whose upper face moves far less than
+    its mouth, where the expression path otherwise learns nothing."""
     val_every: int = 1000
     """Validate every this many steps (and at step 0 and at the end)."""
     val_segments: int = 32
@@ -87,6 +91,8 @@ class LatentTrainingConfig:
             problems.append(f"lr and lr_decay must be positive, got {self.lr} and {self.lr_decay}")
         if self.data_workers < 0:
             problems.append(f"data_workers must be >= 0, got {self.data_workers}")
+        if self.upper_face_weight < 0:
+            problems.append(f"upper_face_weight must be >= 0, got {self.upper_face_weight}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -249,7 +255,12 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
         model.train()
         with autocast:
             losses = trained(
-                batch, masks, window, batch["gumbel"].transpose(0, 1), training.cross_modality
+                batch,
+                masks,
+                window,
+                batch["gumbel"].transpose(0, 1),
+                training.cross_modality,
+                training.upper_face_weight,
             )
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

@@ -14,6 +14,8 @@ from meshtalk.models.latent import LatentAutoencoder, gumbel_one_hot
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.errors import MeshtalkError
 
+MASKS = ("mouth", "upper_face", "eyelids")
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -238,3 +240,20 @@ def test_config_rejects_impossible_values():
         replace(LATENT_PRESETS["tiny"], audio_dropout=1.5)
     with pytest.raises(ValueError, match="expression_input must be one of offset, mesh"):
         replace(LATENT_PRESETS["tiny"], expression_input="points")
+
+
+def test_upper_face_weight_scales_the_upper_face_terms_of_the_total():
+    model = deterministic_model(golden_config())
+    inputs = golden_inputs(model.config)
+    v = model.config.num_vertices
+    batch = {**inputs, **{f"partner_{k}": value.flip(0) for k, value in inputs.items()}}
+    masks = {name: torch.linspace(0, 1, v) ** p for name, p in zip(MASKS, (1, 2, 3), strict=True)}
+    shape = (3, 2, 6, model.config.heads, model.config.classes)
+    gumbel = torch.zeros(shape)
+    equal = model(batch, masks, 101, gumbel)
+    weighted = model(batch, masks, 101, gumbel, upper_face_weight=4.0)
+    upper = equal["eyelids"] + equal["upper_face_from_expression"]
+    assert upper > 0
+    torch.testing.assert_close(weighted["total"], equal["total"] + 3 * upper)
+    for name in ("reconstruction", "eyelids", "mouth_from_audio", "upper_face_from_expression"):
+        torch.testing.assert_close(weighted[name], equal[name])

@@ -183,6 +183,9 @@ def test_config_file_problems_are_all_named_on_one_line(tmp_path):
     bad.write_text("train:\n  steps: 0\n")
     with pytest.raises(MeshtalkError, match="steps must be positive, got 0"):
         load_config_file(bad)
+    bad.write_text("train:\n  upper_face_weight: -1\n")
+    with pytest.raises(MeshtalkError, match="upper_face_weight must be >= 0, got -1"):
+        load_config_file(bad)
     bad.write_text("model: [unclosed\n")
     with pytest.raises(MeshtalkError, match="not valid YAML at line"):
         load_config_file(bad)
