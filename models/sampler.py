@@ -84,7 +84,7 @@ def step_weights(
     if masked is None:
         masked = [layer.masked_weight()[..., 0].detach() for layer in model.layers()[1:]]
     weights = []
-    for layer, weight in zip(model.context_layers, masked, strict=False):
+    for layer, weight in zip(model.context_layers, masked[:-1], strict=True):
         historic = layer.historic.weight.detach()
         weights.append([historic[..., 0], historic[..., 1], weight])
     weights.append([masked[-1]])
@@ -109,8 +109,8 @@ def quantised(model: ContextModel) -> ContextModel:
     model = copy.deepcopy(model)
     rounded, scales = step_weights(model, int8=True)
     with torch.no_grad():
-        for index, layer in enumerate([*model.context_layers, model.logits]):
-            values = [(q.float() * scales[index].float()[:, None]) for q in rounded[index]]
+        for index, layer in enumerate(model.layers()[1:]):
+            values = [q.float() * scales[index].float()[:, None] for q in rounded[index]]
             *taps, masked = values
             layer.masked_linear.weight[..., 0] = masked.to(layer.masked_linear.weight.dtype)
             for tap, value in enumerate(taps):
@@ -136,8 +136,8 @@ def schedule(model: ContextModel, offsets: list[int] | None = None) -> list[Roun
     layers = model.layers()
     # needs[l][j]: highest current-step head that block j of layer l depends on (-1: none).
     needs, previous = [], None
-    for layer in layers:
-        offset = mask_offset(layer, heads) if offsets is None else offsets[len(needs)]
+    for index, layer in enumerate(layers):
+        offset = mask_offset(layer, heads) if offsets is None else offsets[index]
         row = []
         for j in range(heads):
             last_input = j + offset - 1
@@ -261,7 +261,7 @@ class PriorSampler:
         for buffer in (*self.history, self.top, self.embedded):
             buffer.zero_()
         self.noise.copy_(self.biases[-1].expand_as(self.noise))
-        self.pending = [None] * len(self.history)
+        self.pending: list[torch.Tensor | None] = [None] * len(self.history)
         self.recorded = []
         self.step = 0
 
@@ -290,7 +290,7 @@ class PriorSampler:
                     self.far[index] = (self._pad(far, self.stored_width), scales[index])
                 else:
                     self.far[index] = far.t().contiguous().to(self.dtype)
-        parts = [w[2 - taps :] for w, taps in zip(weights, self.taps, strict=False)]
+        parts = [w[2 - taps :] for w, taps in zip(weights[:-1], self.taps, strict=True)]
         parts.append(weights[-1])
         # Per round and layer after the embedding: the new rows over the columns they read.
         self.round_weights = []
@@ -359,10 +359,10 @@ class PriorSampler:
         self.context = torch.zeros(b, layers, w, **zeros)  # audio, biases and far taps
         self.logits = torch.zeros(b, self.heads * c, **zeros)
         self.embedded = torch.zeros(b, w, **zeros)
-        # The logits' biases plus the noise of the current step (argmax: the biases alone).
-        self.noise = self.biases[-1].to(self.noise_dtype).repeat(b, 1)
+        # The logits' biases plus the noise of the current step (argmax: the biases alone); `reset`
+        # fills it.
+        self.noise = torch.empty(b, self.heads * c, device=self.device, dtype=self.noise_dtype)
         self.chosen = torch.zeros(b, self.heads, dtype=torch.long, device=self.device)
-        self.pending: list[torch.Tensor | None] = [None] * layers
         k = self.per_head[0][1]
         flat = [h.view(b, -1) for h in self.history]
         self.views = []
