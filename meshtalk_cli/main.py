@@ -78,6 +78,10 @@ def synth(
     ] = 0.02,
     blinks_per_minute: Annotated[float, typer.Option(help="Mean blink rate.")] = 15.0,
     brow_raises_per_minute: Annotated[float, typer.Option(help="Mean brow-raise rate.")] = 6.0,
+    expression_drift: Annotated[
+        float,
+        typer.Option(help="Std of a slow speech-independent brow level and squint (0 for none)."),
+    ] = 0.0,
 ) -> None:
     """Write a procedural talking-face dataset in the Multiface layout, with ground truth."""
     from meshtalk.pipelines import synth as pipeline
@@ -97,6 +101,7 @@ def synth(
             drop_rate=drop_rate,
             blinks_per_minute=blinks_per_minute,
             brow_raises_per_minute=brow_raises_per_minute,
+            expression_drift=expression_drift,
         ),
     )
 

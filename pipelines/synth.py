@@ -39,6 +39,7 @@ CONTROL_RATE = 1000  # articulation curves are built at 1 kHz, then sampled
 NEUTRAL_SEGMENT = "E001_Neutral_Eyes_Open"
 MOUTH_PARAMS = ("jaw", "round", "spread", "closure")
 EVENT_PARAMS = ("blink", "brow")
+MOTION_PARAMS = MOUTH_PARAMS + EVENT_PARAMS
 
 
 @dataclass
@@ -75,6 +76,9 @@ class SynthConfig:
     """Mean rate of eye blinks (Poisson, independent of the audio)."""
     brow_raises_per_minute: float = 6.0
     """Mean rate of brow raises (Poisson, independent of the audio)."""
+    expression_drift: float = 0.0
+    """Std of a slow, speech-independent upper-face expression: brow level (raised or lowered) and
+    squint (eyelids partly closed), in units of a full brow raise and a full blink; 0 for none."""
     head_motion: bool = True
     """Write a mild head motion into the transforms (identity transforms otherwise)."""
 
@@ -91,6 +95,8 @@ class SynthConfig:
             problems.append("--multiface-topology needs --template (the MeshTalk topology)")
         if not 0 <= self.drop_rate < 0.5:
             problems.append(f"--drop-rate must be in [0, 0.5), got {self.drop_rate}")
+        if not 0 <= self.expression_drift <= 1:
+            problems.append(f"--expression-drift must be in [0, 1], got {self.expression_drift}")
         if self.grid < 16:
             problems.append(f"--grid must be at least 16, got {self.grid}")
         if self.min_words < 1 or self.max_words < self.min_words:
@@ -214,7 +220,7 @@ def motion_basis(vertices: np.ndarray, masks: dict[str, np.ndarray]) -> MotionBa
     frontal = np.exp(-((((v - eye_mid) @ right) / (0.9 * iod)) ** 4))
     brow = np.exp(-(((brow_height - 0.35 * iod) / (0.25 * iod)) ** 2)) * frontal
     fields["brow"] = brow[:, None] * (0.08 * iod * up)
-    names = MOUTH_PARAMS + EVENT_PARAMS
+    names = MOTION_PARAMS
     return MotionBasis(names, np.stack([fields[n] for n in names]).astype(np.float32))
 
 
@@ -284,10 +290,15 @@ def phone_timeline(
     return phones, t + rng.uniform(0.3, 0.45)
 
 
-def _gaussian_smooth(curve: np.ndarray, sigma_samples: float) -> np.ndarray:
+def _gaussian_kernel(sigma_samples: float) -> np.ndarray:
     radius = int(3 * sigma_samples) + 1
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_samples) ** 2)
-    kernel /= kernel.sum()
+    return kernel / kernel.sum()
+
+
+def _gaussian_smooth(curve: np.ndarray, sigma_samples: float) -> np.ndarray:
+    kernel = _gaussian_kernel(sigma_samples)
+    radius = len(kernel) // 2
     padded = np.pad(curve, (radius, radius), mode="edge")
     return np.convolve(padded, kernel, mode="valid")
 
@@ -390,6 +401,22 @@ def event_curve(
             curve[fall], 0.5 + 0.5 * np.cos(np.pi * (times[fall] - hold_end) / release)
         )
     return curve
+
+
+def expression_drift(
+    rng: np.random.Generator, n_frames: int, strength: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A slow upper-face expression over `n_frames`: brow level (signed) and squint (0..1).
+
+    Each is white noise smoothed over about half a second, scaled to std `strength`; the squint is
+    the positive half of its curve, so the eyes squint about half the time.
+    """
+    sigma = 0.4 * FPS
+    std = float(np.sqrt((_gaussian_kernel(sigma) ** 2).sum()))  # of smoothed unit white noise
+    brow, squint = (
+        strength / std * _gaussian_smooth(rng.standard_normal(n_frames), sigma) for _ in range(2)
+    )
+    return brow, np.clip(squint, 0.0, 1.0)
 
 
 def poisson_onsets(
@@ -569,6 +596,12 @@ def run(config: SynthConfig) -> Path:
                     ],
                     axis=1,
                 )
+                if config.expression_drift > 0:
+                    drift_rng = np.random.default_rng([config.seed, 4, identity, len(frame_list)])
+                    brow, squint = expression_drift(drift_rng, n_frames, config.expression_drift)
+                    params[:, MOTION_PARAMS.index("brow")] += brow
+                    blink = params[:, MOTION_PARAMS.index("blink")]
+                    params[:, MOTION_PARAMS.index("blink")] = np.maximum(blink, squint)
                 faces = basis.apply(template, params) + rng.normal(
                     0, 0.02, (n_frames, *template.shape)
                 ).astype(np.float32)

@@ -160,6 +160,7 @@ def test_nothing_usable_exits_non_zero_with_one_line(dataset, tmp_path):
         ),
         (["prep", "{root}", "-o", "{out}", "--crop", "none"], "masks need --landmarks"),
         (["synth", "{out}", "--identities", "0"], "--identities must be at least 1"),
+        (["synth", "{out}", "--expression-drift", "2"], "--expression-drift must be in [0, 1]"),
         (
             ["synth", "{out}", "--template", "{missing}", "--masks", "{missing}"],
             "mesh file not found",

@@ -192,3 +192,30 @@ def test_paper_window(tiny_dataset, tmp_path):
     out = prep(builtin_prep_config(tiny_dataset, tmp_path / "data", window="paper"))
     item = SegmentDataset(out, frames=4, length=1, audio="windows")[0]
     assert item["audio"].shape == (4, 80, 61)  # -500..+100 ms, both ends
+
+
+def test_expression_drift_moves_only_the_upper_face(tmp_path):
+    def truth(drift: float) -> tuple[dict, np.ndarray]:
+        root = tmp_path / f"drift-{drift}"
+        synth(SynthConfig(output=root, identities=1, sentences=4, grid=16, expression_drift=drift))
+        paths = sorted((root / "ground_truth").glob("*/*.json"))
+        frames = sorted(p.name for p in root.glob("m--*/tracked_mesh/SEN_*/*.bin"))
+        return [json.loads(p.read_text()) for p in paths], frames
+
+    still, still_frames = truth(0.0)
+    lively, lively_frames = truth(0.5)
+    assert lively_frames == still_frames
+    # The speech, the mouth and the drops are those of the same seed without drift ...
+    for a, b in zip(lively, still, strict=True):
+        for name in ("mouth_open", "lip_rounding", "lip_spreading", "lip_closure", "phones"):
+            assert a[name] == b[name]
+        assert a["dropped_frame_ids"] == b["dropped_frame_ids"]
+
+    def change(name: str) -> np.ndarray:
+        return np.concatenate([np.subtract(a[name], b[name]) for a, b in zip(lively, still)])
+
+    # ... the brows move all the time (signed, std about 0.5) and the eyes squint part of the time.
+    brow = change("brow_raise")
+    assert 0.25 < brow.std() < 1.0 and brow.min() < 0 < brow.max()
+    squint = change("blink")
+    assert (squint >= 0).all() and 0.2 < (squint > 0.05).mean() < 0.8
