@@ -14,9 +14,9 @@ side by side:
 2. stage 2 (`examples/configs/prior-tiny.yaml`) on the cross-modality run, with and without audio
    conditioning: validation perplexity (C for a uniform prior) and top-1 accuracy.
 
-About 50 minutes on 2 cores. Not a test: it prints a table and, with --json, writes the figures.
+About 25 minutes on 2 cores. Not a test: it prints a table and, with --json, writes the figures.
 
-    python benchmarks/quality.py [--steps 6000] [--prior-steps 2000] [--json results.json]
+    python benchmarks/quality.py [--steps 3000] [--prior-steps 2000] [--json results.json]
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def prior_figures(run: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=6000, help="stage-1 steps per run")
+    parser.add_argument("--steps", type=int, default=3000, help="stage-1 steps per run")
     parser.add_argument("--prior-steps", type=int, default=2000, help="stage-2 steps per run")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
