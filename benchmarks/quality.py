@@ -140,30 +140,31 @@ def main() -> None:
         work = Path(tmp)
         console.log("synthetic dataset: meshtalk synth " + " ".join(DATASET))
         store = make_store(work)
-        decay = {"lr_decay_step": max(1, args.steps * 5 // 6)}
-        latent_config = variant(CONFIGS / "latent-tiny.yaml", work / "cross.yaml", "train", **decay)
+        decay_step = max(1, args.steps * 5 // 6)
+        latent_config = variant(
+            CONFIGS / "latent-tiny.yaml", work / "cross.yaml", "train", lr_decay_step=decay_step
+        )
         plain = variant(latent_config, work / "plain.yaml", "train", cross_modality=False)
         weighted = variant(
             latent_config, work / "weighted.yaml", "train", upper_face_weight=UPPER_FACE_WEIGHT
         )
         runs = {
-            "cross-modality": (latent_config, store, work / "cross"),
-            "plain L2": (plain, store, work / "plain"),
+            "cross-modality": (latent_config, work / "cross"),
+            "plain L2": (plain, work / "plain"),
             f"cross-modality, upper-face weight {UPPER_FACE_WEIGHT:g}": (
                 weighted,
-                store,
                 work / "weighted",
             ),
         }
         console.log(f"stage 1, {args.steps} steps: the three runs side by side")
         run_side_by_side(
             [
-                _meshtalk("train", "latent", "--data", str(data), "--config", str(config),
+                _meshtalk("train", "latent", "--data", str(store), "--config", str(config),
                           "-o", str(run), "--steps", str(args.steps), "--no-progress")
-                for config, data, run in runs.values()
+                for config, run in runs.values()
             ]
         )  # fmt: skip
-        latent = {name: latent_figures(run) for name, (_, _, run) in runs.items()}
+        latent = {name: latent_figures(run) for name, (_, run) in runs.items()}
 
         prior_config = CONFIGS / "prior-tiny.yaml"
         no_audio = variant(prior_config, work / "no-audio.yaml", "model", audio_conditioning=False)
@@ -214,7 +215,7 @@ def main() -> None:
     if args.json:
         figures = {
             "dataset": "meshtalk synth " + " ".join(DATASET) + " (V=1024)",
-            "stage1_lr_decay_step": max(1, args.steps * 5 // 6),
+            "stage1_lr_decay_step": decay_step,
             "stage1_tiny": latent,
             "stage2_tiny": {"classes": classes, **prior},
         }

@@ -599,9 +599,9 @@ def run(config: SynthConfig) -> Path:
                 if config.expression_drift > 0:
                     drift_rng = np.random.default_rng([config.seed, 4, identity, len(frame_list)])
                     brow, squint = expression_drift(drift_rng, n_frames, config.expression_drift)
-                    params[:, MOTION_PARAMS.index("brow")] += brow
-                    blink = params[:, MOTION_PARAMS.index("blink")]
-                    params[:, MOTION_PARAMS.index("blink")] = np.maximum(blink, squint)
+                    blink_column, brow_column = (MOTION_PARAMS.index(n) for n in ("blink", "brow"))
+                    params[:, brow_column] += brow
+                    params[:, blink_column] = np.maximum(params[:, blink_column], squint)
                 faces = basis.apply(template, params) + rng.normal(
                     0, 0.02, (n_frames, *template.shape)
                 ).astype(np.float32)

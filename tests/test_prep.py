@@ -195,7 +195,7 @@ def test_paper_window(tiny_dataset, tmp_path):
 
 
 def test_expression_drift_moves_only_the_upper_face(tmp_path):
-    def truth(drift: float) -> tuple[dict, np.ndarray]:
+    def truth(drift: float) -> tuple[list[dict], list[str]]:
         root = tmp_path / f"drift-{drift}"
         synth(SynthConfig(output=root, identities=1, sentences=4, grid=16, expression_drift=drift))
         paths = sorted((root / "ground_truth").glob("*/*.json"))
