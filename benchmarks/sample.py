@@ -13,7 +13,14 @@ Side by side in one run, on the CPU (and a GPU when there is one):
    model's (KL divergence and argmax agreement at every (t, h) of a 10 s sample);
 2. the way the authors' sampler works (the whole model re-run on the growing sequence for every
    frame and head) on 0.5 s and 1 s, to show its quadratic growth against our linear one;
-3. peak resident memory of a process that samples 10 minutes of audio (float and int8 weights).
+3. peak resident memory of a process that samples 10 minutes of audio (float and int8 weights);
+4. weight traffic: with one sequence every step reads all of the sampler's weights
+   (`PriorSampler.weight_bytes_per_step`); where they do not fit in the last-level cache they
+   stream from memory: at least (bytes per step - cache size) each step, even if the cache held
+   nothing but weights. So the machine's memory read bandwidth (measured here: a streaming sum
+   over 1 GiB) over that bounds the frames per second of any kernel. For each CPU row: bytes
+   per step, the read rate while sampling, that bound as a real-time factor and the memory
+   bandwidth the issue's target (50x for the release's sizes, 15x for the paper's) needs.
 
     python benchmarks/sample.py [--long-minutes 10] [--json results.json]
 """
@@ -109,6 +116,7 @@ def linear_sampling(
         synchronise(device)
         timings.append((time.perf_counter() - started, encoded - started))
     total, encoding = sorted(timings)[len(timings) // 2]
+    frames = codes.shape[1]
     assert sampled.shape == (takes, int(seconds * FPS), prior.config.heads)
     return {
         "preset": preset,
@@ -124,8 +132,65 @@ def linear_sampling(
         "total_seconds": total,
         "real_time_factor": seconds / total,
         "real_time_factor_per_take": takes * seconds / total,
-        "sampler_ms_per_frame": 1e3 * (total - encoding) / codes.shape[1],
+        "sampler_ms_per_frame": 1e3 * (total - encoding) / frames,
+        "weight_mb_read_per_step": sampler.weight_bytes_per_step / 1e6,
+        "weight_gb_per_s_read_while_sampling": (
+            sampler.weight_bytes_per_step * frames / (total - encoding) / 1e9
+        ),
     }
+
+
+def memory_read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes per second of a streaming read (a sum over `gib` GiB of float32), the best run."""
+    data = torch.ones(int(gib * 2**30) // 4)
+    data.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - started)
+    return data.numel() * 4 / best
+
+
+def last_level_cache_bytes() -> int | None:
+    """Size of the CPU's largest cache (Linux sysfs), or None where it cannot be read."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+    return max(sizes) if sizes else None
+
+
+TARGETS = {"release": 50.0, "paper": 15.0}
+"""The issue's real-time targets per preset."""
+
+
+def weight_traffic(linear: list[dict], bandwidth: float, cache: int | None) -> list[dict]:
+    """Per CPU row of one take: the memory-bandwidth bound on its real-time factor."""
+    rows, cached = [], cache or 0
+    for row in linear:
+        if row["device"] != "cpu" or row["takes"] != 1 or row["audio_seconds"] != 10.0:
+            continue
+        step_bytes = row["weight_mb_read_per_step"] * 1e6
+        from_memory = max(step_bytes - cached, 0.0)  # at least, each step
+        target = TARGETS[row["preset"]]
+        rows.append(
+            {
+                "preset": row["preset"],
+                "weights": row["weights"],
+                "weight_mb_read_per_step": row["weight_mb_read_per_step"],
+                "weight_mb_from_memory_per_step_at_least": from_memory / 1e6,
+                "weight_gb_per_s_read_while_sampling": row["weight_gb_per_s_read_while_sampling"],
+                "real_time_factor_measured": row["real_time_factor"],
+                "real_time_factor_bound_by_memory_bandwidth": (
+                    bandwidth / from_memory / FPS if from_memory else None
+                ),
+                "target_real_time_factor": target,
+                "memory_gb_per_s_needed_for_target": target * FPS * from_memory / 1e9,
+            }
+        )
+    return rows
 
 
 @torch.no_grad()
@@ -251,6 +316,9 @@ def main() -> None:
             "(peak memory)"
         )
         long[weights] = long_sampling(args.long_minutes, weights)
+    console.log("memory read bandwidth (a streaming sum over 1 GiB)")
+    bandwidth, cache = memory_read_bandwidth(), last_level_cache_bytes()
+    traffic = weight_traffic(linear, bandwidth, cache)
 
     table = Table(title="Sampling the prior from audio (random weights)")
     columns = ("sampler", "sizes", "weights", "device", "audio")
@@ -326,12 +394,46 @@ def main() -> None:
             f"{row['peak_rss_mib']:.0f} MiB, {row['real_time_factor']:.1f}x real time "
             f"({row['sampler_ms_per_frame']:.2f} ms per frame in the sampler)"
         )
+    table = Table(
+        title=f"Weight traffic per step, one take of 10 s on the CPU (memory read bandwidth "
+        f"{bandwidth / 1e9:.1f} GB/s; last-level cache "
+        f"{'unknown' if cache is None else f'{cache / 2**20:.0f} MiB'})"
+    )
+    for column in (
+        "sizes",
+        "weights",
+        "MB per step",
+        "of them from memory (at least)",
+        "GB/s read while sampling",
+        "x real time",
+        "bound by bandwidth",
+        "target",
+        "GB/s the target needs",
+    ):
+        table.add_column(column, justify="right")
+    for row in traffic:
+        bound = row["real_time_factor_bound_by_memory_bandwidth"]
+        table.add_row(
+            row["preset"],
+            row["weights"],
+            f"{row['weight_mb_read_per_step']:.1f}",
+            f"{row['weight_mb_from_memory_per_step_at_least']:.1f}",
+            f"{row['weight_gb_per_s_read_while_sampling']:.1f}",
+            f"{row['real_time_factor_measured']:.1f}",
+            "none (in cache)" if bound is None else f"{bound:.1f}",
+            f"{row['target_real_time_factor']:g}",
+            f"{row['memory_gb_per_s_needed_for_target']:.1f}",
+        )
+    console.print(table)
     if args.json:
         figures = {
             "linear_sampler": linear,
             "rerun_everything_sampler": quadratic,
             "int8_against_float": fidelity,
             "long_audio_cpu": long,
+            "memory_read_bandwidth_gb_per_s": bandwidth / 1e9,
+            "last_level_cache_mib": None if cache is None else cache / 2**20,
+            "weight_traffic_cpu": traffic,
             "ratios": ratios,
             "torch_threads": torch.get_num_threads(),
         }

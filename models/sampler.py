@@ -265,6 +265,21 @@ class PriorSampler:
         self.recorded = []
         self.step = 0
 
+    @property
+    def weight_bytes_per_step(self) -> float:
+        """Bytes of weights one step reads: every round's packed weights, and the far taps'
+        (read once every d steps) over d. With one sequence, a step that reads more than the
+        CPU's last-level cache streams them from memory, so memory bandwidth over this number
+        bounds the steps per second of any kernel."""
+
+        def size(weight) -> int:
+            parts = () if weight is None else weight if isinstance(weight, tuple) else (weight,)
+            return sum(part.numel() * part.element_size() for part in parts)
+
+        rounds = sum(size(weight) for row in self.round_weights for weight in row)
+        far = sum(size(weight) / self.dilations[index] for index, weight in self.far.items())
+        return rounds + far
+
     @torch.no_grad()
     def _prepare_weights(self) -> None:
         model, k, c = self.model, self.model.config.channels_per_head, self.classes

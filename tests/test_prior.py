@@ -178,6 +178,26 @@ def test_release_masks_sample_several_heads_per_round():
     assert [r.heads for r in rounds] == [(0, 6), (6, 12), (12, 16), (16, 16)]
 
 
+def test_weight_bytes_per_step_count_each_weight_a_step_reads():
+    model = ContextModel(prior_preset("release", channels_per_head=4))
+    float_bytes = PriorSampler(model).weight_bytes_per_step
+    # A step reads both taps of every middle layer (the far tap of dilation d once per d steps)
+    # and the masked weights of the middle and logits layers: at least their nonzero entries,
+    # at most all of them (a round's rows read the columns of its last head).
+    taps = sum(
+        layer.historic.weight[..., 0].numel()
+        * (1 + (1 if layer.dilation == 1 else 1 / layer.dilation))
+        for layer in model.context_layers
+    )
+    masked = model.layers()[1:]
+    nonzero = sum(int(layer.mask.count_nonzero()) for layer in masked)
+    dense = sum(layer.mask.numel() for layer in masked)
+    assert 4 * (taps + nonzero) <= float_bytes <= 4 * (taps + dense)
+    # int8 weights with a bfloat16 scale per row (and columns padded to the kernel's multiple).
+    ratio = PriorSampler(model, weights="int8").weight_bytes_per_step / float_bytes
+    assert 0.25 < ratio < 0.3
+
+
 def test_seeded_sampling_is_reproducible_and_streaming_equals_one_pass():
     config = prior_preset("tiny")
     model = random_prior(config, seed=4)
