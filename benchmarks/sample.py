@@ -116,7 +116,7 @@ def linear_sampling(
         synchronise(device)
         timings.append((time.perf_counter() - started, encoded - started))
     total, encoding = sorted(timings)[len(timings) // 2]
-    frames = codes.shape[1]
+    frames, step_bytes = codes.shape[1], sampler.weight_bytes_per_step
     assert sampled.shape == (takes, int(seconds * FPS), prior.config.heads)
     return {
         "preset": preset,
@@ -133,10 +133,8 @@ def linear_sampling(
         "real_time_factor": seconds / total,
         "real_time_factor_per_take": takes * seconds / total,
         "sampler_ms_per_frame": 1e3 * (total - encoding) / frames,
-        "weight_mb_read_per_step": sampler.weight_bytes_per_step / 1e6,
-        "weight_gb_per_s_read_while_sampling": (
-            sampler.weight_bytes_per_step * frames / (total - encoding) / 1e9
-        ),
+        "weight_mb_read_per_step": step_bytes / 1e6,
+        "weight_gb_per_s_read_while_sampling": step_bytes * frames / (total - encoding) / 1e9,
     }
 
 
@@ -154,10 +152,9 @@ def memory_read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
 
 def last_level_cache_bytes() -> int | None:
     """Size of the CPU's largest cache (Linux sysfs), or None where it cannot be read."""
-    sizes = []
+    units, sizes = {"K": 2**10, "M": 2**20, "G": 2**30}, []
     for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
         text = path.read_text().strip()
-        units = {"K": 2**10, "M": 2**20, "G": 2**30}
         sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
     return max(sizes) if sizes else None
 

@@ -40,6 +40,8 @@ NEUTRAL_SEGMENT = "E001_Neutral_Eyes_Open"
 MOUTH_PARAMS = ("jaw", "round", "spread", "closure")
 EVENT_PARAMS = ("blink", "brow")
 MOTION_PARAMS = MOUTH_PARAMS + EVENT_PARAMS
+BLINK, BROW = (MOTION_PARAMS.index(name) for name in ("blink", "brow"))
+"""Columns of the blink and brow-raise parameters."""
 
 
 @dataclass
@@ -599,9 +601,8 @@ def run(config: SynthConfig) -> Path:
                 if config.expression_drift > 0:
                     drift_rng = np.random.default_rng([config.seed, 4, identity, len(frame_list)])
                     brow, squint = expression_drift(drift_rng, n_frames, config.expression_drift)
-                    blink_column, brow_column = (MOTION_PARAMS.index(n) for n in ("blink", "brow"))
-                    params[:, brow_column] += brow
-                    params[:, blink_column] = np.maximum(params[:, blink_column], squint)
+                    params[:, BROW] += brow
+                    params[:, BLINK] = np.maximum(params[:, BLINK], squint)
                 faces = basis.apply(template, params) + rng.normal(
                     0, 0.02, (n_frames, *template.shape)
                 ).astype(np.float32)
@@ -683,8 +684,8 @@ def _write_ground_truth(
         "lip_rounding": [round(float(x), 5) for x in params[:, 1]],
         "lip_spreading": [round(float(x), 5) for x in params[:, 2]],
         "lip_closure": [round(float(x), 5) for x in params[:, 3]],
-        "blink": [round(float(x), 5) for x in params[:, 4]],
-        "brow_raise": [round(float(x), 5) for x in params[:, 5]],
+        "blink": [round(float(x), 5) for x in params[:, BLINK]],
+        "brow_raise": [round(float(x), 5) for x in params[:, BROW]],
         "blink_onsets_s": [round(float(t), 4) for t in blink_onsets],
         "brow_raise_onsets_s": [round(float(t), 4) for t in brow_onsets],
         "phones": [
