@@ -36,6 +36,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from meshtalk.pipelines.train_latent import load_config_file
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"
 
@@ -145,7 +147,7 @@ def main() -> None:
         latent_config = variant(
             CONFIGS / "latent-tiny.yaml", work / "cross.yaml", "train", lr_decay_step=decay_step
         )
-        weight = yaml.safe_load(latent_config.read_text())["train"]["upper_face_weight"]
+        weight = load_config_file(latent_config)[1].upper_face_weight
         plain = variant(latent_config, work / "plain.yaml", "train", cross_modality=False)
         equal = variant(latent_config, work / "equal.yaml", "train", upper_face_weight=1.0)
         runs = {
