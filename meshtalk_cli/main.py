@@ -47,6 +47,13 @@ def _call(run, config_factory) -> None:
             raise
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
+    except OSError as error:  # full disk, read-only filesystem, no permission, symlink loop
+        if state["debug"]:
+            raise
+        where = error.filename if error.filename is not None else "output"
+        reason = error.strerror or str(error)
+        typer.echo(f"error: {where}: {reason.lower()} (nothing half-written was kept)", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume", err=True)
         raise typer.Exit(130) from None
@@ -143,7 +150,18 @@ def prep(
         str, typer.Option(help="Segment that gives the neutral template.")
     ] = "E001_Neutral_Eyes_Open",
     workers: Annotated[int, typer.Option(help="Processes to use.")] = 1,
-    force: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    channel: Annotated[
+        int | None,
+        typer.Option(
+            help="Audio channel to use (0 = first) [default: the average of all channels]."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace a store prep made (never the dataset or a folder of other files)."
+        ),
+    ] = False,
 ) -> None:
     """Prepare Multiface data: crop, masks, log-mel, statistics, splits, a memory-mapped store."""
     from meshtalk.pipelines import prep as pipeline
@@ -161,6 +179,7 @@ def prep(
             splits=splits,
             neutral_segment=neutral_segment,
             workers=workers,
+            channel=channel,
             force=force,
         ),
     )

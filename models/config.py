@@ -4,6 +4,45 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+# Sizes a config may ask for: far above any real face model, far below what exhausts a machine, so
+# a damaged or mistyped config is refused before anything is allocated.
+SIZE_LIMITS = {
+    "num_vertices": 1_000_000,
+    "heads": 1024,
+    "classes": 4096,
+    "audio_channels": 4096,
+    "audio_kernel": 64,
+    "code_dim": 4096,
+    "expression_hidden": 8192,
+    "fusion_hidden": 8192,
+    "temporal_layers": 16,
+}
+MAX_PARAMETERS = 500_000_000
+"""At most this many parameters (2 GB of float32 weights, about 8 GB with Adam's state)."""
+
+
+def size_problems(config, limits: dict[str, int]) -> list[str]:
+    """One message per size field that is not a whole number from 1 to its limit."""
+    problems = []
+    for name, limit in limits.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{name} must be a whole number, got {value!r}")
+        elif value < 1:
+            problems.append(f"{name} must be positive, got {value}")
+        elif value > limit:
+            problems.append(f"{name} must be at most {limit}, got {value}")
+    return problems
+
+
+def widths_problems(name: str, values, limit: int, most: int = 64) -> list[str]:
+    """Problems of a tuple of sizes (dilations, layer widths): whole numbers in 1..limit."""
+    if not isinstance(values, tuple | list) or not 1 <= len(values) <= most:
+        return [f"{name} must be 1 to {most} whole numbers, got {values!r}"]
+    if any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= limit for v in values):
+        return [f"{name} must be whole numbers in 1..{limit}, got {list(values)}"]
+    return []
+
 
 @dataclass(frozen=True)
 class MelConfig:
@@ -21,6 +60,18 @@ class MelConfig:
     """Hop between mel frames in samples (10 ms)."""
     log_floor: float = 1e-10
     """The power mel spectrogram is clamped at this value before the log."""
+
+    def __post_init__(self) -> None:
+        limits = {
+            "sample_rate": 384_000,
+            "n_mels": 512,
+            "n_fft": 65_536,
+            "win_length": 65_536,
+            "hop_length": 65_536,
+        }
+        problems = [f"mel.{p}" for p in size_problems(self, limits)]
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def frames_per_second(self) -> float:
@@ -78,16 +129,14 @@ class LatentModelConfig:
     """The audio front end."""
 
     def __post_init__(self) -> None:
-        problems = [
-            f"{f.name} must be positive, got {getattr(self, f.name)}"
-            for f in fields(self)
-            if f.name in ("num_vertices", "heads", "classes", "audio_channels", "code_dim")
-            and getattr(self, f.name) <= 0
-        ]
-        if self.audio_kernel < 1 or any(d < 1 for d in self.audio_dilations):
+        problems = size_problems(self, SIZE_LIMITS)
+        problems += widths_problems("audio_dilations", self.audio_dilations, 1024)
+        problems += widths_problems("decoder_hidden", self.decoder_hidden, 8192)
+        if not problems and self.parameter_estimate > MAX_PARAMETERS:
             problems.append(
-                f"audio_kernel and audio_dilations must be >= 1, got {self.audio_kernel} and "
-                f"{list(self.audio_dilations)}"
+                f"these sizes make a model of about {self.parameter_estimate / 1e6:.0f}M "
+                f"parameters, more than {MAX_PARAMETERS / 1e6:.0f}M (fewer vertices or narrower "
+                "layers)"
             )
         if self.expression_input not in EXPRESSION_INPUTS:
             problems.append(
@@ -98,10 +147,23 @@ class LatentModelConfig:
             problems.append(f"mel_std must be positive, got {self.mel_std}")
         if not 0.0 <= self.audio_dropout < 1.0:
             problems.append(f"audio_dropout must be in [0, 1), got {self.audio_dropout}")
-        if len(self.decoder_hidden) < 1 or any(w <= 0 for w in self.decoder_hidden):
-            problems.append(f"decoder_hidden must be positive widths, got {self.decoder_hidden}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def parameter_estimate(self) -> int:
+        """About how many parameters the model has (weights of its linear and recurrent layers)."""
+        v3, ch, cd = self.num_vertices * 3, self.audio_channels, self.code_dim
+        codes = self.heads * self.classes
+        audio = self.mel.n_mels * ch * self.audio_kernel
+        audio += ch * ch * self.audio_kernel * len(self.audio_dilations) + ch * cd
+        expression = v3 * self.expression_hidden + self.expression_hidden * cd + 9 * cd * cd
+        fusion = 2 * cd * self.fusion_hidden + self.fusion_hidden**2 + self.fusion_hidden * codes
+        widths = (v3, *self.decoder_hidden)
+        bottleneck = widths[-1]
+        decoder = 2 * sum(a * b for a, b in zip(widths, widths[1:])) + v3
+        decoder += (codes + bottleneck) * bottleneck + 8 * bottleneck**2 * self.temporal_layers
+        return audio + expression + fusion + decoder
 
     @property
     def audio_receptive_field(self) -> int:
@@ -113,13 +175,21 @@ class LatentModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> LatentModelConfig:
+        """From a saved config.json's `model` mapping; unknown keys are a ValueError."""
         values = dict(values)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown key {', '.join(map(repr, unknown))}")
         # Configs written before `expression_input` existed belong to models that encode meshes.
         values.setdefault("expression_input", "mesh")
         if isinstance(values.get("mel"), dict):
-            values["mel"] = MelConfig(**values["mel"])
+            mel = values["mel"]
+            unknown = sorted(set(mel) - {f.name for f in fields(MelConfig)})
+            if unknown:
+                raise ValueError(f"mel: unknown key {', '.join(map(repr, unknown))}")
+            values["mel"] = MelConfig(**mel)
         for key in ("audio_dilations", "decoder_hidden"):
-            if key in values:
+            if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         return cls(**values)
 

@@ -37,15 +37,25 @@ class PriorModelConfig:
     """Negative slope of the leaky ReLUs."""
 
     def __post_init__(self) -> None:
-        problems = [
-            f"{name} must be positive, got {getattr(self, name)}"
-            for name in ("heads", "classes", "audio_dim", "channels_per_head")
-            if getattr(self, name) <= 0
-        ]
-        if not self.dilations or any(d < 1 for d in self.dilations):
-            problems.append(f"dilations must be >= 1, got {list(self.dilations)}")
+        from meshtalk.models.config import MAX_PARAMETERS, size_problems, widths_problems
+
+        limits = {"heads": 1024, "classes": 4096, "audio_dim": 4096, "channels_per_head": 4096}
+        problems = size_problems(self, limits)  # bounded before anything is allocated
+        problems += widths_problems("dilations", self.dilations, 1024)
+        if not problems and self.parameter_estimate > MAX_PARAMETERS:
+            problems.append(
+                f"these sizes make a prior of about {self.parameter_estimate / 1e6:.0f}M "
+                f"parameters, more than {MAX_PARAMETERS / 1e6:.0f}M (fewer heads or channels)"
+            )
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def parameter_estimate(self) -> int:
+        """About how many parameters the prior has (its 1x1 and causal convolutions)."""
+        hidden, layers = self.heads * self.channels_per_head, len(self.dilations)
+        inner = layers * (3 * hidden * hidden + self.audio_dim * hidden)
+        return inner + 2 * hidden * self.heads * self.classes
 
     @property
     def receptive_field(self) -> int:
@@ -58,7 +68,7 @@ class PriorModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> PriorModelConfig:
         values = dict(values)
-        if "dilations" in values:
+        if isinstance(values.get("dilations"), list):
             values["dilations"] = tuple(values["dilations"])
         return cls(**values)
 

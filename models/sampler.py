@@ -526,7 +526,21 @@ class PriorSampler:
         return torch.add(noise, source @ weight)
 
     def sample(self, audio_code: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        """(B, T, audio_dim) audio codes -> (B, T, H) codes, `chunk` frames at a time."""
+        """(B, T, audio_dim) audio codes -> (B, T, H) codes, `chunk` frames at a time.
+
+        Raises ValueError for T = 0 (audio shorter than one frame) or chunk < 1.
+        """
+        if audio_code.dim() != 3:
+            raise ValueError(
+                f"expected (B, T, audio_dim) audio codes, got {tuple(audio_code.shape)}"
+            )
+        if audio_code.shape[1] == 0:
+            raise ValueError(
+                f"no frames to sample: audio codes of shape {tuple(audio_code.shape)} "
+                "(audio shorter than one frame has none)"
+            )
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1 frame, got {chunk}")
         parts = [
             self.push(audio_code[:, start : start + chunk])
             for start in range(0, audio_code.shape[1], chunk)

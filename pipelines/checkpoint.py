@@ -1,14 +1,16 @@
 """The one checkpoint format: a folder per component with config.json and model.safetensors.
 
 A training checkpoint is a folder of components plus optimizer.safetensors and trainer.json; it is
-written under a temporary name and renamed, so a checkpoint on disk is always complete.
+written under a temporary name and renamed, so a checkpoint on disk is always complete: at every
+instant it is at its own name or, during the swap, at `atomic.old_name` (`recover` puts it back).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,19 +18,42 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from meshtalk.pipelines.atomic import replace_dir
+from meshtalk.pipelines import atomic
 from meshtalk.pipelines.errors import MeshtalkError
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 OPTIMIZER_FILE, TRAINER_FILE = "optimizer.safetensors", "trainer.json"
+
+
+def save_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
+) -> None:
+    """save_file, with the modes the umask allows (safetensors makes its files 0600)."""
+    save_file(tensors, str(path), metadata=metadata)
+    atomic.follow_umask(path)
 
 
 def save_component(folder: Path, module: nn.Module, config: dict) -> None:
     """Write a module's state (parameters and buffers) and its config into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
+    save_tensors(state, folder / WEIGHTS_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file, or a one-line error naming it."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise MeshtalkError(path, f"not valid JSON ({error.msg}, line {error.lineno})") from None
+    except UnicodeDecodeError:
+        raise MeshtalkError(path, "not valid JSON (not UTF-8 text)") from None
+    if not isinstance(value, dict):
+        raise MeshtalkError(path, f"must hold a JSON object, not {type(value).__name__}")
+    return value
 
 
 def read_component_config(folder: Path) -> dict:
@@ -36,10 +61,29 @@ def read_component_config(folder: Path) -> dict:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise MeshtalkError(folder, f"not a saved model component (no {CONFIG_FILE})")
+    config = read_json(path)
+    if not isinstance(config.get("model"), dict):
+        raise MeshtalkError(path, "has no 'model' section of sizes")
+    return config
+
+
+def model_config(folder: Path, cls: type):
+    """The model sizes (`cls`, a config dataclass) of a saved component, checked before use.
+
+    Unknown keys, wrong types and sizes out of range are one-line errors naming config.json, so a
+    damaged or hand-edited file never reaches a constructor (or an allocation of terabytes).
+    """
+    path = Path(folder) / CONFIG_FILE
+    values = read_component_config(folder)["model"]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise MeshtalkError(path, f"model: unknown key {names} (known: {', '.join(sorted(known))})")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise MeshtalkError(path, f"not valid JSON ({error.msg}, line {error.lineno})") from None
+        return cls.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise MeshtalkError(path, f"model: {error}") from None
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -92,9 +136,33 @@ def load_optimizer_tensors(
     by_name = {name: index for index, name in names.items()}
     for key, value in flat.items():
         name, _, field = key.rpartition(".")
+        if name not in by_name:
+            raise ValueError(f"state of an unknown parameter '{name}'")
         state.setdefault(by_name[name], {})[field] = value
     state_dict["state"] = state
     optimizer.load_state_dict(state_dict)
+
+
+def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer, names: dict[int, str]) -> None:
+    """Load a checkpoint's optimizer.safetensors, checked against the optimizer's parameters."""
+    path = Path(folder) / OPTIMIZER_FILE
+    flat = load_tensors(path)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    shapes = {names[i]: tuple(p.shape) for i, p in enumerate(params)}
+    for key, value in flat.items():
+        name, _, field = key.rpartition(".")
+        if name not in shapes:
+            raise MeshtalkError(path, f"does not fit the model: state of unknown parameter {name}")
+        if field != "step" and tuple(value.shape) != shapes[name]:
+            raise MeshtalkError(
+                path,
+                f"does not fit the model: {key} has shape {tuple(value.shape)}, "
+                f"expected {shapes[name]}",
+            )
+    try:
+        load_optimizer_tensors(optimizer, names, flat)
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise MeshtalkError(path, f"does not fit the optimizer ({error})") from None
 
 
 def write_checkpoint(
@@ -103,24 +171,66 @@ def write_checkpoint(
     optimizer: tuple[torch.optim.Optimizer, dict[int, str]] | None,
     trainer: dict,
 ) -> None:
-    """Write a training checkpoint atomically: components, optimizer state, trainer state."""
+    """Write a training checkpoint atomically: components, optimizer state, trainer state.
+
+    A failed write (a full disk) removes its temporary folder and leaves the previous checkpoint in
+    place; the error names the checkpoint folder in one line.
+    """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp = atomic.temporary_dir(folder)
     try:
         for name, (module, config) in components.items():
             save_component(tmp / name, module, config)
         if optimizer is not None:
-            save_file(optimizer_tensors(*optimizer), str(tmp / OPTIMIZER_FILE))
+            save_tensors(optimizer_tensors(*optimizer), tmp / OPTIMIZER_FILE)
         (tmp / TRAINER_FILE).write_text(json.dumps(trainer, indent=2) + "\n")
-        replace_dir(tmp, folder)
+        atomic.replace_dir(tmp, folder)
+    except (OSError, SafetensorError) as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(error, "strerror", None) or str(error)
+        kept = "the previous checkpoint is kept" if folder.is_dir() else "no checkpoint was kept"
+        raise MeshtalkError(
+            folder, f"cannot write the step-{trainer.get('step')} checkpoint ({reason}); {kept}"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def recover(folder: Path) -> None:
+    """Undo what a killed `write_checkpoint` left: put the checkpoint back, drop temporaries.
+
+    Call it only while holding the run folder's lock (it moves and deletes folders). A kill between
+    the two renames of the swap leaves the complete previous checkpoint at `.NAME.old`; a kill while
+    writing leaves a `.NAME.*.tmp` folder.
+    """
+    folder = Path(folder)
+    if atomic.recover_dir(folder):
+        step = read_trainer_state(folder).get("step")
+        log.warning("%s: put back the checkpoint of step %s (a save was interrupted)", folder, step)
+    for leftover in folder.parent.glob(f".{folder.name}.*.tmp"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def readable(folder: Path) -> Path:
+    """Where a reader finds the checkpoint `folder`: itself, or its old name mid-swap.
+
+    Readers hold no lock, so they never move folders (that is `recover`'s job); they read the
+    complete previous checkpoint where the swap left it.
+    """
+    folder = Path(folder)
+    old = atomic.old_name(folder)
+    return old if not folder.exists() and old.is_dir() else folder
+
+
 def read_trainer_state(folder: Path) -> dict:
+    """trainer.json of a training checkpoint (its stage and step), checked."""
     path = Path(folder) / TRAINER_FILE
     if not path.is_file():
         raise MeshtalkError(folder, f"not a training checkpoint (no {TRAINER_FILE})")
-    return json.loads(path.read_text())
+    state = read_json(path)
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise MeshtalkError(path, f"'step' must be a whole number >= 0, got {step!r}")
+    return state

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,7 +36,7 @@ class PreparedStore:
             raise MeshtalkError(
                 self.root, "not a prepared store (no manifest.json; run meshtalk prep)"
             )
-        self.manifest = json.loads(manifest_file.read_text())
+        self.manifest = _read_manifest(manifest_file)
         self.identities = [record["name"] for record in self.manifest["identities"]]
         self.segments = [
             SegmentRef(record["name"], s["name"], s["frames"], s.get("split"))
@@ -54,18 +56,19 @@ class PreparedStore:
     @cached_property
     def mean(self) -> np.ndarray:
         """(V, 3) per-vertex mean over the training frames."""
-        return np.load(self.root / "mean.npy")
+        return _load(self.root / "mean.npy", (self.num_vertices, 3))
 
     @cached_property
     def std(self) -> np.ndarray:
         """(V, 3) per-vertex standard deviation over the training frames."""
-        return np.load(self.root / "std.npy")
+        return _load(self.root / "std.npy", (self.num_vertices, 3))
 
     @cached_property
     def masks(self) -> dict[str, np.ndarray]:
         """Region masks, name -> (V,) float32."""
         return {
-            name: np.load(self.root / "masks" / f"{name}.npy") for name in self.manifest["masks"]
+            name: _load(self.root / "masks" / f"{name}.npy", (self.num_vertices,))
+            for name in self.manifest["masks"]
         }
 
     def mel_statistics(self, split: str) -> tuple[float, float]:
@@ -85,21 +88,64 @@ class PreparedStore:
 
     def template(self, identity: str) -> np.ndarray:
         """(V, 3) neutral face of an identity."""
-        return self._array(identity, "", "template.npy")
+        return self._array(identity, "", "template.npy", (self.num_vertices, 3))
 
     def vertices(self, segment: SegmentRef) -> np.ndarray:
         """(T, V, 3) observed frames, memory-mapped."""
-        return self._array(segment.identity, segment.name, "vertices.npy")
+        shape = (segment.frames, self.num_vertices, 3)
+        return self._array(segment.identity, segment.name, "vertices.npy", shape)
 
     def mel(self, segment: SegmentRef) -> np.ndarray:
         """(M, n_mels) log-mel of the padded utterance, memory-mapped."""
-        return self._array(segment.identity, segment.name, "mel.npy")
+        shape = (None, self.manifest["mel"]["n_mels"])
+        return self._array(segment.identity, segment.name, "mel.npy", shape)
 
     def frames(self, segment: SegmentRef) -> dict[str, np.ndarray]:
         """frame_ids, times_s, mel_index (T,) and poses (T, 3, 4) of a segment."""
         path = self.root / "identities" / segment.identity / segment.name / "frames.npz"
-        with np.load(path) as data:
-            return {key: data[key] for key in data.files}
+        try:
+            with np.load(path) as data:
+                frames = {key: data[key] for key in data.files}
+        except FileNotFoundError:
+            raise MeshtalkError(path, f"missing from the store; {_REPREP}") from None
+        except (ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+            raise MeshtalkError(path, f"damaged ({_reason(error)}); {_REPREP}") from None
+        t = segment.frames
+        expected = {"frame_ids": (t,), "times_s": (t,), "mel_index": (t,), "poses": (t, 3, 4)}
+        for key, shape in expected.items():
+            if key not in frames:
+                raise MeshtalkError(path, f"has no '{key}' array; {_REPREP}")
+            if frames[key].shape != shape or frames[key].dtype.kind not in "iuf":
+                raise MeshtalkError(
+                    path,
+                    f"'{key}' has shape {frames[key].shape} ({frames[key].dtype}) where "
+                    f"manifest.json says {shape}; {_REPREP}",
+                )
+        for key in ("frame_ids", "mel_index"):
+            if frames[key].dtype.kind not in "iu":
+                raise MeshtalkError(path, f"'{key}' holds {frames[key].dtype}, not integers")
+        return frames
+
+    def check_segment(self, segment: SegmentRef) -> None:
+        """Open a segment's arrays and check them against the manifest and each other.
+
+        Raises MeshtalkError naming the first damaged file. Called for every segment before
+        training starts, so that a damaged store fails in the main process with one line rather
+        than in a DataLoader worker halfway through a run.
+        """
+        self.template(segment.identity)
+        self.vertices(segment)
+        mel_index = self.frames(segment)["mel_index"]
+        mel = self.mel(segment)
+        starts = mel_index + self.mel_first
+        if len(starts) and (
+            starts.min() < 0 or starts.max() >= len(mel) or (np.diff(mel_index) < 0).any()
+        ):
+            path = self.root / "identities" / segment.identity / segment.name
+            raise MeshtalkError(
+                path / "frames.npz",
+                f"mel_index does not fit mel.npy's {len(mel)} frames; {_REPREP}",
+            )
 
     def audio_windows(self, segment: SegmentRef, mel_index: np.ndarray) -> np.ndarray:
         """(T, n_mels, W) mel window of each frame (W = the store's window length)."""
@@ -134,12 +180,13 @@ class PreparedStore:
     def split(self, name: str) -> list[SegmentRef]:
         return [s for s in self.segments if s.split == name]
 
-    def _array(self, identity: str, segment: str, filename: str) -> np.ndarray:
+    def _array(
+        self, identity: str, segment: str, filename: str, shape: tuple[int | None, ...]
+    ) -> np.ndarray:
         key = (identity, segment, filename)
         if key not in self._open:
-            self._open[key] = np.load(
-                self.root / "identities" / identity / segment / filename, mmap_mode="r"
-            )
+            path = self.root / "identities" / identity / segment / filename
+            self._open[key] = _load(path, shape, mmap_mode="r")
         return self._open[key]
 
     def __getstate__(self) -> dict:  # memory maps are reopened in each DataLoader worker
@@ -179,6 +226,7 @@ class SegmentDataset(Dataset):
         self.audio = audio
         self.segments, self.starts = [], []
         for segment in self.store.split(split):
+            self.store.check_segment(segment)
             ids = self.store.frames(segment)["frame_ids"]
             starts = _gap_free_starts(ids, frames)
             if len(starts):
@@ -239,3 +287,129 @@ def _gap_free_starts(frame_ids: np.ndarray, frames: int) -> np.ndarray:
     gap = np.concatenate([[0], np.cumsum(steps != step)])  # number of gaps before each frame
     starts = np.arange(len(frame_ids) - frames + 1)
     return starts[gap[starts + frames - 1] == gap[starts]]
+
+
+# --- validation: a damaged or hand-edited store fails with one line naming the file ---------------
+
+READABLE_FORMAT = 1
+"""The store format this reader understands (the one `prep.STORE_FORMAT` writes)."""
+
+_REPREP = "rerun meshtalk prep to rebuild the store"
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text.split(". ")[0][:100]
+
+
+def _load(path: Path, shape: tuple[int | None, ...], mmap_mode: str | None = None) -> np.ndarray:
+    """A float array of the store, checked against the shape the manifest implies (None: any)."""
+    try:
+        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise MeshtalkError(path, f"missing from the store; {_REPREP}") from None
+    except (ValueError, EOFError, zipfile.BadZipFile) as error:  # e.g. "mmap length is greater"
+        raise MeshtalkError(path, f"damaged ({_reason(error)}); {_REPREP}") from None
+    except OSError as error:
+        if error.errno is not None:  # no permission, I/O error: the CLI names the file
+            raise
+        raise MeshtalkError(path, f"damaged ({_reason(error)}); {_REPREP}") from None
+    if not isinstance(array, np.ndarray):
+        raise MeshtalkError(path, f"is an archive, not one array; {_REPREP}")
+    fits = len(array.shape) == len(shape) and all(
+        want is None or have == want for have, want in zip(array.shape, shape, strict=True)
+    )
+    if not fits or array.dtype.kind != "f":
+        expected = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+        raise MeshtalkError(
+            path,
+            f"holds a {array.dtype} array of shape {array.shape} where manifest.json says "
+            f"float {expected}; {_REPREP}",
+        )
+    return array
+
+
+def _read_manifest(file: Path) -> dict:
+    """The manifest, its structure checked (types, names that stay inside the store)."""
+    try:
+        manifest = json.loads(file.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        where = f" at line {error.lineno} column {error.colno}" if hasattr(error, "lineno") else ""
+        raise MeshtalkError(file, f"not valid JSON{where}; {_REPREP}") from None
+    problems = _manifest_problems(manifest)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise MeshtalkError(file, f"{'; '.join(problems[:3])}{more}; {_REPREP}")
+    return manifest
+
+
+def _manifest_problems(manifest) -> list[str]:
+    if not isinstance(manifest, dict):
+        return [f"holds a JSON {type(manifest).__name__}, not an object"]
+    problems: list[str] = []
+
+    def need(record: dict, key: str, kind, where: str, minimum: float | None = None) -> bool:
+        value = record.get(key)
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and minimum is not None and value < minimum:
+            ok = False
+        if not ok:
+            have = "missing" if key not in record else repr(value)[:40]
+            wanted = getattr(kind, "__name__", None) or " or ".join(k.__name__ for k in kind)
+            if minimum is not None:
+                wanted += f" >= {minimum}"
+            problems.append(f"{where}{key} is {have}, expected {wanted}")
+        return ok
+
+    if manifest.get("format") != READABLE_FORMAT:
+        have = repr(manifest["format"])[:20] if "format" in manifest else "missing"
+        return [f"format is {have}; this version reads store format {READABLE_FORMAT}"]
+    need(manifest, "fps", (int, float), "", 1e-6)
+    need(manifest, "num_vertices", int, "", 1)
+    if need(manifest, "mel", dict, ""):
+        for key in ("sample_rate", "hop_length", "n_mels"):
+            need(manifest["mel"], key, int, "mel.", 1)
+    if need(manifest, "audio_window", dict, ""):
+        need(manifest["audio_window"], "mel_first", int, "audio_window.")
+        need(manifest["audio_window"], "mel_frames", int, "audio_window.", 1)
+    if need(manifest, "masks", list, ""):
+        for index, name in enumerate(manifest["masks"]):
+            problems += _name_problems(name, f"masks[{index}]")
+    if need(manifest, "identities", list, ""):
+        seen: set[str] = set()
+        for i, record in enumerate(manifest["identities"]):
+            where = f"identities[{i}]."
+            if not isinstance(record, dict):
+                problems.append(f"identities[{i}] is not an object")
+                continue
+            if need(record, "name", str, where):
+                problems += _name_problems(record["name"], f"{where}name", seen)
+            if "num_vertices" in record and record["num_vertices"] != manifest.get("num_vertices"):
+                problems.append(f"{where}num_vertices differs from the store's num_vertices")
+            if not need(record, "segments", list, where):
+                continue
+            names: set[str] = set()
+            for j, segment in enumerate(record["segments"]):
+                inner = f"{where}segments[{j}]."
+                if not isinstance(segment, dict):
+                    problems.append(f"{where}segments[{j}] is not an object")
+                    continue
+                if need(segment, "name", str, inner):
+                    problems += _name_problems(segment["name"], f"{inner}name", names)
+                need(segment, "frames", int, inner, 1)
+                if segment.get("split") is not None:
+                    need(segment, "split", str, inner)
+    return problems
+
+
+def _name_problems(name, where: str, seen: set[str] | None = None) -> list[str]:
+    """A name the store joins to a path: a plain file name, so nothing is read outside the store."""
+    if not isinstance(name, str):
+        return [f"{where} is {repr(name)[:40]}, expected a name"]
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0") or Path(name).is_absolute():
+        return [f"{where} {name!r} is not a plain name (it would read outside the store)"]
+    if seen is not None:
+        if name in seen:
+            return [f"{where} {name!r} appears twice"]
+        seen.add(name)
+    return []

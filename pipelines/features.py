@@ -52,8 +52,37 @@ def normalise_loudness(samples: np.ndarray) -> np.ndarray:
     """Scale audio to a mean absolute amplitude of 0.01, as the authors' release does."""
     level = float(np.abs(samples).mean())
     if level == 0.0:
-        raise ValueError("audio is silent")
+        raise MeshtalkError(None, "audio is silent (every sample is 0): nothing to animate")
     return (0.01 * samples / level).astype(np.float32)
+
+
+def check_waveform(samples: np.ndarray, sample_rate: int, fps: float) -> int:
+    """Refuse audio the models cannot animate, with a message that says why.
+
+    Args:
+        samples: (N,) mono audio at `sample_rate`.
+        fps: mesh frames per second.
+
+    Returns:
+        T, the mesh frames the audio covers (at least 1).
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 1:
+        raise MeshtalkError(None, f"audio must be mono (N,) samples, got shape {samples.shape}")
+    if samples.size == 0:
+        raise MeshtalkError(None, "audio holds no samples")
+    if not np.isfinite(samples).all():
+        raise MeshtalkError(None, "audio holds NaN or infinite samples")
+    frames = int(samples.size / sample_rate * fps)
+    if frames == 0:
+        raise MeshtalkError(
+            None,
+            f"audio lasts {1000 * samples.size / sample_rate:.1f} ms, shorter than one frame "
+            f"({1000 / fps:.1f} ms at {fps:g} fps)",
+        )
+    if not np.any(samples):
+        raise MeshtalkError(None, "audio is silent (every sample is 0): nothing to animate")
+    return frames
 
 
 def utterance_mel(
@@ -129,13 +158,16 @@ def utterance_audio_codes(
 
     Returns:
         (1, T, code_dim) tensor, T = floor(duration * fps).
+
+    Raises:
+        MeshtalkError: for audio that is silent, not finite, or shorter than one frame.
     """
     import torch
 
+    frames = check_waveform(samples, audio_encoder.mel_config.sample_rate, fps)
     duration = samples.size / audio_encoder.mel_config.sample_rate
     device = next(audio_encoder.parameters()).device
     mel = torch.from_numpy(utterance_mel(samples, duration, audio_encoder.mel_config))
-    frames = int(duration * fps)
     starts = frame_mel_index(np.arange(frames) / fps, audio_encoder.mel_config) + mel_first
     with torch.no_grad():
         return audio_encoder.encode_span(

@@ -10,10 +10,13 @@ Store layout (all arrays are `.npy`, memory-mapped when read):
     DATA/identities/<ID>/<SEGMENT>/vertices.npy  (T, V, 3) float32 observed frames, mm
     DATA/identities/<ID>/<SEGMENT>/mel.npy       (M, 80) float32 log-mel of the padded utterance
     DATA/identities/<ID>/<SEGMENT>/frames.npz    frame_ids, times_s, mel_index (T,), poses (T, 3, 4)
+    DATA/.meshtalk-store, DATA/.meshtalk.lock    prep made this folder; one writer at a time
 
-The store is built in `DATA.partial/` and renamed when complete. Each finished identity carries a
-marker with its statistics; a rerun after an interruption keeps finished identities and redoes the
-others, so no frame is counted twice.
+The store is built in `DATA/.partial/` and moved into place when complete, `manifest.json` last,
+so a folder with a manifest holds a complete store. Each finished identity carries a marker with its
+statistics; a rerun after an interruption keeps finished identities and redoes the others, so no
+frame is counted twice, and statistics are merged in name order, so the rerun's store is byte for
+byte the uninterrupted one. Prep writes and deletes only inside `DATA`, which it locks.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -30,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from meshtalk.pipelines.atomic import atomic_path, replace_dir, write_text_atomic
+from meshtalk.pipelines.atomic import atomic_path, write_text_atomic
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.features import AUDIO_WINDOWS, MelConfig, frame_mel_index
+from meshtalk.pipelines.features import AUDIO_WINDOWS, PAD_SECONDS, MelConfig, frame_mel_index
+from meshtalk.pipelines.lock import LOCK_FILE, exclusive
 from meshtalk.pipelines.masks import MASK_NAMES
 from meshtalk.pipelines.pictures import save_vertex_maps
 from meshtalk.pipelines.provenance import versions
@@ -43,6 +49,21 @@ log = logging.getLogger(__name__)
 STORE_FORMAT = 1
 FPS = 30
 SPEECH_PREFIX = "SEN_"
+MISSING_FRAMES_WARNING = 0.05
+"""Fraction of a segment's listed frames without a mesh file above which prep warns."""
+AUDIO_LENGTH_TOLERANCE_S = 1.0
+"""Audio longer than its frames by more than this is trimmed, with a warning."""
+
+MANIFEST = "manifest.json"
+STORE_ENTRIES = ("identities", "masks", "mean.npy", "std.npy", "masks.png")
+"""What prep puts in a store besides the manifest: all that `--force` replaces."""
+PARTIAL = ".partial"
+"""Inside the output: the store being built."""
+OLD = ".old"
+"""Inside the output: the replaced store's entries while the new ones move in."""
+MARKER = ".meshtalk-store"
+"""Inside the output: says the folder was made by prep, before it holds a manifest."""
+OWN_NAMES = frozenset({PARTIAL, OLD, MARKER, LOCK_FILE})
 
 
 @dataclass
@@ -52,7 +73,7 @@ class PrepConfig:
     root: Path
     """Multiface root: one folder per identity with tracked_mesh/, audio/ and frame_list.txt."""
     output: Path
-    """Directory of the prepared store (created; built in OUTPUT.partial/ first)."""
+    """Directory of the prepared store (created; built in OUTPUT/.partial/ first)."""
     crop: str = "meshtalk"
     """Vertex crop: 'meshtalk' (7306 -> 6172 vertices), 'none', or a file of indices to remove."""
     num_vertices: int | None = None
@@ -70,8 +91,10 @@ class PrepConfig:
     """Segment whose mean is each identity's neutral template."""
     workers: int = 1
     """Processes to use."""
+    channel: int | None = None
+    """Audio channel to use (0 = first); default: the average of all channels."""
     force: bool = False
-    """Replace an existing store."""
+    """Replace an existing store (never a folder prep did not make)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -84,6 +107,12 @@ class PrepConfig:
             )
         if self.workers < 1:
             problems.append(f"--workers must be at least 1, got {self.workers}")
+        if self.channel is not None and self.channel < 0:
+            problems.append(f"--channel must be at least 0, got {self.channel}")
+        if name_problem(self.neutral_segment):
+            problems.append(
+                f"--neutral-segment '{self.neutral_segment}' {name_problem(self.neutral_segment)}"
+            )
         if self.num_vertices is not None and self.num_vertices < 3:
             problems.append(f"--vertices must be at least 3, got {self.num_vertices}")
         if self.masks is not None and self.landmarks is not None:
@@ -140,6 +169,21 @@ class SegmentResult:
 # --- discovery ------------------------------------------------------------------------------------
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a file name inside its folder (None if it can).
+
+    Names read from data files become paths; one that climbs out (`..`), is absolute or holds a
+    separator would make prep read or write outside its folders.
+    """
+    if not name:
+        return "is empty"
+    if any(c in name for c in "/\\\0") or os.path.isabs(name):
+        return "is a path, not a name (it holds a separator)"
+    if name.startswith("."):
+        return "is hidden or climbs out of its folder (starts with '.')"
+    return None
+
+
 @dataclass
 class Identity:
     name: str
@@ -152,6 +196,7 @@ class Identity:
 def _read_frame_list(identity_dir: Path, problems: list[Problem]) -> dict[str, list[int]]:
     frame_list = identity_dir / "frame_list.txt"
     raw: dict[str, list[int]] = {}
+    refused: set[str] = set()
     if frame_list.is_file():
         for line_number, line in enumerate(frame_list.read_text().splitlines(), 1):
             parts = line.split()
@@ -164,11 +209,25 @@ def _read_frame_list(identity_dir: Path, problems: list[Problem]) -> dict[str, l
                     )
                 )
                 continue
+            bad = name_problem(parts[0])
+            if bad:
+                if parts[0] not in refused:
+                    message = f"line {line_number}: segment name '{parts[0]}' {bad}"
+                    problems.append(Problem(str(frame_list), message, "segment skipped"))
+                refused.add(parts[0])
+                continue
             raw.setdefault(parts[0], []).append(int(parts[1]))
         return raw
     mesh_root = identity_dir / "tracked_mesh"
     problems.append(Problem(str(frame_list), "missing; frames taken from tracked_mesh/", "warning"))
     for segment_dir in sorted(p for p in mesh_root.iterdir() if p.is_dir()):
+        if name_problem(segment_dir.name):
+            problems.append(
+                Problem(
+                    str(segment_dir), f"name {name_problem(segment_dir.name)}", "segment skipped"
+                )
+            )
+            continue
         ids = []
         for entry in segment_dir.glob("*.bin"):
             if entry.stem.isdigit():
@@ -225,6 +284,10 @@ def discover(config: PrepConfig) -> tuple[list[Identity], list[Problem]]:
     if not candidates:
         raise MeshtalkError(root, "no Multiface identities found (folders with tracked_mesh/)")
     for identity_dir in candidates:
+        if name_problem(identity_dir.name):
+            message = f"name {name_problem(identity_dir.name)}"
+            problems.append(Problem(str(identity_dir), message, "identity skipped"))
+            continue
         local: list[Problem] = []
         segments = _check_order(identity_dir, _read_frame_list(identity_dir, local), local)
         problems += local
@@ -281,6 +344,7 @@ def _read_frames(
     buffer = _scratch("read", (len(task.frame_ids), num_vertices, 3))
     poses = np.full((len(task.frame_ids), 3, 4), np.nan, dtype=np.float32)
     ids: list[int] = []
+    missing = 0
     for frame_id in task.frame_ids:
         stem = os.path.join(mesh_dir, f"{frame_id:06d}")
         row = buffer[len(ids)]
@@ -289,7 +353,12 @@ def _read_frames(
                 whole = os.fstat(handle.fileno()).st_size == size
                 whole = whole and handle.readinto(memoryview(row).cast("B")) == size
         except FileNotFoundError:
+            missing += 1
             continue  # a dropped frame: its id keeps the others aligned
+        except OSError as error:  # a symlink loop, a folder, no permission
+            message = f"cannot read mesh ({error.strerror or error})"
+            problems.append(Problem(stem + ".bin", message, "frame skipped"))
+            continue
         if not whole:
             try:
                 read_bin(stem + ".bin", num_vertices)  # raises with the reason
@@ -304,12 +373,20 @@ def _read_frames(
             poses[len(ids)] = values.reshape(3, 4)
         except FileNotFoundError:
             pass  # a pose is optional
-        except ValueError:
+        except (ValueError, OSError):
             try:
                 read_transform(stem + "_transform.txt")  # raises with the reason
             except MeshtalkError as error:
                 problems.append(Problem(str(error.path), error.problem, "warning"))
         ids.append(frame_id)
+    if missing > MISSING_FRAMES_WARNING * len(task.frame_ids):
+        message = (
+            f"{missing} of {len(task.frame_ids)} frames listed have no mesh file "
+            f"({100 * missing / len(task.frame_ids):.0f}% of the segment lost)"
+        )
+        problems.append(Problem(mesh_dir, message, "warning"))
+    if not ids:
+        return [], np.empty((0, num_vertices if kept is None else len(kept), 3), "<f4"), poses[:0]
     finite = np.isfinite(buffer[: len(ids)].reshape(len(ids), -1)).all(axis=1)
     for frame_id in np.asarray(ids)[~finite]:
         path = os.path.join(mesh_dir, f"{frame_id:06d}.bin")
@@ -350,7 +427,16 @@ def process_segment(
     result.num_vertices = meshes.shape[1] if len(ids) else None
     where = f"{identity_dir}/tracked_mesh/{task.segment}"
     if not ids:
-        result.problems.append(Problem(where, "no readable frames", "segment skipped"))
+        skipped = [p for p in result.problems if p.action == "frame skipped"]
+        reasons = {p.message for p in skipped}
+        if len(reasons) == 1 and len(skipped) > 1:
+            # Every frame failed alike (a vertex count from vert_mean.bin or --vertices that the
+            # meshes do not have): one line for the segment, not one per frame.
+            message = f"no readable frames: each of its {len(skipped)} meshes {reasons.pop()}"
+            result.problems = [p for p in result.problems if p.action != "frame skipped"]
+            result.problems.append(Problem(where, message, "segment skipped"))
+        else:
+            result.problems.append(Problem(where, "no readable frames", "segment skipped"))
         return result
     result.frames = len(ids)
     if task.kind == "neutral":
@@ -394,13 +480,15 @@ def _frame_times(captured: list[int], ids: list[int]) -> np.ndarray:
     return (np.asarray(ids) - captured[0]) / _frame_step(captured) / FPS
 
 
-def segment_audio(task: SegmentTask, identity_dir: Path, work_dir: Path) -> list[Problem]:
+def segment_audio(
+    task: SegmentTask, identity_dir: Path, work_dir: Path, channel: int | None = None
+) -> list[Problem]:
     """Write the log-mel of a speech segment; a 'segment skipped' problem if it is unusable."""
     audio_path = identity_dir / "audio" / f"{task.segment}.wav"
     problems: list[Problem] = []
     last_frame_s = float(_frame_times(task.frame_ids, task.frame_ids[-1:])[0])
     try:
-        mel = _segment_mel(audio_path, last_frame_s, problems)
+        mel = _segment_mel(audio_path, last_frame_s, problems, channel)
     except MeshtalkError as error:
         return [*problems, Problem(str(error.path or audio_path), error.problem, "segment skipped")]
     segment_dir = work_dir / task.segment
@@ -410,16 +498,30 @@ def segment_audio(task: SegmentTask, identity_dir: Path, work_dir: Path) -> list
     return problems
 
 
-def _segment_mel(audio_path: Path, last_frame_s: float, problems: list[Problem]) -> np.ndarray:
-    from meshtalk.pipelines.audio_io import load_audio
+def _segment_mel(
+    audio_path: Path, last_frame_s: float, problems: list[Problem], channel: int | None = None
+) -> np.ndarray:
+    """The stored log-mel: the padded utterance up to the last frame's window, no further."""
+    from meshtalk.pipelines.audio_io import read_audio, resample
     from meshtalk.pipelines.features import utterance_mel
 
     if not audio_path.is_file():
         raise MeshtalkError(audio_path, "audio file not found")
-    samples = load_audio(audio_path)
+    mel_config = MelConfig()
+    samples, source_rate = read_audio(audio_path, channel)
     if np.abs(samples).max() == 0:
         raise MeshtalkError(audio_path, "audio is silent")
-    audio_s = samples.size / MelConfig().sample_rate
+    if source_rate < mel_config.sample_rate:
+        empty_from = source_rate / 2
+        problems.append(
+            Problem(
+                str(audio_path),
+                f"recorded at {source_rate} Hz: the mel bands above {empty_from:.0f} Hz are empty",
+                "warning",
+            )
+        )
+    samples = resample(samples, source_rate, mel_config.sample_rate)
+    audio_s = samples.size / mel_config.sample_rate
     if audio_s < last_frame_s - 0.5:
         problems.append(
             Problem(
@@ -428,6 +530,20 @@ def _segment_mel(audio_path: Path, last_frame_s: float, problems: list[Problem])
                 "warning",
             )
         )
+    elif audio_s > last_frame_s + AUDIO_LENGTH_TOLERANCE_S:
+        # The last frame's window reaches PAD_SECONDS past it; audio beyond is never used.
+        keep_s = last_frame_s + PAD_SECONDS
+        problems.append(
+            Problem(
+                str(audio_path),
+                f"audio lasts {audio_s:.2f} s but frames end at {last_frame_s:.2f} s: "
+                f"only the first {keep_s:.2f} s are kept",
+                "warning",
+            )
+        )
+        samples = samples[: round(keep_s * mel_config.sample_rate)]
+        if np.abs(samples).max() == 0:
+            raise MeshtalkError(audio_path, f"audio is silent over the first {keep_s:.2f} s")
     return utterance_mel(samples, last_frame_s)
 
 
@@ -467,7 +583,7 @@ def _settings_digest(config: PrepConfig) -> str:
 
 
 def _open_partial(config: PrepConfig) -> Path:
-    partial = config.output.with_name(config.output.name + ".partial")
+    partial = config.output / PARTIAL
     digest = _settings_digest(config)
     settings_file = partial / "settings.digest"
     if partial.exists() and (not settings_file.is_file() or settings_file.read_text() != digest):
@@ -478,14 +594,139 @@ def _open_partial(config: PrepConfig) -> Path:
     return partial
 
 
+# --- the output folder: checked, locked, recovered, replaced in place --------------------------
+
+
+def _is_store(folder: Path) -> bool:
+    """True if `folder` holds a complete store: a manifest with prep's format key."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "format" in manifest
+
+
+def _check_output(config: PrepConfig) -> None:
+    """Refuse an output that overlaps the dataset or holds files prep did not make."""
+    out, root = config.output.resolve(), config.root.resolve()
+    if out == root or root in out.parents or out in root.parents:
+        raise MeshtalkError(
+            config.output,
+            f"the output must not be, contain or lie inside the dataset ({config.root})",
+        )
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MeshtalkError(config.output, "exists and is not a folder")
+    ours = (out / MARKER).is_file() or _is_store(out)
+    if not ours and any(entry.name not in OWN_NAMES for entry in out.iterdir()):
+        raise MeshtalkError(
+            config.output,
+            "is a folder of other files, not a meshtalk store; prep writes only into a new or "
+            "empty folder or a store it made (--force replaces only a store)",
+        )
+
+
+def _make_output(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MeshtalkError(
+            out, f"cannot create the output folder ({error.strerror or error})"
+        ) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise MeshtalkError(out, "cannot write into the output folder (no permission or read-only)")
+
+
+def _move(source: Path, target: Path) -> None:
+    """One rename of the store's replacement (a single place, so tests can stop between them)."""
+    os.replace(source, target)
+
+
+def _discard(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def _swap_in(out: Path) -> None:
+    """Move the finished store from `.partial` into `out`, the old one aside, the manifest last.
+
+    Safe to repeat after an interruption at any point: an entry still in `.partial` is new, so the
+    one of that name in `out` is old (old entries all leave before new ones arrive), and a manifest
+    in `out` while `.partial` still has one is the old one.
+    """
+    partial, old = out / PARTIAL, out / OLD
+    old.mkdir(exist_ok=True)
+    if (out / MANIFEST).exists():
+        _discard(old / MANIFEST)
+        _move(out / MANIFEST, old / MANIFEST)  # first: the folder never looks complete meanwhile
+    for name in STORE_ENTRIES:
+        if os.path.lexists(partial / name) and os.path.lexists(out / name):
+            _discard(old / name)
+            _move(out / name, old / name)
+    for name in STORE_ENTRIES:
+        if os.path.lexists(partial / name):
+            _move(partial / name, out / name)
+    _move(partial / MANIFEST, out / MANIFEST)
+    shutil.rmtree(old)
+    shutil.rmtree(partial)
+
+
+def _recover(out: Path) -> None:
+    """Finish a replacement that an earlier run began, or undo what it cannot finish."""
+    partial, old = out / PARTIAL, out / OLD
+    if not old.exists():
+        # A build finished but not yet moved in: its last step is redone, to the same bytes.
+        (partial / MANIFEST).unlink(missing_ok=True)
+        return
+    if (partial / MANIFEST).is_file():
+        log.info("finishing the replacement of %s that an earlier run began", out)
+        _swap_in(out)
+    elif (out / MANIFEST).is_file():
+        shutil.rmtree(old)  # the replacement was complete
+        shutil.rmtree(partial, ignore_errors=True)
+    else:
+        for name in STORE_ENTRIES + (MANIFEST,):  # manifest last: complete again only at the end
+            if os.path.lexists(old / name):
+                _discard(out / name)
+                _move(old / name, out / name)
+        shutil.rmtree(old)
+
+
 def run(config: PrepConfig) -> Path:
     """Build the store; returns its path. Raises MeshtalkError when nothing usable was made."""
-    from meshtalk.pipelines.splits import assign_splits
-
     started = time.perf_counter()
-    if config.output.exists() and not config.force:
-        raise MeshtalkError(config.output, "already exists (pass --force to replace it)")
+    if not config.root.is_dir():
+        raise MeshtalkError(config.root, "dataset root not found")
+    _check_output(config)
+    _make_output(config.output)
+    with exclusive(config.output, "meshtalk prep"):
+        _recover(config.output)
+        if _is_store(config.output) and not config.force:
+            raise MeshtalkError(config.output, "already exists (pass --force to replace it)")
+        if not (config.output / MARKER).is_file():
+            write_text_atomic(config.output / MARKER, "made by meshtalk prep\n")
+        try:
+            return _build(config, started)
+        except Exception as error:
+            # A fatal error leaves nothing half-made (an interruption keeps the work for a rerun);
+            # a replacement already under way is finished by the next run instead.
+            if not (config.output / OLD).exists():
+                shutil.rmtree(config.output / PARTIAL, ignore_errors=True)
+            if isinstance(error, OSError):  # a full disk, a read-only filesystem: one line
+                reason = (error.strerror or str(error)).lower()
+                raise MeshtalkError(
+                    error.filename or config.output,
+                    f"{reason} (nothing half-written was kept; rerun once this is fixed)",
+                ) from None
+            raise
+
+
+def _build(config: PrepConfig, started: float) -> Path:
     from meshtalk.pipelines.progress import console
+    from meshtalk.pipelines.splits import assign_splits
 
     identities, problems = discover(config)
     for problem in problems:
@@ -511,30 +752,37 @@ def run(config: PrepConfig) -> Path:
 
     tasks: list[tuple[SegmentTask, Identity]] = []
     for identity in pending:
+        neutral = identity.segments[config.neutral_segment]
         tasks.append(
-            (
-                SegmentTask(
-                    identity.name,
-                    config.neutral_segment,
-                    identity.segments[config.neutral_segment],
-                    "neutral",
-                ),
-                identity,
-            )
+            (SegmentTask(identity.name, config.neutral_segment, neutral, "neutral"), identity)
         )
         for segment in speech[identity.name]:
             split = assignment.get((identity.name, segment))
             if split is not None:
+                frames = identity.segments[segment]
                 tasks.append(
-                    (
-                        SegmentTask(
-                            identity.name, segment, identity.segments[segment], "speech", split
-                        ),
-                        identity,
-                    )
+                    (SegmentTask(identity.name, segment, frames, "speech", split), identity)
                 )
-    _execute(tasks, pending, config, partial, problems)
-    return _finish(config, partial, identities, assignment, problems, started)
+    outcome = _execute(tasks, pending, config, partial)
+    return _finish(config, partial, identities, assignment, problems, outcome, started)
+
+
+def _ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C is the parent's to handle (it stops the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _InterruptsIgnored:
+    """Ignore SIGINT while worker processes start: they inherit it and never print a traceback."""
+
+    def __enter__(self) -> None:
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
 
 
 def _execute(
@@ -542,15 +790,18 @@ def _execute(
     pending: list[Identity],
     config: PrepConfig,
     partial: Path,
-    problems: list[Problem],
-) -> None:
-    """Meshes in worker processes (numpy only), audio in this process meanwhile."""
+) -> dict[str, list[Problem]]:
+    """Meshes in worker processes (numpy only), audio in this process meanwhile.
+
+    Returns each pending identity's segment problems, in name order.
+    """
     from meshtalk.pipelines.progress import console, progress_bar
 
     remaining = {i.name: sum(1 for t, _ in tasks if t.identity == i.name) for i in pending}
     results: dict[str, list[SegmentResult]] = {i.name: [] for i in pending}
     by_name = {i.name: i for i in pending}
     audio: dict[tuple[str, str], list[Problem]] = {}
+    outcome: dict[str, list[Problem]] = {}
 
     def work_dir(identity: Identity) -> Path:
         return partial / "identities" / identity.name
@@ -558,7 +809,7 @@ def _execute(
     def do_audio(task: SegmentTask, identity: Identity) -> None:
         if task.kind == "speech":
             audio[task.identity, task.segment] = segment_audio(
-                task, identity.path, work_dir(identity)
+                task, identity.path, work_dir(identity), config.channel
             )
 
     def finish_one(result: SegmentResult, task: SegmentTask, progress, bar) -> None:
@@ -569,13 +820,12 @@ def _execute(
         result.problems += extra
         for problem in result.problems:
             console.print(problem.line(), markup=False, highlight=False)
-        problems.extend(result.problems)
         results[result.identity].append(result)
         remaining[result.identity] -= 1
         progress.advance(bar, len(task.frame_ids))
         if remaining[result.identity] == 0:
-            _complete_identity(
-                by_name[result.identity], results.pop(result.identity), config, partial, problems
+            outcome[result.identity] = _complete_identity(
+                by_name[result.identity], results.pop(result.identity), config, partial
             )
 
     with progress_bar(disable=not config.progress) as progress:
@@ -587,16 +837,19 @@ def _execute(
                 )
                 do_audio(task, identity)
                 finish_one(result, task, progress, bar)
-            return
+            return outcome
         import multiprocessing
 
         import torch
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the cores belong to the mesh workers
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(
+            config.workers, mp_context=context, initializer=_ignore_interrupts
+        )
         try:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(config.workers, mp_context=context) as pool:
+            with _InterruptsIgnored():  # workers start here
                 futures = {
                     pool.submit(
                         process_segment,
@@ -608,19 +861,20 @@ def _execute(
                     ): task
                     for task, identity in tasks
                 }
-                # Consumed futures are dropped at once, so memory does not grow with the dataset.
-                for task, identity in tasks:  # audio here while the workers read meshes
-                    do_audio(task, identity)
-                    for future in [
-                        f for f in futures if f.done() and _audio_ready(futures[f], audio)
-                    ]:
-                        finish_one(future.result(), futures.pop(future), progress, bar)
-                while futures:
-                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        finish_one(future.result(), futures.pop(future), progress, bar)
+            # Consumed futures are dropped at once, so memory does not grow with the dataset.
+            for task, identity in tasks:  # audio here while the workers read meshes
+                do_audio(task, identity)
+                for future in [f for f in futures if f.done() and _audio_ready(futures[f], audio)]:
+                    finish_one(future.result(), futures.pop(future), progress, bar)
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish_one(future.result(), futures.pop(future), progress, bar)
         finally:
+            # On Ctrl-C or an error: drop the queued segments, let the running ones end.
+            pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads)
+    return outcome
 
 
 def _audio_ready(task: SegmentTask, audio: dict) -> bool:
@@ -628,14 +882,16 @@ def _audio_ready(task: SegmentTask, audio: dict) -> bool:
 
 
 def _complete_identity(
-    identity: Identity,
-    results: list[SegmentResult],
-    config: PrepConfig,
-    partial: Path,
-    problems: list[Problem],
-) -> None:
-    """Write an identity's template, statistics and marker once all its segments are done."""
+    identity: Identity, results: list[SegmentResult], config: PrepConfig, partial: Path
+) -> list[Problem]:
+    """Write an identity's template, statistics and marker once all its segments are done.
+
+    Segments are taken in name order, never in the order workers finished them, so the moments
+    merge to the same bits in every run. Returns the segments' problems in that order.
+    """
     directory = partial / "identities" / identity.name
+    results = sorted(results, key=lambda r: (r.kind != "neutral", r.segment))
+    segment_problems = [p for r in results for p in r.problems]
     neutral = next((r for r in results if r.kind == "neutral"), None)
     speech = [r for r in results if r.kind == "speech" and r.frames > 0]
     sizes = {r.num_vertices for r in results if r.num_vertices}
@@ -651,9 +907,8 @@ def _complete_identity(
         from meshtalk.pipelines.progress import console
 
         console.print(problem.line(), markup=False, highlight=False)
-        problems.append(problem)
         shutil.rmtree(directory, ignore_errors=True)
-        return
+        return [*segment_problems, problem]
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / "template.npy", suffix=".npy") as tmp:
         np.save(tmp, neutral.template)
@@ -668,14 +923,11 @@ def _complete_identity(
         "source": str(identity.path.resolve()),
         "num_vertices": int(neutral.template.shape[0]),
         "neutral_frames": neutral.frames,
-        "segments": sorted(
-            ({"name": r.segment, "frames": r.frames} for r in speech), key=lambda s: s["name"]
-        ),
-        "problems": [
-            asdict(p) for p in identity.problems + [p for r in results for p in r.problems]
-        ],
+        "segments": [{"name": r.segment, "frames": r.frames} for r in speech],
+        "problems": [asdict(p) for p in identity.problems + segment_problems],
     }
     write_text_atomic(directory / "identity.json", json.dumps(record, indent=1))
+    return segment_problems
 
 
 def _finish(
@@ -683,14 +935,21 @@ def _finish(
     partial: Path,
     identities: list[Identity],
     assignment: dict,
-    problems: list[Problem],
+    found: list[Problem],
+    outcome: dict[str, list[Problem]],
     started: float,
 ) -> Path:
+    """Merge the identities' statistics in name order, write the rest, move the store in."""
     records = []
+    problems = list(found)  # discovery's, then each identity's segments', in name order
     for identity in identities:
         marker = partial / "identities" / identity.name / "identity.json"
         if marker.is_file():
-            records.append(json.loads(marker.read_text()))
+            record = json.loads(marker.read_text())
+            records.append(record)
+            problems += [Problem(**p) for p in record["problems"][len(identity.problems) :]]
+        else:
+            problems += outcome.get(identity.name, [])
     sizes = {r["num_vertices"] for r in records}
     if len(sizes) > 1:
         problems.append(
@@ -713,18 +972,20 @@ def _finish(
             config.root, f"nothing usable: {reason} ({len(problems)} problems above)"
         )
     count, mean, m2 = stats
-    np.save(partial / "mean.npy", mean.astype(np.float32))
-    np.save(partial / "std.npy", np.sqrt(m2 / max(count - 1, 1)).astype(np.float32))
+    with atomic_path(partial / "mean.npy", suffix=".npy") as tmp:
+        np.save(tmp, mean.astype(np.float32))
+    with atomic_path(partial / "std.npy", suffix=".npy") as tmp:
+        np.save(tmp, np.sqrt(m2 / max(count - 1, 1)).astype(np.float32))
     template = np.load(partial / "identities" / records[0]["name"] / "template.npy")
     masks = _make_masks(config, template)
     (partial / "masks").mkdir(exist_ok=True)
     for name, values in masks.items():
-        np.save(partial / "masks" / f"{name}.npy", values)
+        with atomic_path(partial / "masks" / f"{name}.npy", suffix=".npy") as tmp:
+            np.save(tmp, values)
     save_vertex_maps(partial / "masks.png", template, masks)
     manifest = _manifest(config, records, assignment, problems, int(count), next(iter(sizes)))
-    write_text_atomic(partial / "manifest.json", json.dumps(manifest, indent=1))
-    (partial / "settings.digest").unlink(missing_ok=True)
-    replace_dir(partial, config.output)
+    write_text_atomic(partial / MANIFEST, json.dumps(manifest, indent=1))
+    _swap_in(config.output)
     _report(problems, records, config, time.perf_counter() - started)
     return config.output
 

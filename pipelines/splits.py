@@ -77,6 +77,12 @@ def multiface_splits(segments: dict[str, list[str]]) -> dict[tuple[str, str], st
     return assignment
 
 
+def _is_name_pattern(pattern: str) -> bool:
+    """True for 'IDENTITY' or 'IDENTITY/SEGMENT' globs: no absolute path, no '..', no deeper."""
+    parts = pattern.split("/")
+    return len(parts) <= 2 and all(part and not part.startswith(".") for part in parts)
+
+
 def yaml_splits(path: Path, segments: dict[str, list[str]]) -> dict[tuple[str, str], str]:
     """Splits from a YAML file: `train`, `val`, `test`, each a list of 'IDENTITY' or
     'IDENTITY/SEGMENT' glob patterns. Segments matched by no pattern are left out."""
@@ -94,6 +100,12 @@ def yaml_splits(path: Path, segments: dict[str, list[str]]) -> dict[tuple[str, s
             isinstance(patterns, list) and all(isinstance(p, str) for p in patterns)
         ):
             problems.append(f"'{key}' must be a list of 'IDENTITY[/SEGMENT]' patterns")
+        elif key in SPLITS:
+            problems += [
+                f"'{key}': '{pattern}' is not an 'IDENTITY[/SEGMENT]' pattern"
+                for pattern in patterns
+                if not _is_name_pattern(pattern)
+            ]
     if problems:
         raise MeshtalkError(path, "; ".join(problems))
     assignment: dict[tuple[str, str], str] = {}

@@ -520,6 +520,8 @@ def run(config: SynthConfig) -> Path:
         kept = kept_vertices("meshtalk", MULTIFACE_NUM_VERTICES)
 
     out = config.output
+    if out.exists() and not out.is_dir():
+        raise MeshtalkError(out, "exists and is not a folder (synth writes a dataset folder)")
     out.mkdir(parents=True, exist_ok=True)
     topology_dir = out / "topology"
     write_mesh(topology_dir / "template.ply", base)

@@ -8,6 +8,7 @@ with the same global batch equal one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from meshtalk.pipelines.training import (
     StepBatches,
     StepLoop,
     bf16_autocast,
+    claim_run_dir,
     parameter_names,
     resolve_device,
     seed_for,
@@ -164,13 +166,16 @@ def run(config: TrainLatentConfig) -> Path:
     """Train stage 1; returns the run directory."""
     dist = Distributed.from_environment()
     try:
-        return _train(config, dist)
+        with contextlib.ExitStack() as stack:  # holds the run folder's lock until the end
+            return _train(config, dist, stack)
     finally:
         dist.close()
 
 
-def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
+def _train(config: TrainLatentConfig, dist: Distributed, stack: contextlib.ExitStack) -> Path:
     output, training = Path(config.output), config.training
+    if output.exists() and not output.is_dir():
+        raise MeshtalkError(output, "is a file, not a run directory (choose another -o)")
     store = PreparedStore(config.data)
     model_config = _fit_to_data(config.model, store, config.data)
     device = resolve_device(config.device, dist.local_rank)
@@ -180,6 +185,14 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
             None,
             f"batch_size {training.batch_size} does not divide over {dist.world_size} processes",
         )
+    # Every array of the data is checked before anything is written into the run folder.
+    train_set = PairedSegments(
+        SegmentDataset(store, "train", training.frames, length=1, seed=training.seed),
+        model_config.heads,
+        model_config.classes,
+    )
+    validation = _validation_batches(store, training, model_config)
+    checkpoint_dir = claim_run_dir(output, STAGE, dist, stack)
     torch.manual_seed(training.seed)
     model = LatentAutoencoder(model_config)
     mean, std = torch.from_numpy(store.mean), torch.from_numpy(store.std)
@@ -199,7 +212,6 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
         settings={"model": model_config.to_dict(), "train": asdict(training)},
         data=store.root,
     )
-    checkpoint_dir = output / STAGE
     start_step = 0
     if config.resume and checkpoint_dir.is_dir():
         start_step = _load_checkpoint(checkpoint_dir, model, optimizer, names, record)
@@ -211,12 +223,6 @@ def _train(config: TrainLatentConfig, dist: Distributed) -> Path:
 
     window = store.mel_frames
     masks = {k: torch.from_numpy(v).to(device) for k, v in store.masks.items()}
-    train_set = PairedSegments(
-        SegmentDataset(store, "train", training.frames, length=1, seed=training.seed),
-        model_config.heads,
-        model_config.classes,
-    )
-    validation = _validation_batches(store, training, model_config)
     trained = dist.wrap(model, device)
     loader = DataLoader(
         train_set,
@@ -328,15 +334,15 @@ def _load_checkpoint(folder, model, optimizer, names, record) -> int:
     record.check_resumable()
     ckpt.load_component_state(folder / "encoder", model.encoder)
     ckpt.load_component_state(folder / "decoder", model.decoder)
-    ckpt.load_optimizer_tensors(optimizer, names, ckpt.load_tensors(folder / ckpt.OPTIMIZER_FILE))
-    return int(ckpt.read_trainer_state(folder)["step"])
+    ckpt.load_optimizer(folder, optimizer, names)
+    return ckpt.read_trainer_state(folder)["step"]
 
 
 def load_latent(folder: Path, device: torch.device | str = "cpu") -> tuple[LatentAutoencoder, dict]:
     """A trained stage-1 model from a checkpoint folder (`RUN/latent`), and its encoder config."""
-    folder = Path(folder)
+    folder = ckpt.readable(Path(folder))
     config = ckpt.read_component_config(folder / "encoder")
-    model = LatentAutoencoder(LatentModelConfig.from_dict(config["model"]))
+    model = LatentAutoencoder(ckpt.model_config(folder / "encoder", LatentModelConfig))
     ckpt.load_component_state(folder / "encoder", model.encoder)
     ckpt.load_component_state(folder / "decoder", model.decoder)
     return model.to(device).eval(), config

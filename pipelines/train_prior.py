@@ -9,6 +9,7 @@ resuming and logging work as in stage 1.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from meshtalk.models.config import LatentModelConfig
 from meshtalk.models.prior import PRIOR_PRESETS, ContextModel, PriorModelConfig
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.atomic import atomic_path
@@ -33,8 +35,10 @@ from meshtalk.pipelines.training import (
     StepBatches,
     StepLoop,
     bf16_autocast,
+    claim_run_dir,
     parameter_names,
     resolve_device,
+    store_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -114,7 +118,7 @@ def load_config_file(path: Path) -> tuple[PriorModelConfig, PriorTrainingConfig]
 def latent_folder(path: Path) -> Path:
     """The stage-1 checkpoint folder of a run directory (or the folder itself)."""
     path = Path(path)
-    for folder in (path / "latent", path):
+    for folder in (ckpt.readable(path / "latent"), path):
         if (folder / "encoder" / ckpt.CONFIG_FILE).is_file():
             return folder
     raise MeshtalkError(path, "holds no stage-1 checkpoint (latent/encoder/config.json)")
@@ -196,27 +200,35 @@ def cached_targets(
     barrier,
 ) -> dict[str, torch.Tensor]:
     """The targets from the cache beside the run, computed (by the main process) if stale."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from safetensors import SafetensorError, safe_open
 
     path = output / TARGETS_FILE
     key = {
         "latent_encoder_sha256": file_sha256(latent_dir / "encoder" / ckpt.WEIGHTS_FILE),
-        "manifest_sha256": file_sha256(store.root / "manifest.json"),
+        "data_sha256": store_digest(store.root),
+    }
+    wanted = {
+        f"{segment_key(s)}/{kind}"
+        for s in store.split("train") + store.split("val")
+        for kind in ("codes", "audio")
     }
 
     def fresh() -> bool:
         if not path.is_file():
             return False
-        with safe_open(str(path), "pt") as handle:
-            metadata = handle.metadata() or {}
-        return all(metadata.get(k) == v for k, v in key.items())
+        try:  # safetensors checks the header and that the data fills the file exactly
+            with safe_open(str(path), "pt") as handle:
+                metadata, keys = handle.metadata() or {}, set(handle.keys())
+        except (SafetensorError, OSError, ValueError) as error:
+            log.warning("%s: damaged (%s); computing the targets again", path, error)
+            return False
+        return all(metadata.get(k) == v for k, v in key.items()) and wanted <= keys
 
     if is_main and not fresh():
         targets = encode_targets(latent_dir, store, ("train", "val"), device, progress)
         output.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(targets, str(tmp), metadata=key)
+            ckpt.save_tensors(targets, tmp, metadata=key)
         log.info("cached the stage-1 targets of %d segments in %s", len(targets) // 2, path)
     barrier()
     return ckpt.load_tensors(path)
@@ -261,14 +273,18 @@ def run(config: TrainPriorConfig) -> Path:
     """Train stage 2; returns the run directory."""
     dist = Distributed.from_environment()
     try:
-        return _train(config, dist)
+        with contextlib.ExitStack() as stack:  # holds the run folder's lock until the end
+            return _train(config, dist, stack)
     finally:
         dist.close()
 
 
-def _train(config: TrainPriorConfig, dist: Distributed) -> Path:
+def _train(config: TrainPriorConfig, dist: Distributed, stack: contextlib.ExitStack) -> Path:
     output, training = Path(config.output), config.training
+    if output.exists() and not output.is_dir():
+        raise MeshtalkError(output, "is a file, not a run directory (choose another -o)")
     latent_dir = latent_folder(config.latent)
+    ckpt.model_config(latent_dir / "encoder", LatentModelConfig)  # checked before any use
     latent_config = ckpt.read_component_config(latent_dir / "encoder")
     model_config = fit_to_latent(config.model, latent_config["model"], config.latent)
     store = PreparedStore(config.data)
@@ -285,6 +301,7 @@ def _train(config: TrainPriorConfig, dist: Distributed) -> Path:
             None,
             f"batch_size {training.batch_size} does not divide over {dist.world_size} processes",
         )
+    checkpoint_dir = claim_run_dir(output, STAGE, dist, stack)
     torch.manual_seed(training.seed)
     model = ContextModel(model_config).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.lr)
@@ -302,14 +319,12 @@ def _train(config: TrainPriorConfig, dist: Distributed) -> Path:
         },
         data=store.root,
     )
-    checkpoint_dir = output / STAGE
     start_step = 0
     if config.resume and checkpoint_dir.is_dir():
         record.check_resumable()
+        start_step = ckpt.read_trainer_state(checkpoint_dir)["step"]
         ckpt.load_component_state(checkpoint_dir / "prior", model)
-        flat = ckpt.load_tensors(checkpoint_dir / ckpt.OPTIMIZER_FILE)
-        ckpt.load_optimizer_tensors(optimizer, names, flat)
-        start_step = int(ckpt.read_trainer_state(checkpoint_dir)["step"])
+        ckpt.load_optimizer(checkpoint_dir, optimizer, names)
     elif checkpoint_dir.exists():
         raise MeshtalkError(output, "already holds a prior run (--resume to continue it)")
     targets = cached_targets(
@@ -472,8 +487,8 @@ def save_code_picture(
 
 def load_prior(folder: Path, device: torch.device | str = "cpu") -> tuple[ContextModel, dict]:
     """A trained prior from a checkpoint folder (`RUN/prior`), and its component config."""
-    folder = Path(folder)
+    folder = ckpt.readable(Path(folder))
     config = ckpt.read_component_config(folder / "prior")
-    model = ContextModel(PriorModelConfig.from_dict(config["model"]))
+    model = ContextModel(ckpt.model_config(folder / "prior", PriorModelConfig))
     ckpt.load_component_state(folder / "prior", model)
     return model.to(device).eval(), config

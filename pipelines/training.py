@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -18,6 +19,8 @@ import torch
 import torch.distributed as torch_dist
 from torch.utils.data import Sampler
 
+from meshtalk.pipelines import checkpoint as ckpt
+from meshtalk.pipelines import lock
 from meshtalk.pipelines.atomic import write_text_atomic
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.provenance import file_sha256, git_commit, versions
@@ -203,6 +206,38 @@ _NOT_LOSSES = (
 )
 
 
+# Manifest fields that say when and with what a store was made, not what it holds.
+_VOLATILE_MANIFEST_KEYS = ("created", "versions", "source")
+_VOLATILE_SETTINGS = ("root", "workers")
+
+
+def store_digest(root: Path) -> str:
+    """sha256 of what a prepared store holds, not of when it was made.
+
+    Covers the manifest without its volatile fields (creation time, package versions, the source's
+    path and the worker count), the bytes of mean.npy and std.npy (which depend on every training
+    frame) and the name and size of every array file. Re-running prep on the same data gives the
+    same digest; hashing every vertex would read the whole store on each start.
+    """
+    root = Path(root)
+    manifest = ckpt.read_json(root / "manifest.json")
+    content = {k: v for k, v in manifest.items() if k not in _VOLATILE_MANIFEST_KEYS}
+    if isinstance(content.get("settings"), dict):
+        content["settings"] = {
+            k: v for k, v in content["settings"].items() if k not in _VOLATILE_SETTINGS
+        }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
+    for name in ("mean.npy", "std.npy"):
+        path = root / name
+        digest.update(f"\0{name}\0".encode())
+        digest.update(path.read_bytes() if path.is_file() else b"missing")
+    for folder in ("identities", "masks"):
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file():
+                digest.update(f"\0{path.relative_to(root)}\0{path.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
 class RunRecord:
     """run.json: per stage, the settings, the data it trained on, and every invocation."""
 
@@ -211,25 +246,34 @@ class RunRecord:
         manifest = Path(data) / "manifest.json"
         self.entry = {
             "settings": json.loads(json.dumps(settings, default=str)),
-            "data": {"path": str(Path(data).resolve()), "manifest_sha256": file_sha256(manifest)},
+            "data": {
+                "path": str(Path(data).resolve()),
+                "content_sha256": store_digest(data),
+                "manifest_sha256": file_sha256(manifest),
+            },
         }
 
     def _load(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+        return ckpt.read_json(self.path) if self.path.is_file() else {}
 
     def check_resumable(self) -> None:
         """The recorded settings and data must be those of this invocation (steps may grow)."""
         old = self._load().get(self.stage)
         if old is None:
             raise MeshtalkError(self.path, f"records no {self.stage} run to resume")
+        if not isinstance(old, dict) or not isinstance(old.get("settings"), dict):
+            raise MeshtalkError(self.path, f"the {self.stage} record is damaged (no settings)")
         differences = []
         for section, values in self.entry["settings"].items():
             for key, value in values.items():
-                before = old["settings"].get(section, {}).get(key)
+                before = (old["settings"].get(section) or {}).get(key)
                 if key != "steps" and before != value:
                     differences.append(f"{section}.{key} was {before!r}, now {value!r}")
-        if old["data"]["manifest_sha256"] != self.entry["data"]["manifest_sha256"]:
-            differences.append(f"the data differs from {old['data']['path']}")
+        data = old.get("data") or {}
+        # Records written before content digests hold only the manifest file's hash.
+        key = "content_sha256" if "content_sha256" in data else "manifest_sha256"
+        if data.get(key) != self.entry["data"][key]:
+            differences.append(f"the data differs from {data.get('path')}")
         if differences:
             raise MeshtalkError(self.path, "cannot resume: " + "; ".join(differences))
 
@@ -249,6 +293,28 @@ class RunRecord:
         )
         record[self.stage] = {**self.entry, "invocations": invocations}
         write_text_atomic(self.path, json.dumps(record, indent=2) + "\n")
+
+
+def claim_run_dir(output: Path, stage: str, dist: Distributed, stack: contextlib.ExitStack) -> Path:
+    """Make the run folder, lock it for the rest of the run and repair an interrupted save.
+
+    Only the main process writes, so only it takes the lock (held by `stack` until the run ends)
+    and puts back a checkpoint that a killed save left at its old name; the others wait for it.
+    Returns the stage's checkpoint folder.
+    """
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise MeshtalkError(output, "is a file, not a run directory (choose another -o)")
+    if dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(lock.exclusive(output, f"meshtalk train {stage}"))
+        ckpt.recover(output / stage)
+        for name in ("run.json", "metrics.csv", "prior_metrics.csv", "prior_targets.safetensors"):
+            for leftover in output.glob(f".{name}.*.tmp*"):
+                if leftover.is_file() and not leftover.is_symlink():
+                    leftover.unlink(missing_ok=True)
+    dist.barrier()
+    return output / stage
 
 
 class _Progress:

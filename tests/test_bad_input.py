@@ -144,7 +144,8 @@ def test_nothing_usable_exits_non_zero_with_one_line(dataset, tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(dataset) in last and "nothing usable" in last
     assert "Traceback" not in result.stderr
-    assert not out.exists()
+    # Nothing half-made is kept: only prep's hidden marker and lock remain.
+    assert sorted(p.name for p in out.iterdir()) == [".meshtalk-store", ".meshtalk.lock"]
     with pytest.raises(MeshtalkError):
         prep(builtin_prep_config(dataset, out))
 
@@ -186,3 +187,133 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_existing_store_is_not_overwritten_without_force(tiny_dataset, tiny_store):
     with pytest.raises(MeshtalkError, match="already exists"):
         prep(builtin_prep_config(tiny_dataset, tiny_store))
+
+
+# --- prep: segments without readable frames, unreadable files, odd audio -------------------------
+
+
+def test_empty_segment_folder_skips_the_segment(dataset, tmp_path):
+    segment = _speech(_identity(dataset))
+    for entry in segment.iterdir():
+        entry.unlink()
+    problem = _find(_problems(dataset, tmp_path), "no readable frames")
+    assert problem["path"].endswith(f"tracked_mesh/{segment.name}")
+    assert problem["action"] == "segment skipped"
+    assert not (tmp_path / "data" / ".partial").exists()
+
+
+def test_vert_mean_of_another_vertex_count_skips_the_identity(dataset, tmp_path):
+    identity = _identity(dataset, 1)
+    (identity / "vert_mean.bin").write_bytes(np.zeros((100, 3), "<f4").tobytes())
+    problems = _problems(dataset, tmp_path)
+    segment = _find(problems, "has 256 vertices, expected 100")  # one line per segment
+    assert (
+        segment["action"] == "segment skipped"
+        and "no readable frames: each of its" in segment["message"]
+    )
+    assert not [p for p in problems if p["action"] == "frame skipped"]
+    skipped = _find(problems, "neutral segment has no readable frames")
+    assert skipped["path"] == str(identity) and skipped["action"] == "identity skipped"
+
+
+def test_wrong_vertex_count_for_all_data_is_one_line(dataset, tmp_path):
+    out = tmp_path / "data"
+    landmarks = str(dataset / "topology" / "landmarks.yaml")
+    args = ["prep", str(dataset), "-o", str(out), "--crop", "none", "--landmarks", landmarks]
+    result = CliRunner().invoke(app, [*args, "--vertices", "100"])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"error: {dataset}: nothing usable" in errors[0]
+    assert not (out / ".partial").exists() and not (out / "manifest.json").exists()
+
+
+def test_symlink_loop_is_a_skipped_frame(dataset, tmp_path):
+    frame = sorted(_speech(_identity(dataset)).glob("*.bin"))[5]
+    frame.unlink()
+    frame.symlink_to(frame.name)  # ELOOP
+    problem = _find(_problems(dataset, tmp_path), "cannot read mesh")
+    assert problem["path"] == str(frame) and problem["action"] == "frame skipped"
+    assert "symbolic links" in problem["message"]
+
+
+def test_segment_that_lost_frames_is_reported(dataset, tmp_path):
+    segment = _speech(_identity(dataset))
+    frames = sorted(segment.glob("*.bin"))
+    for frame in frames[1::2]:
+        frame.unlink()
+    problem = _find(_problems(dataset, tmp_path), "frames listed have no mesh file")
+    assert problem["path"] == str(segment) and problem["action"] == "warning"
+    assert f"{len(frames[1::2])} of {len(frames)}" in problem["message"]
+
+
+@pytest.mark.parametrize("name", ["/tmp/elsewhere", "sub/segment", ".hidden"])
+def test_segment_names_that_are_not_names_are_refused(dataset, tmp_path, name):
+    identity = _identity(dataset)
+    frame_list = identity / "frame_list.txt"
+    own = _speech(identity).name
+    frame_list.write_text(frame_list.read_text().replace(f"{own} ", f"{name} "))
+    problem = _find(_problems(dataset, tmp_path), f"segment name '{name}'")
+    assert problem["path"] == str(frame_list) and problem["action"] == "segment skipped"
+
+
+def _wav(dataset):
+    identity = _identity(dataset)
+    return identity / "audio" / f"{_speech(identity).name}.wav"
+
+
+def test_8_khz_audio_is_a_warning(dataset, tmp_path):
+    wav = _wav(dataset)
+    samples, rate = soundfile.read(wav, dtype="float32")
+    soundfile.write(wav, samples[:: rate // 8000], 8000)
+    problem = _find(_problems(dataset, tmp_path), "recorded at 8000 Hz")
+    assert problem["path"] == str(wav) and problem["action"] == "warning"
+    assert "above 4000 Hz are empty" in problem["message"]
+
+
+def test_audio_much_longer_than_the_frames_is_trimmed(dataset, tmp_path):
+    wav = _wav(dataset)
+    samples, rate = soundfile.read(wav, dtype="float32")
+    noise = np.random.default_rng(0).normal(0, 0.05, 100 * rate).astype(np.float32)
+    soundfile.write(wav, np.concatenate([samples, noise]), rate)
+    problem = _find(_problems(dataset, tmp_path), "only the first")
+    assert problem["path"] == str(wav) and problem["action"] == "warning"
+    segment = tmp_path / "data" / "identities" / _identity(dataset).name / _speech_name(dataset)
+    last_s = float(np.load(segment / "frames.npz")["times_s"][-1])
+    # 0.5 s of silence, the audio up to the end of the last frame's window (0.5 s after it),
+    # 0.5 s of silence: not the 105 s of the file.
+    assert np.load(segment / "mel.npy").shape[0] <= round((last_s + 1.5) * 100) + 2
+
+
+def _speech_name(dataset):
+    return _speech(_identity(dataset)).name
+
+
+def test_stereo_in_antiphase_asks_for_a_channel(dataset, tmp_path):
+    wav = _wav(dataset)
+    samples, rate = soundfile.read(wav, dtype="float32")
+    soundfile.write(wav, np.stack([samples, -samples], axis=1), rate)
+    problem = _find(_problems(dataset, tmp_path), "channels cancel; use --channel")
+    assert problem["path"] == str(wav) and problem["action"] == "segment skipped"
+    out = prep(builtin_prep_config(dataset, tmp_path / "data", channel=1, force=True))
+    assert (out / "identities" / _identity(dataset).name / _speech_name(dataset)).is_dir()
+
+
+def test_synth_onto_an_existing_file_is_one_line(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("mine")
+    result = CliRunner().invoke(app, ["synth", str(target)])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {target}: exists and is not a folder (synth writes a dataset folder)"
+    ]
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("pattern", ["../*", "/abs/*", "a/b/c", ".x"])
+def test_split_patterns_must_be_names(tmp_path, pattern):
+    from meshtalk.pipelines.splits import assign_splits
+
+    splits = tmp_path / "splits.yaml"
+    splits.write_text(f"train: ['{pattern}']\n")
+    with pytest.raises(MeshtalkError, match="is not an 'IDENTITY/SEGMENT'|is not an 'IDENTITY"):
+        assign_splits(splits, {"id": ["SEN_01"]})

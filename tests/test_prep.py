@@ -150,8 +150,8 @@ def test_resume_after_interruption_counts_each_frame_once(
     monkeypatch.setattr(prep_module, "_complete_identity", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         prep(builtin_prep_config(tiny_dataset, out))
-    assert not out.exists()
-    partial = out.with_name("data.partial")
+    assert not (out / "manifest.json").exists()
+    partial = out / ".partial"
     assert len(list(partial.glob("identities/*/identity.json"))) == 1
 
     monkeypatch.setattr(prep_module, "_complete_identity", original)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -279,3 +281,37 @@ def test_the_mel_of_long_audio_is_computed_in_chunks_with_the_same_values():
     for chunk in (7, 64):
         chunked = utterance_mel(samples, 3.2, chunk_frames=chunk)
         assert abs(chunked - whole).max() < 1e-4  # FFT batches may round differently
+
+
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        (np.zeros(16000, np.float32), "audio is silent"),
+        (np.full(100, 0.1, np.float32), "audio lasts 6.2 ms, shorter than one frame (33.3 ms"),
+        (np.zeros(0, np.float32), "audio holds no samples"),
+        (np.array([0.1, np.nan] * 8000, np.float32), "NaN or infinite"),
+        (np.ones((16000, 2), np.float32), "audio must be mono"),
+    ],
+)
+def test_audio_the_models_cannot_animate_is_a_meshtalk_error(samples, message):
+    from meshtalk.models.config import latent_preset
+    from meshtalk.models.encoders import LatentEncoder
+    from meshtalk.pipelines.errors import MeshtalkError
+    from meshtalk.pipelines.features import utterance_audio_codes
+
+    encoder = LatentEncoder(latent_preset("tiny", num_vertices=8)).audio_encoder.eval()
+    with pytest.raises(MeshtalkError, match=re.escape(message)):
+        utterance_audio_codes(encoder, samples, 30, -50, 101)
+
+
+def test_one_frame_of_audio_is_enough_and_none_is_refused_by_the_sampler():
+    from meshtalk.models.config import latent_preset
+    from meshtalk.models.encoders import LatentEncoder
+    from meshtalk.pipelines.features import utterance_audio_codes
+
+    encoder = LatentEncoder(latent_preset("tiny", num_vertices=8)).audio_encoder.eval()
+    model = random_prior(prior_preset("tiny"))
+    codes = utterance_audio_codes(encoder, np.full(534, 0.1, np.float32), 30, -50, 101)
+    assert codes.shape[1] == 1 and PriorSampler(model).sample(codes).shape[1] == 1
+    with pytest.raises(ValueError, match="no frames to sample"):
+        PriorSampler(model).sample(codes[:, :0])
