@@ -36,7 +36,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from meshtalk.pipelines.train_latent import load_config_file
+from meshtalk.pipelines.train.latent import load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"

@@ -48,7 +48,7 @@ FIDELITY_WEIGHT_SCALE = 5.0
 
 def speech(seconds: float) -> np.ndarray:
     """The reference recording at 16 kHz, repeated to `seconds`."""
-    from meshtalk.pipelines.audio_io import load_audio
+    from meshtalk.pipelines.io.audio import load_audio
 
     samples = load_audio(SPEECH)
     repeats = int(np.ceil(seconds * 16000 / samples.size))

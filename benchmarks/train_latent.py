@@ -57,7 +57,7 @@ def audio_encoder_comparison(store: Path, repeats: int) -> dict:
     """Forward + backward time of both audio paths on one training batch (CPU)."""
     from meshtalk.models.config import latent_preset
     from meshtalk.models.encoders import LatentEncoder
-    from meshtalk.pipelines.dataset import PreparedStore, SegmentDataset
+    from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset
 
     prepared = PreparedStore(store)
     encoder = LatentEncoder(latent_preset("release", num_vertices=prepared.num_vertices))

@@ -91,7 +91,7 @@ def synth(
     ] = 0.0,
 ) -> None:
     """Write a procedural talking-face dataset in the Multiface layout, with ground truth."""
-    from meshtalk.pipelines import synth as pipeline
+    from meshtalk.pipelines.data import synth as pipeline
 
     _call(
         pipeline.run,
@@ -164,7 +164,7 @@ def prep(
     ] = False,
 ) -> None:
     """Prepare Multiface data: crop, masks, log-mel, statistics, splits, a memory-mapped store."""
-    from meshtalk.pipelines import prep as pipeline
+    from meshtalk.pipelines.data import prep as pipeline
 
     _call(
         pipeline.run,
@@ -216,8 +216,8 @@ def train_latent(
 
     Several GPUs: torchrun --nproc-per-node N --no-python meshtalk train latent ...
     """
-    from meshtalk.pipelines import train_latent as pipeline
     from meshtalk.pipelines.configs import with_steps
+    from meshtalk.pipelines.train import latent as pipeline
 
     def make_config():
         model, training = (
@@ -268,8 +268,8 @@ def train_prior(
 
     Several GPUs: torchrun --nproc-per-node N --no-python meshtalk train prior ...
     """
-    from meshtalk.pipelines import train_prior as pipeline
     from meshtalk.pipelines.configs import with_steps
+    from meshtalk.pipelines.train import prior as pipeline
 
     def make_config():
         model, training = (

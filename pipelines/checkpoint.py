@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from meshtalk.pipelines import atomic
 from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.io import atomic as atomic
 
 log = logging.getLogger(__name__)
 

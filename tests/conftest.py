@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from meshtalk.pipelines.prep import PrepConfig
-from meshtalk.pipelines.prep import run as prep
-from meshtalk.pipelines.synth import SynthConfig
-from meshtalk.pipelines.synth import run as synth
+from meshtalk.pipelines.data.prep import PrepConfig
+from meshtalk.pipelines.data.prep import run as prep
+from meshtalk.pipelines.data.synth import SynthConfig
+from meshtalk.pipelines.data.synth import run as synth
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 TOPOLOGY = REFERENCE / "meshtalk_topology"

@@ -11,10 +11,10 @@ import soundfile
 from typer.testing import CliRunner
 
 from meshtalk.cli.main import app
+from meshtalk.pipelines.data.prep import run as prep
+from meshtalk.pipelines.data.synth import SynthConfig
+from meshtalk.pipelines.data.synth import run as synth
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.prep import run as prep
-from meshtalk.pipelines.synth import SynthConfig
-from meshtalk.pipelines.synth import run as synth
 
 from .conftest import builtin_prep_config
 
@@ -311,7 +311,7 @@ def test_synth_onto_an_existing_file_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("pattern", ["../*", "/abs/*", "a/b/c", ".x"])
 def test_split_patterns_must_be_names(tmp_path, pattern):
-    from meshtalk.pipelines.splits import assign_splits
+    from meshtalk.pipelines.data.splits import assign_splits
 
     splits = tmp_path / "splits.yaml"
     splits.write_text(f"train: ['{pattern}']\n")

@@ -17,10 +17,10 @@ from meshtalk.models.config import LatentModelConfig
 from meshtalk.models.prior import PriorModelConfig, prior_preset
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.train_latent import load_latent
-from meshtalk.pipelines.train_latent import run as train_latent
-from meshtalk.pipelines.train_prior import TARGETS_FILE, PriorTrainingConfig, TrainPriorConfig
-from meshtalk.pipelines.train_prior import run as train_prior
+from meshtalk.pipelines.train.latent import load_latent
+from meshtalk.pipelines.train.latent import run as train_latent
+from meshtalk.pipelines.train.prior import TARGETS_FILE, PriorTrainingConfig, TrainPriorConfig
+from meshtalk.pipelines.train.prior import run as train_prior
 from tests.test_train_latent import tiny_run
 
 LATENT_YAML = (

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from meshtalk.cli.main import app
-from meshtalk.pipelines.dataset import READABLE_FORMAT, PreparedStore, SegmentDataset
+from meshtalk.pipelines.data.store import READABLE_FORMAT, PreparedStore, SegmentDataset
 from meshtalk.pipelines.errors import MeshtalkError
 
 
@@ -181,7 +181,7 @@ def test_an_intact_store_passes_every_check(tiny_store):
 
 
 def test_the_reader_reads_the_format_prep_writes():
-    from meshtalk.pipelines.prep import STORE_FORMAT
+    from meshtalk.pipelines.data.prep import STORE_FORMAT
 
     assert READABLE_FORMAT == STORE_FORMAT
 

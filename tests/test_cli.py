@@ -10,7 +10,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from meshtalk.cli.main import app
-from meshtalk.pipelines.dataset import PreparedStore
+from meshtalk.pipelines.data.store import PreparedStore
 
 
 def test_help_is_fast_and_lists_commands():

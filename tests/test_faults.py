@@ -18,11 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 from meshtalk.cli.main import app
-from meshtalk.pipelines import prep as prep_module
-from meshtalk.pipelines.prep import OWN_NAMES
-from meshtalk.pipelines.prep import run as prep
-from meshtalk.pipelines.synth import SynthConfig
-from meshtalk.pipelines.synth import run as synth
+from meshtalk.pipelines.data import prep as prep_module
+from meshtalk.pipelines.data.prep import OWN_NAMES
+from meshtalk.pipelines.data.prep import run as prep
+from meshtalk.pipelines.data.synth import SynthConfig
+from meshtalk.pipelines.data.synth import run as synth
 
 from .conftest import builtin_prep_config
 
@@ -31,7 +31,7 @@ from .conftest import builtin_prep_config
 FAULT_SCRIPT = """
 import os, signal, sys, time
 from pathlib import Path
-from meshtalk.pipelines import prep
+from meshtalk.pipelines.data import prep as prep
 from meshtalk.cli.main import main
 
 name, when, nth, action, flag = sys.argv[1:6]

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from meshtalk.cli.main import app
 from meshtalk.pipelines import checkpoint as ckpt
+from meshtalk.pipelines.data.prep import run as prep
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.prep import run as prep
-from meshtalk.pipelines.train_latent import run
+from meshtalk.pipelines.train.latent import run
 from tests.conftest import builtin_prep_config
 from tests.test_train_latent import parameters, tiny_run
 
@@ -83,8 +83,8 @@ def test_run_files_and_checkpoint_folders_follow_the_umask(whole):
 KILL_IN_SWAP = """
 import os, signal, sys
 from pathlib import Path
-from meshtalk.pipelines import atomic
-from meshtalk.pipelines.train_latent import run
+from meshtalk.pipelines.io import atomic as atomic
+from meshtalk.pipelines.train.latent import run
 from tests.test_train_latent import tiny_run
 
 real_replace = os.replace
@@ -139,7 +139,7 @@ def test_resume_with_only_the_old_checkpoint_uses_it(whole, tiny_store, tmp_path
 
 HOLD_LOCK = """
 import sys
-from meshtalk.pipelines import lock
+from meshtalk.pipelines.io import lock as lock
 with lock.exclusive(sys.argv[1], "meshtalk train latent"):
     print("held", flush=True)
     sys.stdin.read()

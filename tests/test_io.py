@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from meshtalk.pipelines.audio_io import load_audio
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.features import AUDIO_WINDOWS, MelConfig, utterance_mel
-from meshtalk.pipelines.mesh_io import (
+from meshtalk.pipelines.io.audio import load_audio
+from meshtalk.pipelines.io.mesh import (
     Mesh,
     read_bin,
     read_mesh,

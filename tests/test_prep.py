@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from meshtalk.pipelines import prep as prep_module
-from meshtalk.pipelines.audio_io import load_audio
-from meshtalk.pipelines.dataset import PreparedStore, SegmentDataset
+from meshtalk.pipelines.data import prep as prep_module
+from meshtalk.pipelines.data.masks import iou, read_mask_dir
+from meshtalk.pipelines.data.prep import PrepConfig
+from meshtalk.pipelines.data.prep import run as prep
+from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset
+from meshtalk.pipelines.data.synth import SynthConfig
+from meshtalk.pipelines.data.synth import run as synth
 from meshtalk.pipelines.features import utterance_mel
-from meshtalk.pipelines.masks import iou, read_mask_dir
-from meshtalk.pipelines.mesh_io import read_mesh
-from meshtalk.pipelines.prep import PrepConfig
-from meshtalk.pipelines.prep import run as prep
-from meshtalk.pipelines.synth import SynthConfig
-from meshtalk.pipelines.synth import run as synth
+from meshtalk.pipelines.io.audio import load_audio
+from meshtalk.pipelines.io.mesh import read_mesh
 
 from .conftest import builtin_prep_config
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from meshtalk.models.prior import ContextModel, PriorModelConfig, prior_preset
 from meshtalk.models.sampler import PriorSampler, int8_rows, quantised, schedule
-from meshtalk.pipelines.train_prior import evaluate
+from meshtalk.pipelines.train.prior import evaluate
 
 
 def random_prior(config: PriorModelConfig, seed: int = 0, scale: float = 3.0) -> ContextModel:

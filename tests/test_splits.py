@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from meshtalk.pipelines.data.splits import assign_splits
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.splits import assign_splits
 
 
 def _segments(identities: int, sentences: int) -> dict[str, list[str]]:

@@ -18,14 +18,14 @@ from meshtalk.cli.main import app
 from meshtalk.models.config import latent_preset
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.train_latent import (
+from meshtalk.pipelines.train.latent import (
     LatentTrainingConfig,
     TrainLatentConfig,
     load_config_file,
     load_latent,
     run,
 )
-from meshtalk.pipelines.training import MetricsLog
+from meshtalk.pipelines.train.loop import MetricsLog
 
 TINY_TRAINING = LatentTrainingConfig(
     steps=4,

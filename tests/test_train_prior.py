@@ -17,8 +17,9 @@ from meshtalk.cli.main import app
 from meshtalk.models.prior import prior_preset
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.train_latent import run as train_latent
-from meshtalk.pipelines.train_prior import (
+from meshtalk.pipelines.train.latent import run as train_latent
+from meshtalk.pipelines.train.loop import MetricsLog
+from meshtalk.pipelines.train.prior import (
     TARGETS_FILE,
     PriorTrainingConfig,
     TrainPriorConfig,
@@ -26,7 +27,6 @@ from meshtalk.pipelines.train_prior import (
     load_prior,
     run,
 )
-from meshtalk.pipelines.training import MetricsLog
 from tests.test_train_latent import _free_port, tiny_run
 
 TINY_PRIOR = PriorTrainingConfig(
@@ -133,7 +133,7 @@ def test_bad_input_is_one_line(latent_run, tiny_store, tmp_path):
 
 
 def test_shipped_prior_configs_load_and_match_the_latent_presets():
-    from meshtalk.pipelines.train_latent import load_config_file as load_latent_config
+    from meshtalk.pipelines.train.latent import load_config_file as load_latent_config
 
     folder = Path(__file__).parents[1] / "examples" / "configs"
     for preset in ("tiny", "release", "paper"):

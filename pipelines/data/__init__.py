@@ -1,1 +1,1 @@
-"""Package data: topology facts shipped with meshtalk."""
+"""The data side: the prepared store and its Dataset, splits, masks, topology, prep, synth."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meshtalk.pipelines.atomic import atomic_path
+from meshtalk.pipelines.io.atomic import atomic_path
 
 
 def save_vertex_maps(path: str | Path, vertices: np.ndarray, maps: dict[str, np.ndarray]) -> None:

@@ -75,7 +75,9 @@ def load_landmarks(spec: str | Path, num_vertices: int) -> dict[str, np.ndarray]
     import yaml
 
     if str(spec) in LANDMARK_PRESETS:
-        text = resources.files("meshtalk.pipelines.data").joinpath(LANDMARK_PRESETS[str(spec)])
+        text = resources.files("meshtalk.pipelines.data.resources").joinpath(
+            LANDMARK_PRESETS[str(spec)]
+        )
         source, raw = f"preset '{spec}'", yaml.safe_load(text.read_text())
     else:
         path = Path(spec)
@@ -226,7 +228,7 @@ def read_mask_dir(directory: str | Path, num_vertices: int) -> dict[str, np.ndar
 
 def write_mask_dir(directory: str | Path, masks: dict[str, np.ndarray]) -> None:
     """Write masks one value per line under the authors' file names."""
-    from meshtalk.pipelines.atomic import write_text_atomic
+    from meshtalk.pipelines.io.atomic import write_text_atomic
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from meshtalk.pipelines.atomic import write_text_atomic
-from meshtalk.pipelines.audio_io import write_wav
-from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.masks import build_masks, read_mask_dir, write_mask_dir
-from meshtalk.pipelines.mesh_io import Mesh, read_mesh, write_bin, write_mesh, write_transform
-from meshtalk.pipelines.topology import (
+from meshtalk.pipelines.data.masks import build_masks, read_mask_dir, write_mask_dir
+from meshtalk.pipelines.data.topology import (
     MESHTALK_NUM_VERTICES,
     MULTIFACE_NUM_VERTICES,
     expand_to_multiface,
     kept_vertices,
 )
+from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.io.atomic import write_text_atomic
+from meshtalk.pipelines.io.audio import write_wav
+from meshtalk.pipelines.io.mesh import Mesh, read_mesh, write_bin, write_mesh, write_transform
 
 log = logging.getLogger(__name__)
 
@@ -500,7 +500,7 @@ def _write_frames(
 
 def run(config: SynthConfig) -> Path:
     """Write the dataset; returns the output directory."""
-    from meshtalk.pipelines.progress import progress_bar
+    from meshtalk.pipelines.io.progress import progress_bar
 
     if config.template is not None:
         base = read_mesh(config.template)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from meshtalk.models.config import MelConfig
-from meshtalk.pipelines.atomic import atomic_path
 from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.io.atomic import atomic_path
 
 MODEL_SAMPLE_RATE = MelConfig.sample_rate
 """Sample rate of everything the model hears."""

@@ -35,14 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from meshtalk.pipelines.atomic import atomic_path, write_text_atomic
+from meshtalk.pipelines.data.masks import MASK_NAMES
+from meshtalk.pipelines.data.topology import CROP_PRESETS, MULTIFACE_NUM_VERTICES, kept_vertices
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.features import AUDIO_WINDOWS, PAD_SECONDS, MelConfig, frame_mel_index
-from meshtalk.pipelines.lock import LOCK_FILE, exclusive
-from meshtalk.pipelines.masks import MASK_NAMES
-from meshtalk.pipelines.pictures import save_vertex_maps
-from meshtalk.pipelines.provenance import versions
-from meshtalk.pipelines.topology import CROP_PRESETS, MULTIFACE_NUM_VERTICES, kept_vertices
+from meshtalk.pipelines.io.atomic import atomic_path, write_text_atomic
+from meshtalk.pipelines.io.lock import LOCK_FILE, exclusive
+from meshtalk.pipelines.io.pictures import save_vertex_maps
+from meshtalk.pipelines.io.provenance import versions
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def _read_frames(
     The hot loop of prep: each file is read straight into a preallocated buffer; a file that is
     not exactly one mesh is re-read by `read_bin` to name its problem.
     """
-    from meshtalk.pipelines.mesh_io import read_bin, read_transform
+    from meshtalk.pipelines.io.mesh import read_bin, read_transform
 
     mesh_dir = os.path.join(identity_dir, "tracked_mesh", task.segment)
     size = num_vertices * 12
@@ -502,8 +502,8 @@ def _segment_mel(
     audio_path: Path, last_frame_s: float, problems: list[Problem], channel: int | None = None
 ) -> np.ndarray:
     """The stored log-mel: the padded utterance up to the last frame's window, no further."""
-    from meshtalk.pipelines.audio_io import read_audio, resample
     from meshtalk.pipelines.features import utterance_mel
+    from meshtalk.pipelines.io.audio import read_audio, resample
 
     if not audio_path.is_file():
         raise MeshtalkError(audio_path, "audio file not found")
@@ -725,8 +725,8 @@ def run(config: PrepConfig) -> Path:
 
 
 def _build(config: PrepConfig, started: float) -> Path:
-    from meshtalk.pipelines.progress import console
-    from meshtalk.pipelines.splits import assign_splits
+    from meshtalk.pipelines.data.splits import assign_splits
+    from meshtalk.pipelines.io.progress import console
 
     identities, problems = discover(config)
     for problem in problems:
@@ -795,7 +795,7 @@ def _execute(
 
     Returns each pending identity's segment problems, in name order.
     """
-    from meshtalk.pipelines.progress import console, progress_bar
+    from meshtalk.pipelines.io.progress import console, progress_bar
 
     remaining = {i.name: sum(1 for t, _ in tasks if t.identity == i.name) for i in pending}
     results: dict[str, list[SegmentResult]] = {i.name: [] for i in pending}
@@ -904,7 +904,7 @@ def _complete_identity(
         reason = f"segments disagree on the vertex count ({sorted(sizes)})"
     if reason is not None:
         problem = Problem(str(identity.path), reason, "identity skipped")
-        from meshtalk.pipelines.progress import console
+        from meshtalk.pipelines.io.progress import console
 
         console.print(problem.line(), markup=False, highlight=False)
         shutil.rmtree(directory, ignore_errors=True)
@@ -991,7 +991,7 @@ def _finish(
 
 
 def _make_masks(config: PrepConfig, template: np.ndarray) -> dict[str, np.ndarray]:
-    from meshtalk.pipelines.masks import build_masks, load_landmarks, read_mask_dir
+    from meshtalk.pipelines.data.masks import build_masks, load_landmarks, read_mask_dir
 
     if config.masks is not None:
         return read_mask_dir(config.masks, len(template))
@@ -1048,7 +1048,7 @@ def _report(
 ) -> None:
     from rich.table import Table
 
-    from meshtalk.pipelines.progress import console
+    from meshtalk.pipelines.io.progress import console
 
     table = Table(title="meshtalk prep", title_justify="left")
     for column in ("identity", "segments", "frames", "skipped frames", "skipped segments"):

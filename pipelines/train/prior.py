@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader, Dataset
 from meshtalk.models.config import LatentModelConfig
 from meshtalk.models.prior import PRIOR_PRESETS, ContextModel, PriorModelConfig
 from meshtalk.pipelines import checkpoint as ckpt
-from meshtalk.pipelines.atomic import atomic_path
 from meshtalk.pipelines.configs import load_model_and_training
-from meshtalk.pipelines.dataset import PreparedStore, SegmentDataset, SegmentRef
+from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset, SegmentRef
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.provenance import file_sha256
-from meshtalk.pipelines.training import (
+from meshtalk.pipelines.io.atomic import atomic_path
+from meshtalk.pipelines.io.provenance import file_sha256
+from meshtalk.pipelines.train.loop import (
     Distributed,
     MetricsLog,
     RunRecord,
@@ -162,8 +162,8 @@ def encode_targets(
 
     Keys: '<identity>/<segment>/codes' and '<identity>/<segment>/audio'.
     """
-    from meshtalk.pipelines.progress import progress_bar
-    from meshtalk.pipelines.train_latent import load_latent
+    from meshtalk.pipelines.io.progress import progress_bar
+    from meshtalk.pipelines.train.latent import load_latent
 
     model, _ = load_latent(latent_dir, device)
     segments = [s for split in splits for s in store.split(split)]

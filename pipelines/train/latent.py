@@ -21,10 +21,10 @@ from meshtalk.models.config import LATENT_PRESETS, LatentModelConfig
 from meshtalk.models.latent import PARTNER_KEYS, LatentAutoencoder, partner_inputs
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.configs import load_model_and_training
-from meshtalk.pipelines.dataset import PreparedStore, SegmentDataset
+from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.metrics import lip_vertex_errors, mean_vertex_error, weighted_mean
-from meshtalk.pipelines.training import (
+from meshtalk.pipelines.eval.metrics import lip_vertex_errors, mean_vertex_error, weighted_mean
+from meshtalk.pipelines.train.loop import (
     Distributed,
     MetricsLog,
     RunRecord,
@@ -420,7 +420,7 @@ def evaluate(
 @torch.no_grad()
 def _save_error_map(model, batches, store, window, device, path: Path) -> None:
     """Per-vertex validation error (mean over frames) on the first validation template."""
-    from meshtalk.pipelines.pictures import save_vertex_maps
+    from meshtalk.pipelines.io.pictures import save_vertex_maps
 
     model.eval()
     errors, count = None, 0

@@ -48,7 +48,7 @@ def kept_vertices(crop: str | Path, num_vertices: int) -> np.ndarray | None:
         return None
     if str(crop) == "meshtalk":
         source = "multiface_to_meshtalk_removed_vertices.txt"
-        text = resources.files("meshtalk.pipelines.data").joinpath(source).read_text()
+        text = resources.files("meshtalk.pipelines.data.resources").joinpath(source).read_text()
         if num_vertices != MULTIFACE_NUM_VERTICES:
             raise MeshtalkError(
                 None,

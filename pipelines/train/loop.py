@@ -20,10 +20,10 @@ import torch.distributed as torch_dist
 from torch.utils.data import Sampler
 
 from meshtalk.pipelines import checkpoint as ckpt
-from meshtalk.pipelines import lock
-from meshtalk.pipelines.atomic import write_text_atomic
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.provenance import file_sha256, git_commit, versions
+from meshtalk.pipelines.io import lock as lock
+from meshtalk.pipelines.io.atomic import write_text_atomic
+from meshtalk.pipelines.io.provenance import file_sha256, git_commit, versions
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -161,7 +161,7 @@ class MetricsLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from meshtalk.pipelines.atomic import atomic_path
+        from meshtalk.pipelines.io.atomic import atomic_path
 
         series: dict[str, tuple[list[int], list[float]]] = {}
         for row in self.read(self.path):
@@ -336,7 +336,7 @@ def training_progress(description: str, total: int, completed: int, enabled: boo
     """A progress bar over steps that also shows the latest losses."""
     from rich.progress import TextColumn
 
-    from meshtalk.pipelines.progress import progress_bar
+    from meshtalk.pipelines.io.progress import progress_bar
 
     with progress_bar(TextColumn("{task.fields[losses]}"), disable=not enabled) as bar:
         task = bar.add_task(description, total=total, completed=completed, losses="")

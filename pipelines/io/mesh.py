@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from meshtalk.pipelines.atomic import atomic_path
 from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.io.atomic import atomic_path
 
 MESH_SUFFIXES = (".ply", ".obj")
 

@@ -1,0 +1,1 @@
+"""Package data: landmark presets and the Multiface crop."""

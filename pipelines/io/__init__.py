@@ -1,0 +1,1 @@
+"""Files in and out: meshes, audio, atomic writes, locks, pictures, provenance."""

@@ -1,0 +1,1 @@
+"""The two training stages and the step loop they share."""
