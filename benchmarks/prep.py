@@ -1,8 +1,9 @@
 """Throughput and peak memory of `meshtalk prep` on synthetic 7306-vertex Multiface data.
 
 Makes two datasets (about 5k and 25k frames by default) with `meshtalk synth --multiface-topology`
-on the MeshTalk template, prepares each with `meshtalk prep --crop meshtalk`, and reports frames
-per second and the peak resident memory of prep's whole process tree (sampled every 20 ms).
+on the MeshTalk template, prepares each with plain `meshtalk prep` (which chooses the 'meshtalk'
+crop for the 7306-vertex meshes and the dataset's own masks), and reports frames per second and
+the peak resident memory of prep's whole process tree (sampled every 20 ms).
 
     python benchmarks/prep.py [--workers 2] [--json results.json]
 """

@@ -36,6 +36,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from meshtalk.pipelines.checkpoint import load_run
 from meshtalk.pipelines.train.latent import load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,9 +183,7 @@ def main() -> None:
             ]
         )  # fmt: skip
         prior = {name: prior_figures(run) for name, run in priors.items()}
-        classes = json.loads((work / "cross" / "latent" / "encoder" / "config.json").read_text())[
-            "model"
-        ]["classes"]
+        classes = load_run(work / "cross", prior=False).latent.config.classes
 
     table = Table(title=f"Stage 1, tiny preset, {args.steps} steps (validation, argmax codes)")
     for column in ("run", "recon. step 0 mm", "recon. end mm", "fall", "LVE mm",

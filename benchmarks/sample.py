@@ -68,9 +68,9 @@ def models(preset: str, device: torch.device):
 
 def audio_codes(encoder, samples: np.ndarray, device: torch.device) -> torch.Tensor:
     """Waveform -> (1, T, D) audio codes at 30 fps, the convolutions run once (1 s windows)."""
-    from meshtalk.pipelines.features import utterance_audio_codes
+    from meshtalk.pipelines.frontend import AudioFrontEnd
 
-    return utterance_audio_codes(encoder, samples, FPS, -50, 101)
+    return AudioFrontEnd(fps=FPS).audio_codes(encoder, samples)
 
 
 def synchronise(device: torch.device) -> None:

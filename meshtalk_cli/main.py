@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from meshtalk.pipelines.data.layout import NEUTRAL_SEGMENT
+
 app = typer.Typer(
     name="meshtalk",
     help="Speech-driven 3D face animation with MeshTalk: data preparation, training and sampling.",
@@ -120,18 +122,22 @@ def prep(
         Path, typer.Option("--output", "-o", help="Directory of the prepared store.")
     ],
     crop: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Vertex crop: 'meshtalk' (7306 -> 6172), 'none', or a file of indices to remove."
+            help="Vertex crop: 'meshtalk' (7306 -> 6172), 'none', or a file of indices to remove "
+            "(default: 'meshtalk' for 7306-vertex Multiface meshes, else 'none')."
         ),
-    ] = "meshtalk",
+    ] = None,
     vertices: Annotated[
         int | None,
-        typer.Option(help="Vertices per tracked mesh [default: from vert_mean.bin, else 7306]."),
+        typer.Option(help="Vertices per tracked mesh (default: from vert_mean.bin, else 7306)."),
     ] = None,
     landmarks: Annotated[
         str | None,
-        typer.Option(help="Landmark preset or YAML file to build masks from [default: meshtalk]."),
+        typer.Option(
+            help="Landmark preset or YAML file to build masks from (default: the dataset's own "
+            "topology/ when it fits, else the 'meshtalk' preset for the 'meshtalk' crop)."
+        ),
     ] = None,
     masks: Annotated[
         Path | None, typer.Option(help="Take masks from this directory instead.")
@@ -148,12 +154,12 @@ def prep(
     ] = "paper",
     neutral_segment: Annotated[
         str, typer.Option(help="Segment that gives the neutral template.")
-    ] = "E001_Neutral_Eyes_Open",
+    ] = NEUTRAL_SEGMENT,
     workers: Annotated[int, typer.Option(help="Processes to use.")] = 1,
     channel: Annotated[
         int | None,
         typer.Option(
-            help="Audio channel to use (0 = first) [default: the average of all channels]."
+            help="Audio channel to use, 0 = first (default: the average of all channels)."
         ),
     ] = None,
     force: Annotated[
@@ -190,54 +196,73 @@ train_app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 
+# The options both training stages take, declared once.
+DataOption = Annotated[Path, typer.Option(help="Prepared store (meshtalk prep).")]
+RunOption = Annotated[Path, typer.Option("--output", "-o", help="Run directory.")]
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Both models' sizes and both stages' training: release (the authors' H=16 x C=128), "
+        "paper (H=64) or tiny (a CPU demo); by default the one --config names, else release."
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="YAML overriding fields of the preset: 'model:' and 'train:' sections, optionally "
+        "'preset:' (see examples/configs/)."
+    ),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+ResumeOption = Annotated[
+    bool,
+    typer.Option(help="Continue the run in --output from its checkpoint (start it if none)."),
+]
+StepsOption = Annotated[
+    int | None, typer.Option(help="Train this many steps in all (overrides the preset).")
+]
+ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
+
+
+def _train(stage: str, preset: str | None, config: Path | None, steps: int | None, **run) -> None:
+    """Resolve a stage's settings (preset, YAML overrides, --steps) and run it.
+
+    `run` holds the stage's own options (data, output, device, ...), passed to its config as they
+    are.
+    """
+    from meshtalk.pipelines.presets import stage_settings
+
+    if stage == "latent":
+        from meshtalk.pipelines.train.latent import TrainLatentConfig as Config
+        from meshtalk.pipelines.train.latent import run as pipeline
+    else:
+        from meshtalk.pipelines.train.prior import TrainPriorConfig as Config
+        from meshtalk.pipelines.train.prior import run as pipeline
+
+    def make_config():
+        model, training = stage_settings(stage, preset, config, steps)
+        return Config(model=model, training=training, **run)
+
+    _call(pipeline, make_config)
+
 
 @train_app.command("latent")
 def train_latent(
-    data: Annotated[Path, typer.Option(help="Prepared store (meshtalk prep).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory.")],
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            help="YAML with 'model:' (preset and overrides) and 'train:' sections, e.g. "
-            "examples/configs/latent-tiny.yaml [default: the release's settings]."
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    resume: Annotated[
-        bool,
-        typer.Option(help="Continue the run in --output from its checkpoint (start it if none)."),
-    ] = False,
-    steps: Annotated[
-        int | None, typer.Option(help="Train this many steps in all (overrides the config).")
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    data: DataOption,
+    output: RunOption,
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    device: DeviceOption = "auto",
+    resume: ResumeOption = False,
+    steps: StepsOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Stage 1: encoders, Gumbel quantiser and vertex decoder with the cross-modality loss.
 
     Several GPUs: torchrun --nproc-per-node N --no-python meshtalk train latent ...
     """
-    from meshtalk.pipelines.configs import with_steps
-    from meshtalk.pipelines.train import latent as pipeline
-
-    def make_config():
-        model, training = (
-            pipeline.load_config_file(config)
-            if config is not None
-            else (pipeline.LATENT_PRESETS["release"], pipeline.LatentTrainingConfig())
-        )
-        if steps is not None:
-            training = with_steps(training, steps)
-        return pipeline.TrainLatentConfig(
-            data=data,
-            output=output,
-            model=model,
-            training=training,
-            device=device,
-            resume=resume,
-            progress=progress,
-        )
-
-    _call(pipeline.run, make_config)
+    options = dict(device=device, resume=resume, progress=progress)
+    _train("latent", preset, config, steps, data=data, output=output, **options)
 
 
 @train_app.command("prior")
@@ -245,52 +270,21 @@ def train_prior(
     latent: Annotated[
         Path, typer.Option(help="Stage-1 run directory (meshtalk train latent -o ...).")
     ],
-    data: Annotated[Path, typer.Option(help="Prepared store (meshtalk prep).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory.")],
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            help="YAML with 'model:' (preset and overrides) and 'train:' sections, e.g. "
-            "examples/configs/prior-tiny.yaml [default: the release's settings]."
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    resume: Annotated[
-        bool,
-        typer.Option(help="Continue the run in --output from its checkpoint (start it if none)."),
-    ] = False,
-    steps: Annotated[
-        int | None, typer.Option(help="Train this many steps in all (overrides the config).")
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    data: DataOption,
+    output: RunOption,
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    device: DeviceOption = "auto",
+    resume: ResumeOption = False,
+    steps: StepsOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Stage 2: the audio-conditioned autoregressive prior over the frozen stage-1 codes.
 
     Several GPUs: torchrun --nproc-per-node N --no-python meshtalk train prior ...
     """
-    from meshtalk.pipelines.configs import with_steps
-    from meshtalk.pipelines.train import prior as pipeline
-
-    def make_config():
-        model, training = (
-            pipeline.load_config_file(config)
-            if config is not None
-            else (pipeline.PRIOR_PRESETS["release"], pipeline.PriorTrainingConfig())
-        )
-        if steps is not None:
-            training = with_steps(training, steps)
-        return pipeline.TrainPriorConfig(
-            latent=latent,
-            data=data,
-            output=output,
-            model=model,
-            training=training,
-            device=device,
-            resume=resume,
-            progress=progress,
-        )
-
-    _call(pipeline.run, make_config)
+    options = dict(device=device, resume=resume, progress=progress)
+    _train("prior", preset, config, steps, latent=latent, data=data, output=output, **options)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ SIZE_LIMITS = {
     "classes": 4096,
     "audio_channels": 4096,
     "audio_kernel": 64,
+    "audio_window_frames": 100_000,
     "code_dim": 4096,
     "expression_hidden": 8192,
     "fusion_hidden": 8192,
@@ -99,6 +100,10 @@ class LatentModelConfig:
     """Dilations of the residual audio convolutions after the first one."""
     audio_dropout: float = 0.2
     """Dropout after each residual audio convolution in training."""
+    audio_window_frames: int = 101
+    """W, mel frames of each frame's audio window (the audio front end's `window_frames`: 101
+    for the release's 1 s window, 61 for the paper's 600 ms), at least the audio receptive
+    field. Set from the prepared data when training."""
     mel_mean: float | None = None
     """Log-mel is standardised as (mel - mel_mean) / mel_std before the first convolution. None:
     taken from the training data when training starts (raw log-mel, 0 and 1, is what the
@@ -143,6 +148,11 @@ class LatentModelConfig:
                 f"expression_input must be one of {', '.join(EXPRESSION_INPUTS)}, got "
                 f"{self.expression_input!r}"
             )
+        if not problems and self.audio_window_frames < self.audio_receptive_field:
+            problems.append(
+                f"audio_window_frames {self.audio_window_frames} is shorter than the audio "
+                f"encoder's receptive field of {self.audio_receptive_field} mel frames"
+            )
         if self.mel_std is not None and self.mel_std <= 0:
             problems.append(f"mel_std must be positive, got {self.mel_std}")
         if not 0.0 <= self.audio_dropout < 1.0:
@@ -174,9 +184,17 @@ class LatentModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> LatentModelConfig:
-        """From a saved config.json's `model` mapping; unknown keys are a ValueError."""
+    def from_dict(cls, values: dict, audio_window_frames: int | None = None) -> LatentModelConfig:
+        """From a saved config.json's `model` mapping; unknown keys are a ValueError.
+
+        Args:
+            values: the mapping.
+            audio_window_frames: the window length for a mapping written before the field existed
+                (the component's `audio_window.mel_frames`); without either, the default 101.
+        """
         values = dict(values)
+        if audio_window_frames is not None:
+            values.setdefault("audio_window_frames", audio_window_frames)
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown key {', '.join(map(repr, unknown))}")

@@ -19,7 +19,7 @@ def leaky(x: torch.Tensor, slope: float) -> torch.Tensor:
 
 
 class AudioEncoder(nn.Module):
-    """Log-mel windows -> one audio code per frame.
+    """Log-mel windows of `window` mel frames -> one audio code per frame.
 
     A stack of 'valid' 1-D convolutions over mel time, each residual layer averaged with its
     centre-cropped input, then a mean over the remaining time steps and a linear code. The stack is
@@ -37,12 +37,17 @@ class AudioEncoder(nn.Module):
         code_dim: int,
         dropout: float,
         slope: float,
+        window: int,
         mel_mean: float = 0.0,
         mel_std: float = 1.0,
     ) -> None:
         super().__init__()
         self.mel_config, self.dropout, self.slope = mel, dropout, slope
         self.mel_mean, self.mel_std = mel_mean, mel_std
+        # Not used here: log-mel is computed by the audio front end (meshtalk.pipelines.frontend),
+        # the one implementation. The module stays for its buffers, which carry the authors'
+        # checkpoint names audio_encoder.melspec.spectrogram.window and
+        # audio_encoder.melspec.mel_scale.fb (SPEC section 7), so their encoder.pkl loads as is.
         self.melspec = torchaudio.transforms.MelSpectrogram(
             sample_rate=mel.sample_rate,
             n_fft=mel.n_fft,
@@ -56,11 +61,12 @@ class AudioEncoder(nn.Module):
         )
         self.code = nn.Linear(channels, code_dim)
         self.receptive_field = 1 + (kernel - 1) * (1 + sum(dilations))
-
-    def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
-        """(..., N) 16 kHz audio -> (..., M, n_mels) log power mel (centred frames, 10 ms hop)."""
-        power = self.melspec(waveform)
-        return torch.log(power.clamp_min(self.mel_config.log_floor)).transpose(-1, -2)
+        self.window = window
+        if window < self.receptive_field:
+            raise ValueError(
+                f"audio window of {window} mel frames is shorter than the audio encoder's "
+                f"receptive field of {self.receptive_field}"
+            )
 
     def features(self, mel: torch.Tensor) -> torch.Tensor:
         """(N, n_mels, L) log-mel -> (N, channels, L - receptive_field + 1).
@@ -79,17 +85,18 @@ class AudioEncoder(nn.Module):
         """Reference path: encode every frame's window separately.
 
         Args:
-            windows: (B, T, n_mels, W) log-mel window of each frame, W >= receptive_field.
+            windows: (B, T, n_mels, W) log-mel window of each frame, W = `window`.
 
         Returns:
             (B, T, code_dim) audio codes.
         """
         b, t, n_mels, w = windows.shape
-        self._check_window(w)
+        if w != self.window:
+            raise ValueError(f"windows of {w} mel frames given to an encoder of {self.window}")
         pooled = self.features(windows.reshape(b * t, n_mels, w)).mean(dim=-1)
         return self.code(pooled).view(b, t, -1)
 
-    def encode_span(self, mel: torch.Tensor, starts: torch.Tensor, window: int) -> torch.Tensor:
+    def encode_span(self, mel: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
         """Fast path: one convolution pass over a mel span, each frame's window pooled from it.
 
         Equal to `forward` on the windows mel[starts[k] : starts[k] + window] (up to float
@@ -98,26 +105,17 @@ class AudioEncoder(nn.Module):
         Args:
             mel: (B, L, n_mels) log-mel holding every window.
             starts: (B, T) int64, first mel frame of each frame's window in `mel`.
-            window: W, mel frames per window.
 
         Returns:
             (B, T, code_dim) audio codes.
         """
-        self._check_window(window)
         features = self.features(mel.transpose(1, 2))  # (B, C, L - R + 1)
-        outputs_per_window = window - self.receptive_field + 1
+        outputs_per_window = self.window - self.receptive_field + 1
         if outputs_per_window > 1:
             features = F.avg_pool1d(features, outputs_per_window, stride=1)
         index = starts.unsqueeze(1).expand(-1, features.shape[1], -1)
         pooled = torch.gather(features, 2, index).transpose(1, 2)  # (B, T, C)
         return self.code(pooled)
-
-    def _check_window(self, window: int) -> None:
-        if window < self.receptive_field:
-            raise ValueError(
-                f"audio window of {window} mel frames is shorter than the audio encoder's "
-                f"receptive field of {self.receptive_field}"
-            )
 
 
 class ExpressionEncoder(nn.Module):
@@ -191,6 +189,7 @@ class LatentEncoder(nn.Module):
             code_dim=config.code_dim,
             dropout=config.audio_dropout,
             slope=config.leaky_slope,
+            window=config.audio_window_frames,
             mel_mean=0.0 if config.mel_mean is None else config.mel_mean,
             mel_std=1.0 if config.mel_std is None else config.mel_std,
         )
@@ -215,9 +214,8 @@ class LatentEncoder(nn.Module):
         template: torch.Tensor,
         mel: torch.Tensor,
         mel_starts: torch.Tensor,
-        window: int,
     ) -> torch.Tensor:
         """(B, T, V, 3) meshes of a face with neutral template (B, V, 3) and their audio span
-        -> (B, T, H, C) log-probabilities."""
-        audio_code = self.audio_encoder.encode_span(mel, mel_starts, window)
+        (see `AudioEncoder.encode_span`) -> (B, T, H, C) log-probabilities."""
+        audio_code = self.audio_encoder.encode_span(mel, mel_starts)
         return self.fusion_model(self.expression_encoder(vertices, template), audio_code)

@@ -78,11 +78,10 @@ class LatentAutoencoder(nn.Module):
         template: torch.Tensor,
         mel: torch.Tensor,
         mel_starts: torch.Tensor,
-        window: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(expression codes, audio codes), each (B, T, code_dim), of meshes (B, T, V, 3) of a
         face with neutral template (B, V, 3) and their mel span (see AudioEncoder.encode_span)."""
-        audio = self.encoder.audio_encoder.encode_span(mel, mel_starts, window)
+        audio = self.encoder.audio_encoder.encode_span(mel, mel_starts)
         return self.encoder.expression_encoder(vertices, template), audio
 
     def decode(
@@ -102,7 +101,6 @@ class LatentAutoencoder(nn.Module):
         self,
         batch: dict[str, torch.Tensor],
         masks: dict[str, torch.Tensor],
-        window: int,
         gumbel: torch.Tensor | None = None,
         cross_modality: bool = True,
         upper_face_weight: float = 1.0,
@@ -114,7 +112,6 @@ class LatentAutoencoder(nn.Module):
                 (B, T), and the cross-modality partner's partner_vertices, partner_template,
                 partner_mel, partner_mel_starts (another segment of the same length).
             masks: mouth, upper_face and eyelids, each (V,).
-            window: mel frames per audio window.
             gumbel: (3, B, T, H, C) Gumbel noise for the three decodings, or None to draw it.
             cross_modality: add the two cross-modality terms; otherwise plain reconstruction.
             upper_face_weight: weight of eyelids and upper_face_from_expression in the total
@@ -127,14 +124,14 @@ class LatentAutoencoder(nn.Module):
         """
         noise = [None] * 3 if gumbel is None else gumbel.unbind(0)
         target, template = batch["vertices"], batch["template"]
-        expression, audio = self.codes(target, template, batch["mel"], batch["mel_starts"], window)
+        expression, audio = self.codes(target, template, batch["mel"], batch["mel_starts"])
         prediction = self.decode(template, expression, audio, noise[0])
         losses = {
             "reconstruction": squared_error(prediction, target).mean(),
             "eyelids": masked_error(prediction, target, masks["eyelids"]),
         }
         if cross_modality:
-            other_expression, other_audio = self.codes(*partner_inputs(batch), window)
+            other_expression, other_audio = self.codes(*partner_inputs(batch))
             own_audio = self.decode(template, other_expression, audio, noise[1])
             own_expression = self.decode(template, expression, other_audio, noise[2])
             losses["mouth_from_audio"] = masked_error(own_audio, target, masks["mouth"])

@@ -64,29 +64,51 @@ def raise_problems(path: Path, problems: list[str]) -> None:
         raise MeshtalkError(path, "; ".join(problems))
 
 
-def load_model_and_training(
-    path: Path, presets: dict[str, Any], model_type: type, training_type: type[T]
+def load_overrides(
+    path: Path,
+    presets: dict[str, tuple[Any, Any]],
+    model_type: type,
+    training_type: type[T],
+    preset: str | None = None,
 ) -> tuple[Any, T]:
-    """Read a YAML file with `model:` (a preset and fields of it to replace) and `train:`."""
+    """A preset's (model, training) with a YAML file's `model:` and `train:` fields replaced.
+
+    The file may name its preset (`preset: tiny`, or `model: {preset: tiny}` as files written
+    before presets lived in code do); `preset` (from --preset) wins when the file names none and
+    must agree with it otherwise. Every bad section, key or value is one part of one error.
+    """
     data = read_yaml(path)
     problems = [
-        f"{key}: unknown section (known: model, train)"
+        f"{key}: unknown section (known: preset, model, train)"
         for key in data
-        if key not in ("model", "train")
+        if key not in ("preset", "model", "train")
     ]
     model_values = data.get("model") or {}
     if not isinstance(model_values, dict):
         problems.append(f"model: must be a mapping, got {model_values!r}")
         model_values = {}
     model_values = dict(model_values)
-    preset = model_values.pop("preset", "release")
-    model = None
-    if preset not in presets:
-        problems.append(f"model.preset: unknown preset '{preset}' (known: {', '.join(presets)})")
+    named = {data[k] for k in ("preset",) if k in data}
+    if "preset" in model_values:
+        named.add(model_values.pop("preset"))
+    chosen = preset or (next(iter(named)) if len(named) == 1 else "release")
+    if len(named) > 1:
+        problems.append(f"preset: the file names two presets ({', '.join(map(str, named))})")
+    elif named and preset is not None and named != {preset}:
+        problems.append(f"preset: the file names '{next(iter(named))}' but --preset is '{preset}'")
+    if chosen not in presets:
+        problems.append(f"preset: unknown preset '{chosen}' (known: {', '.join(presets)})")
+        chosen = next(iter(presets))  # the sections are still checked, so every problem is named
+    base_model, base_training = presets[chosen]
+    model = parse_section(model_type, {**asdict(base_model), **model_values}, "model", problems)
+    training = None
+    train_values = data.get("train")
+    if train_values is not None and not isinstance(train_values, dict):
+        problems.append(f"train: must be a mapping, got {train_values!r}")
     else:
-        base = asdict(presets[preset])
-        model = parse_section(model_type, {**base, **model_values}, "model", problems)
-    training = parse_section(training_type, data.get("train"), "train", problems)
+        training = parse_section(
+            training_type, {**asdict(base_training), **(train_values or {})}, "train", problems
+        )
     raise_problems(path, problems)
     return model, training
 

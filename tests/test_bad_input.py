@@ -159,7 +159,8 @@ def test_nothing_usable_exits_non_zero_with_one_line(dataset, tmp_path):
             ["prep", "{root}", "-o", "{out}", "--crop", "meshtalk"],
             "crop 'meshtalk' needs 7306-vertex",
         ),
-        (["prep", "{root}", "-o", "{out}", "--crop", "none"], "masks need --landmarks"),
+        (["prep", "{bare}", "-o", "{out}", "--crop", "none"], "masks need --landmarks"),
+        (["prep", "{bare}", "-o", "{out}"], "masks need --landmarks"),
         (["synth", "{out}", "--identities", "0"], "--identities must be at least 1"),
         (["synth", "{out}", "--expression-drift", "2"], "--expression-drift must be in [0, 1]"),
         (
@@ -169,7 +170,14 @@ def test_nothing_usable_exits_non_zero_with_one_line(dataset, tmp_path):
     ],
 )
 def test_cli_errors_are_one_line(dataset, tmp_path, args, message):
-    values = {"root": dataset, "out": tmp_path / "out", "missing": tmp_path / "nope.obj"}
+    if "{bare}" in args:  # a dataset without its own topology/: nothing to build masks from
+        shutil.rmtree(dataset / "topology")
+    values = {
+        "root": dataset,
+        "bare": dataset,
+        "out": tmp_path / "out",
+        "missing": tmp_path / "nope.obj",
+    }
     result = CliRunner().invoke(app, [a.format(**values) for a in args])
     assert result.exit_code != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

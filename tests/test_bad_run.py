@@ -17,17 +17,13 @@ from meshtalk.models.config import LatentModelConfig
 from meshtalk.models.prior import PriorModelConfig, prior_preset
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.train.latent import load_latent
 from meshtalk.pipelines.train.latent import run as train_latent
-from meshtalk.pipelines.train.prior import TARGETS_FILE, PriorTrainingConfig, TrainPriorConfig
+from meshtalk.pipelines.train.prior import PriorTrainingConfig, TrainPriorConfig
 from meshtalk.pipelines.train.prior import run as train_prior
-from tests.test_train_latent import tiny_run
+from meshtalk.pipelines.train.targets import TARGETS_FILE
+from tests.test_train_latent import tiny_run, tiny_yaml
 
-LATENT_YAML = (
-    "model: {preset: tiny, audio_dropout: 0.0}\n"
-    "train: {steps: 2, batch_size: 2, frames: 8, lr: 1.0e-3, val_every: 2, val_segments: 2,"
-    " checkpoint_every: 2, log_every: 1, data_workers: 0}\n"
-)
+LATENT_YAML = tiny_yaml(steps=2)  # the settings of the latent_run fixture
 PRIOR_YAML = (
     "model: {preset: tiny}\n"
     "train: {steps: 1, batch_size: 2, frames: 8, lr: 1.0e-3, val_every: 1, checkpoint_every: 1,"
@@ -78,7 +74,7 @@ def test_component_config_with_an_unknown_key(latent_run, tiny_store, tmp_path, 
     line = first_error_line(train_prior_cli(copy, tiny_store, tmp_path / "p", configs["prior"]))
     assert line.startswith(f"error: {path}: model: unknown key 'colour' (known: ")
     with pytest.raises(MeshtalkError, match="unknown key 'colour'"):
-        load_latent(copy / "latent")
+        ckpt.load_run(copy / "latent")
     assert not (tmp_path / "p").exists()
 
 

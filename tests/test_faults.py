@@ -18,25 +18,27 @@ import pytest
 from typer.testing import CliRunner
 
 from meshtalk.cli.main import app
-from meshtalk.pipelines.data import prep as prep_module
-from meshtalk.pipelines.data.prep import OWN_NAMES
+from meshtalk.pipelines.data.prep import OWN_NAMES, build, discover, segments
 from meshtalk.pipelines.data.prep import run as prep
+from meshtalk.pipelines.data.prep.config import SegmentResult
 from meshtalk.pipelines.data.synth import SynthConfig
 from meshtalk.pipelines.data.synth import run as synth
 
 from .conftest import builtin_prep_config
 
-# Runs `meshtalk ARGS...` with one prep function wrapped: on its Nth call, before or after it,
-# the process pauses (until a file appears), is killed (-9), or gets Ctrl-C (its whole group).
+# Runs `meshtalk ARGS...` with one prep function wrapped ('MODULE.NAME' inside the prep package):
+# on its Nth call, before or after it, the process pauses (until a file appears), is killed (-9),
+# or gets Ctrl-C (its whole group).
 FAULT_SCRIPT = """
-import os, signal, sys, time
+import importlib, os, signal, sys, time
 from pathlib import Path
-from meshtalk.pipelines.data import prep as prep
 from meshtalk.cli.main import main
 
-name, when, nth, action, flag = sys.argv[1:6]
+where, when, nth, action, flag = sys.argv[1:6]
+module_name, name = where.rsplit(".", 1)
+module = importlib.import_module("meshtalk.pipelines.data.prep." + module_name)
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
-original, calls = getattr(prep, name), []
+original, calls = getattr(module, name), []
 
 def act():
     if action == "kill":
@@ -58,7 +60,7 @@ def wrapper(*args, **kwargs):
         act()
     return result
 
-setattr(prep, name, wrapper)
+setattr(module, name, wrapper)
 sys.argv = ["meshtalk", *sys.argv[6:]]
 main()
 """
@@ -194,7 +196,9 @@ def test_segment_names_from_frame_list_stay_inside(dataset, tmp_path, missing_au
 
 def test_two_writers_lock_out(tiny_dataset, tiny_store, tmp_path):
     out, flag = tmp_path / "data", tmp_path / "go"
-    first = _with_fault(tiny_dataset, out, "_complete_identity", "after", 1, "pause", flag=flag)
+    first = _with_fault(
+        tiny_dataset, out, "build._complete_identity", "after", 1, "pause", flag=flag
+    )
     try:
         deadline = time.monotonic() + 120
         while not Path(f"{flag}.ready").exists():
@@ -218,11 +222,11 @@ def test_two_writers_lock_out(tiny_dataset, tiny_store, tmp_path):
 @pytest.mark.parametrize(
     ("name", "when", "nth"),
     [
-        ("_complete_identity", "after", 2),  # two identities done
-        ("_swap_in", "before", 1),  # the finished store still in .partial
-        ("_move", "before", 2),  # the old manifest moved aside, nothing else
-        ("_move", "before", 9),  # half of the new store moved in
-        ("_move", "after", 12),  # the new manifest in place, the old store not yet deleted
+        ("build._complete_identity", "after", 2),  # two identities done
+        ("output.swap_in", "before", 1),  # the finished store still in .partial
+        ("output.move", "before", 2),  # the old manifest moved aside, nothing else
+        ("output.move", "before", 9),  # half of the new store moved in
+        ("output.move", "after", 12),  # the new manifest in place, the old store not yet deleted
     ],
 )
 def test_kill_9_during_force_then_rerun(
@@ -246,7 +250,7 @@ def test_kill_9_during_force_then_rerun(
 
 def test_kill_9_on_a_first_run_resumes_without_force(tiny_dataset, tiny_store, tmp_path):
     out = tmp_path / "data"
-    killed = _with_fault(tiny_dataset, out, "_complete_identity", "after", 1, "kill")
+    killed = _with_fault(tiny_dataset, out, "build._complete_identity", "after", 1, "kill")
     killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL and not (out / "manifest.json").exists()
     result = _cli(tiny_dataset, out)
@@ -258,7 +262,7 @@ def test_ctrl_c_with_workers_then_rerun_is_byte_identical(tiny_dataset, tmp_path
     reference = prep(builtin_prep_config(tiny_dataset, tmp_path / "reference", workers=2))
     out = tmp_path / "data"
     stopped = _with_fault(
-        tiny_dataset, out, "_complete_identity", "after", 1, "interrupt", "--workers", "2"
+        tiny_dataset, out, "build._complete_identity", "after", 1, "interrupt", "--workers", "2"
     )
     _, stderr = stopped.communicate(timeout=300)
     assert stopped.returncode == 130, stderr
@@ -271,22 +275,22 @@ def test_ctrl_c_with_workers_then_rerun_is_byte_identical(tiny_dataset, tmp_path
 
 
 def test_statistics_do_not_depend_on_completion_order(tiny_dataset, tmp_path):
-    identities, _ = prep_module.discover(builtin_prep_config(tiny_dataset, tmp_path / "x"))
+    identities, _ = discover.discover(builtin_prep_config(tiny_dataset, tmp_path / "x"))
     identity = identities[0]
     rng = np.random.default_rng(0)
-    results = [prep_module.SegmentResult(identity.name, "neutral", "neutral", frames=3)]
+    results = [SegmentResult(identity.name, "neutral", "neutral", frames=3)]
     results[0].template = rng.normal(size=(5, 3)).astype(np.float32)
     results[0].num_vertices = 5
     for k in range(6):
         frames = (rng.normal(size=(int(rng.integers(3, 40)), 5, 3)) * 10**k).astype(np.float32)
-        result = prep_module.SegmentResult(identity.name, f"SEN_{k}", "speech", frames=len(frames))
-        result.stats, result.num_vertices = prep_module.segment_moments(frames), 5
+        result = SegmentResult(identity.name, f"SEN_{k}", "speech", frames=len(frames))
+        result.stats, result.num_vertices = segments.segment_moments(frames), 5
         results.append(result)
     config = builtin_prep_config(tiny_dataset, tmp_path / "x")
     saved = []
     for order in (results, results[::-1], results[2:] + results[:2]):
         partial = tmp_path / f"order{len(saved)}"
-        prep_module._complete_identity(identity, list(order), config, partial)
+        build._complete_identity(identity, list(order), config, partial)
         saved.append((partial / "identities" / identity.name / "stats.npz").read_bytes())
     assert saved[0] == saved[1] == saved[2]
 

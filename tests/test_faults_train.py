@@ -21,19 +21,14 @@ from typer.testing import CliRunner
 
 from meshtalk.cli.main import app
 from meshtalk.pipelines import checkpoint as ckpt
+from meshtalk.pipelines.checkpoint import format as checkpoint_format
 from meshtalk.pipelines.data.prep import run as prep
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.train.latent import run
 from tests.conftest import builtin_prep_config
-from tests.test_train_latent import parameters, tiny_run
+from tests.test_train_latent import parameters, tiny_run, tiny_yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
-# The settings of tests.test_train_latent.tiny_run, for the command line.
-TINY_YAML = (
-    "model: {preset: tiny, audio_dropout: 0.0}\n"
-    "train: {steps: 4, batch_size: 2, frames: 8, lr: 1.0e-3, val_every: 2, val_segments: 2,"
-    " checkpoint_every: 2, log_every: 1, data_workers: 0}\n"
-)
 
 
 def cli_train(store: Path, output: Path, config: Path, *extra: str):
@@ -68,7 +63,7 @@ def whole(tiny_store, tmp_path_factory) -> Path:
 @pytest.fixture
 def config_file(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY_YAML)
+    path.write_text(tiny_yaml())  # the settings of tiny_run
     return path
 
 
@@ -173,14 +168,14 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(
     whole, tiny_store, tmp_path, config_file, monkeypatch
 ):
     out = tmp_path / "run"
-    real_save = ckpt.save_file
+    real_save = checkpoint_format.save_file
 
     def full_disk(tensors, filename, *args, **kwargs):
         if Path(filename).parent.name == "decoder" and (out / "latent").is_dir():
             raise OSError(errno.ENOSPC, "No space left on device", filename)
         return real_save(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    monkeypatch.setattr(checkpoint_format, "save_file", full_disk)
     result = cli_train(tiny_store, out, config_file)
     assert result.exit_code == 1
     assert result.stderr.splitlines()[0] == (
@@ -189,7 +184,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(
     )
     assert ckpt.read_trainer_state(out / "latent")["step"] == 2
     assert not list(out.glob(".latent.*"))  # the temporary folder is removed
-    monkeypatch.setattr(ckpt, "save_file", real_save)
+    monkeypatch.setattr(checkpoint_format, "save_file", real_save)
     assert cli_train(tiny_store, out, config_file, "--resume").exit_code == 0
     assert_same_run(out, whole)
 

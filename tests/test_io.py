@@ -7,7 +7,7 @@ import pytest
 import soundfile
 
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.features import AUDIO_WINDOWS, MelConfig, utterance_mel
+from meshtalk.pipelines.frontend import AudioFrontEnd
 from meshtalk.pipelines.io.audio import load_audio
 from meshtalk.pipelines.io.mesh import (
     Mesh,
@@ -115,8 +115,10 @@ def test_empty_wav(tmp_path):
 
 
 def test_mel_shape_and_window_lengths():
-    config = MelConfig()
-    mel = utterance_mel(np.random.default_rng(0).normal(size=16_000).astype(np.float32), 1.0)
+    front_end = AudioFrontEnd()
+    samples = np.random.default_rng(0).normal(size=16_000).astype(np.float32)
+    mel = front_end.utterance_mel(samples, 1.0)
     assert mel.shape == (1 + (16_000 + 16_000) // 160, 80)  # 1 s + 0.5 s padding each side
-    assert AUDIO_WINDOWS["paper"].mel_offsets(config) == (-50, 61)
-    assert AUDIO_WINDOWS["release"].mel_offsets(config) == (-50, 101)
+    paper = AudioFrontEnd(window="paper")
+    assert (paper.mel_first, paper.window_frames) == (-50, 61)
+    assert (front_end.mel_first, front_end.window_frames) == (-50, 101)

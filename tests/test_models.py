@@ -13,6 +13,7 @@ from meshtalk.models.config import LATENT_PRESETS, LatentModelConfig, latent_pre
 from meshtalk.models.latent import LatentAutoencoder, gumbel_one_hot
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.frontend import AudioFrontEnd
 
 MASKS = ("mouth", "upper_face", "eyelids")
 
@@ -40,7 +41,7 @@ def test_shapes_of_every_module():
     assert model.decoder(template, codes).shape == (b, t, v, 3)
     features = model.encoder.audio_encoder.features(windows[0])
     assert features.shape[-1] == w - config.audio_receptive_field + 1
-    mel = model.encoder.audio_encoder.log_mel(torch.randn(b, 16000))
+    mel = AudioFrontEnd().log_mel(torch.randn(b, 16000).numpy())
     assert mel.shape == (b, 101, 80)  # 1 s of audio: 101 centred 10 ms frames
 
 
@@ -78,7 +79,9 @@ def test_utterance_pass_equals_per_window_reference(dilations, window):
     """Where windows start on mel frames (as every window of a prepared store does); with a
     receptive field smaller than the window, the mean over the window's outputs is pooled too."""
     torch.manual_seed(0)
-    config = small_config(audio_dilations=dilations, mel_mean=-8.0, mel_std=5.0)
+    config = small_config(
+        audio_dilations=dilations, audio_window_frames=window, mel_mean=-8.0, mel_std=5.0
+    )
     encoder = LatentAutoencoder(config).encoder.audio_encoder.eval()
     mel = torch.randn(2, 400, 80)
     starts = torch.tensor([[0, 3, 7, 10, 13, 17], [5, 8, 12, 15, 18, 22]])
@@ -86,14 +89,25 @@ def test_utterance_pass_equals_per_window_reference(dilations, window):
         [torch.stack([mel[b, s : s + window].T for s in row]) for b, row in enumerate(starts)]
     )
     reference = encoder(windows)
-    fast = encoder.encode_span(mel, starts, window)
+    fast = encoder.encode_span(mel, starts)
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_window_shorter_than_receptive_field_is_refused():
-    encoder = LatentAutoencoder(LATENT_PRESETS["release"]).encoder.audio_encoder
     with pytest.raises(ValueError, match="receptive field of 101"):
-        encoder.encode_span(torch.zeros(1, 200, 80), torch.zeros(1, 3, dtype=torch.long), 61)
+        replace(LATENT_PRESETS["release"], audio_window_frames=61)
+    encoder = LatentAutoencoder(LATENT_PRESETS["release"]).encoder.audio_encoder
+    with pytest.raises(ValueError, match="windows of 61 mel frames given to an encoder of 101"):
+        encoder(torch.zeros(1, 3, 80, 61))
+
+
+def test_a_config_written_before_the_window_field_takes_its_window_from_the_caller():
+    values = replace(LATENT_PRESETS["tiny"], audio_dilations=(1, 2)).to_dict()
+    del values["audio_window_frames"]
+    assert LatentModelConfig.from_dict(values).audio_window_frames == 101
+    assert LatentModelConfig.from_dict(values, audio_window_frames=61).audio_window_frames == 61
+    values["audio_window_frames"] = 81  # a saved value wins
+    assert LatentModelConfig.from_dict(values, audio_window_frames=61).audio_window_frames == 81
 
 
 def test_gumbel_straight_through_passes_gradients():
@@ -133,7 +147,7 @@ def golden_inputs(config: LatentModelConfig) -> dict[str, torch.Tensor]:
 def golden_outputs(model: LatentAutoencoder, inputs: dict[str, torch.Tensor]) -> dict:
     with torch.no_grad():
         expression, audio = model.codes(
-            inputs["vertices"], inputs["template"], inputs["mel"], inputs["mel_starts"], 101
+            inputs["vertices"], inputs["template"], inputs["mel"], inputs["mel_starts"]
         )
         logprobs = model.encoder.fusion_model(expression, audio)
         meshes = model.decode(inputs["template"], expression, audio, sample=False)
@@ -205,9 +219,7 @@ def test_save_load_is_bit_exact(tmp_path):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     optimizer2 = torch.optim.Adam(loaded.parameters(), lr=1e-3)
-    ckpt.load_optimizer_tensors(
-        optimizer2, names, ckpt.load_tensors(tmp_path / "ck" / ckpt.OPTIMIZER_FILE)
-    )
+    ckpt.load_optimizer(tmp_path / "ck", optimizer2, names)
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             assert torch.equal(optimizer2.state_dict()["state"][index][key], value)
@@ -250,8 +262,8 @@ def test_upper_face_weight_scales_the_upper_face_terms_of_the_total():
     masks = {name: torch.linspace(0, 1, v) ** p for name, p in zip(MASKS, (1, 2, 3), strict=True)}
     shape = (3, 2, 6, model.config.heads, model.config.classes)
     gumbel = torch.zeros(shape)
-    equal = model(batch, masks, 101, gumbel)
-    weighted = model(batch, masks, 101, gumbel, upper_face_weight=4.0)
+    equal = model(batch, masks, gumbel)
+    weighted = model(batch, masks, gumbel, upper_face_weight=4.0)
     upper = equal["eyelids"] + equal["upper_face_from_expression"]
     assert upper > 0
     torch.testing.assert_close(weighted["total"], equal["total"] + 3 * upper)

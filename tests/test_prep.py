@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from typer.testing import CliRunner
 
-from meshtalk.pipelines.data import prep as prep_module
+from meshtalk.cli.main import app
 from meshtalk.pipelines.data.masks import iou, read_mask_dir
-from meshtalk.pipelines.data.prep import PrepConfig
+from meshtalk.pipelines.data.prep import PrepConfig, build, segments
 from meshtalk.pipelines.data.prep import run as prep
+from meshtalk.pipelines.data.prep.discover import choose_topology
 from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset
 from meshtalk.pipelines.data.synth import SynthConfig
 from meshtalk.pipelines.data.synth import run as synth
-from meshtalk.pipelines.features import utterance_mel
+from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.frontend import AudioFrontEnd
 from meshtalk.pipelines.io.audio import load_audio
-from meshtalk.pipelines.io.mesh import read_mesh
+from meshtalk.pipelines.io.mesh import Mesh, read_mesh, write_mesh
 
 from .conftest import builtin_prep_config
 
@@ -100,7 +105,7 @@ def test_alignment_with_dropped_frames_matches_ground_truth(tiny_dataset, tiny_s
     start = next(int(s) for s in dataset.starts[choice] if frames["frame_ids"][s] > first_drop)
     item = dataset.item(choice, start)
     audio = load_audio(tiny_dataset / segment.identity / "audio" / f"{segment.name}.wav")
-    mel = utterance_mel(audio, truth["frame_times_s"][-1])
+    mel = AudioFrontEnd().utterance_mel(audio, truth["frame_times_s"][-1])
     for k, frame_id in enumerate(item["frame_ids"].tolist()):
         centre = round((truth_time[frame_id] + 0.5) * 100)
         expected = mel[centre - 50 : centre + 51].T
@@ -123,7 +128,16 @@ def test_meshtalk_topology_round_trip_and_masks(reference_topology, tmp_path):
     )
     first = next(p for p in root.glob("*/tracked_mesh/*/*.bin"))
     assert first.stat().st_size == 7306 * 12
-    out = prep(PrepConfig(root=root, output=tmp_path / "data", crop="meshtalk", progress=False))
+    # The landmark preset builds masks close to the authors'.
+    out = prep(
+        PrepConfig(
+            root=root,
+            output=tmp_path / "data",
+            crop="meshtalk",
+            landmarks="meshtalk",
+            progress=False,
+        )
+    )
     store = PreparedStore(out)
     template = read_mesh(reference_topology / "face_template.obj").vertices
     np.testing.assert_array_equal(store.template(store.identities[0]), template)
@@ -132,13 +146,20 @@ def test_meshtalk_topology_round_trip_and_masks(reference_topology, tmp_path):
     eyelids = iou(store.masks["eyelids"] > 0.5, reference["eyelids"] > 0.5)
     assert lips >= 0.7, lips
     assert eyelids >= 0.7, eyelids
+    # With no options: the 'meshtalk' crop for the 7306-vertex meshes, the dataset's own masks.
+    auto = PreparedStore(prep(PrepConfig(root=root, output=tmp_path / "auto", progress=False)))
+    assert auto.manifest["settings"]["crop"] == "meshtalk"
+    assert auto.manifest["settings"]["masks"] == str(root / "topology" / "masks")
+    np.testing.assert_array_equal(auto.template(auto.identities[0]), template)
+    for name, values in reference.items():
+        np.testing.assert_allclose(auto.masks[name], values, atol=1e-6)
 
 
 def test_resume_after_interruption_counts_each_frame_once(
     tiny_dataset, tiny_store, tmp_path, monkeypatch
 ):
     out = tmp_path / "data"
-    original = prep_module._complete_identity
+    original = build._complete_identity
     calls = []
 
     def interrupt_second(*args, **kwargs):
@@ -147,18 +168,16 @@ def test_resume_after_interruption_counts_each_frame_once(
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(prep_module, "_complete_identity", interrupt_second)
+    monkeypatch.setattr(build, "_complete_identity", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         prep(builtin_prep_config(tiny_dataset, out))
     assert not (out / "manifest.json").exists()
     partial = out / ".partial"
     assert len(list(partial.glob("identities/*/identity.json"))) == 1
 
-    monkeypatch.setattr(prep_module, "_complete_identity", original)
+    monkeypatch.setattr(build, "_complete_identity", original)
     done = []
-    monkeypatch.setattr(
-        prep_module, "process_segment", _counting(prep_module.process_segment, done)
-    )
+    monkeypatch.setattr(segments, "process_segment", _counting(segments.process_segment, done))
     prep(builtin_prep_config(tiny_dataset, out))
     assert not partial.exists()
     resumed, clean = PreparedStore(out), PreparedStore(tiny_store)
@@ -219,3 +238,80 @@ def test_expression_drift_moves_only_the_upper_face(tmp_path):
     assert 0.25 < brow.std() < 1.0 and brow.min() < 0 < brow.max()
     squint = change("blink")
     assert (squint >= 0).all() and 0.2 < (squint > 0.05).mean() < 0.8
+
+
+# --- the topology chosen when none is given ------------------------------------------------------
+
+
+def test_synth_then_prep_with_no_options(tiny_dataset, tiny_store, tmp_path, caplog):
+    """`meshtalk synth data/ && meshtalk prep data/ -o store/`: the dataset's own topology."""
+    out = tmp_path / "store"
+    with caplog.at_level(logging.INFO):
+        result = CliRunner().invoke(app, ["prep", str(tiny_dataset), "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    landmarks = str(tiny_dataset / "topology" / "landmarks.yaml")
+    store, explicit = PreparedStore(out), PreparedStore(tiny_store)
+    count = explicit.manifest["num_vertices"]  # 24 x 24 built-in face
+    chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("topology:")]
+    assert chosen == [
+        f"topology: crop 'none' (for {count}-vertex meshes), masks from {landmarks} "
+        f"(the dataset's own, {count} vertices)"
+    ]
+    assert store.manifest["settings"]["crop"] == "none"
+    assert store.manifest["settings"]["landmarks"] == landmarks
+    assert store.manifest["settings"] == explicit.manifest["settings"]  # as if given
+    for name in explicit.masks:
+        np.testing.assert_array_equal(store.masks[name], explicit.masks[name])
+    np.testing.assert_array_equal(store.mean, explicit.mean)
+
+
+def _dataset_of(root: Path, num_vertices: int, topology_vertices: int | None = None) -> Path:
+    """Identity folders whose vert_mean.bin gives `num_vertices`; a topology/ folder if asked."""
+    for name in ("a", "b"):
+        (root / name / "tracked_mesh").mkdir(parents=True)
+        (root / name / "vert_mean.bin").write_bytes(np.zeros((num_vertices, 3), "<f4").tobytes())
+    if topology_vertices is not None:
+        vertices = np.random.default_rng(0).normal(size=(topology_vertices, 3)).astype(np.float32)
+        write_mesh(root / "topology" / "template.ply", Mesh(vertices, np.zeros((0, 3), np.int64)))
+        (root / "topology" / "masks").mkdir()
+    return root
+
+
+def _chosen(root: Path, **given) -> PrepConfig:
+    return choose_topology(PrepConfig(root=root, output=root.parent / "out", **given))[0]
+
+
+def test_multiface_crop_only_for_multiface_vertex_count(tmp_path):
+    multiface = _dataset_of(tmp_path / "multiface", 7306)
+    chosen = _chosen(multiface)
+    assert (chosen.crop, chosen.landmarks, chosen.masks) == ("meshtalk", "meshtalk", None)
+    other = _dataset_of(tmp_path / "other", 2304)
+    with pytest.raises(MeshtalkError, match="masks need --landmarks FILE or --masks DIR"):
+        _chosen(other)
+    assert _chosen(other, landmarks="marks.yaml").crop == "none"
+    # --vertices decides over vert_mean.bin.
+    assert _chosen(multiface, num_vertices=2304, landmarks="marks.yaml").crop == "none"
+
+
+def test_dataset_topology_is_used_when_it_fits_the_cropped_meshes(tmp_path):
+    # As `synth --multiface-topology` writes it: 7306-vertex meshes, a 6172-vertex topology.
+    root = _dataset_of(tmp_path / "multiface", 7306, topology_vertices=6172)
+    chosen = _chosen(root)
+    assert (chosen.crop, chosen.landmarks) == ("meshtalk", None)
+    assert chosen.masks == root / "topology" / "masks"
+    # A topology of another vertex count is not used: the preset for the 'meshtalk' crop.
+    mismatched = _dataset_of(tmp_path / "mismatched", 7306, topology_vertices=500)
+    config, line = choose_topology(PrepConfig(root=mismatched, output=tmp_path / "out"))
+    assert (config.crop, config.landmarks, config.masks) == ("meshtalk", "meshtalk", None)
+    assert "not used: 500 vertices, the meshes 6172" in line
+
+
+def test_given_topology_options_win(tmp_path):
+    root = _dataset_of(tmp_path / "multiface", 7306, topology_vertices=6172)
+    chosen = _chosen(root, crop="none", landmarks="marks.yaml")
+    assert (chosen.crop, chosen.landmarks, chosen.masks) == ("none", "marks.yaml", None)
+    chosen = _chosen(root, masks=tmp_path / "masks")
+    assert (chosen.crop, chosen.landmarks, chosen.masks) == ("meshtalk", None, tmp_path / "masks")
+    # An explicit crop the dataset's topology does not fit: never silently the dataset's masks.
+    with pytest.raises(MeshtalkError, match="masks need --landmarks"):
+        _chosen(root, crop="none")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from meshtalk.models.prior import ContextModel, PriorModelConfig, prior_preset
 from meshtalk.models.sampler import PriorSampler, int8_rows, quantised, schedule
-from meshtalk.pipelines.train.prior import evaluate
+from meshtalk.pipelines.train.validation import prior_figures as evaluate
 
 
 def random_prior(config: PriorModelConfig, seed: int = 0, scale: float = 3.0) -> ContextModel:
@@ -258,28 +258,30 @@ def test_a_mask_of_another_form_is_refused():
 def test_utterance_audio_codes_are_the_per_window_codes_of_every_frame():
     from meshtalk.models.config import latent_preset
     from meshtalk.models.encoders import LatentEncoder
-    from meshtalk.pipelines.features import frame_mel_index, utterance_audio_codes, utterance_mel
+    from meshtalk.pipelines.frontend import AudioFrontEnd
 
     torch.manual_seed(0)
     encoder = LatentEncoder(latent_preset("tiny", num_vertices=8)).audio_encoder.eval()
     samples = torch.randn(16000 + 8000).numpy()  # 1.5 s
-    codes = utterance_audio_codes(encoder, samples, 30, -50, 101)
+    front_end = AudioFrontEnd()
+    codes = front_end.audio_codes(encoder, samples)
     assert codes.shape == (1, 45, 32)
-    mel = torch.from_numpy(utterance_mel(samples, 1.5))
-    index = frame_mel_index(torch.arange(45).numpy() / 30) - 50
+    mel = torch.from_numpy(front_end.utterance_mel(samples, 1.5))
+    index = front_end.mel_index(torch.arange(45).numpy() / 30) - 50
     windows = torch.stack([mel[i : i + 101].T for i in index])[None]  # (1, T, 80, 101)
     with torch.no_grad():
         torch.testing.assert_close(codes, encoder(windows), rtol=1e-4, atol=1e-5)
 
 
 def test_the_mel_of_long_audio_is_computed_in_chunks_with_the_same_values():
-    from meshtalk.pipelines.features import utterance_mel
+    from meshtalk.pipelines.frontend import AudioFrontEnd
 
     samples = torch.randn(16000 * 3 + 17).numpy()
-    whole = utterance_mel(samples, 3.2, chunk_frames=100_000)
+    front_end = AudioFrontEnd()
+    whole = front_end.utterance_mel(samples, 3.2, chunk_frames=100_000)
     assert whole.shape == (1 + (int(3.2 * 16000) + 16000) // 160, 80)
     for chunk in (7, 64):
-        chunked = utterance_mel(samples, 3.2, chunk_frames=chunk)
+        chunked = front_end.utterance_mel(samples, 3.2, chunk_frames=chunk)
         assert abs(chunked - whole).max() < 1e-4  # FFT batches may round differently
 
 
@@ -297,21 +299,21 @@ def test_audio_the_models_cannot_animate_is_a_meshtalk_error(samples, message):
     from meshtalk.models.config import latent_preset
     from meshtalk.models.encoders import LatentEncoder
     from meshtalk.pipelines.errors import MeshtalkError
-    from meshtalk.pipelines.features import utterance_audio_codes
+    from meshtalk.pipelines.frontend import AudioFrontEnd
 
     encoder = LatentEncoder(latent_preset("tiny", num_vertices=8)).audio_encoder.eval()
     with pytest.raises(MeshtalkError, match=re.escape(message)):
-        utterance_audio_codes(encoder, samples, 30, -50, 101)
+        AudioFrontEnd().audio_codes(encoder, samples)
 
 
 def test_one_frame_of_audio_is_enough_and_none_is_refused_by_the_sampler():
     from meshtalk.models.config import latent_preset
     from meshtalk.models.encoders import LatentEncoder
-    from meshtalk.pipelines.features import utterance_audio_codes
+    from meshtalk.pipelines.frontend import AudioFrontEnd
 
     encoder = LatentEncoder(latent_preset("tiny", num_vertices=8)).audio_encoder.eval()
     model = random_prior(prior_preset("tiny"))
-    codes = utterance_audio_codes(encoder, np.full(534, 0.1, np.float32), 30, -50, 101)
+    codes = AudioFrontEnd().audio_codes(encoder, np.full(534, 0.1, np.float32))
     assert codes.shape[1] == 1 and PriorSampler(model).sample(codes).shape[1] == 1
     with pytest.raises(ValueError, match="no frames to sample"):
         PriorSampler(model).sample(codes[:, :0])

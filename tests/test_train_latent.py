@@ -7,7 +7,7 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,6 @@ from meshtalk.pipelines.train.latent import (
     LatentTrainingConfig,
     TrainLatentConfig,
     load_config_file,
-    load_latent,
     run,
 )
 from meshtalk.pipelines.train.loop import MetricsLog
@@ -51,9 +50,17 @@ def tiny_run(store: Path, output: Path, **training) -> TrainLatentConfig:
     )
 
 
+def tiny_yaml(**training) -> str:
+    """The settings of `tiny_run`, as a config file for the command line (YAML holds JSON).
+
+    Every training field is spelt out, so the preset's own training settings do not apply.
+    """
+    settings = asdict(replace(TINY_TRAINING, **training))
+    return json.dumps({"model": {"preset": "tiny", "audio_dropout": 0.0}, "train": settings})
+
+
 def parameters(run_dir: Path) -> dict[str, torch.Tensor]:
-    model, _ = load_latent(run_dir / "latent")
-    return model.state_dict()
+    return ckpt.load_run(run_dir).latent.state_dict()
 
 
 def test_a_run_writes_checkpoint_metrics_pictures_and_record(tiny_store, tmp_path):
@@ -80,7 +87,7 @@ def test_a_run_writes_checkpoint_metrics_pictures_and_record(tiny_store, tmp_pat
     assert "torch" in record["invocations"][0]["versions"]
     assert "git_commit" in record["invocations"][0]
     # The statistics of the data went into the model's buffers.
-    model, _ = load_latent(out / "latent")
+    model = ckpt.load_run(out).latent
     assert not torch.equal(model.decoder.mean, torch.zeros_like(model.decoder.mean))
 
 
@@ -107,7 +114,7 @@ def test_batch_size_one_trains_without_cross_modality_partner_from_the_batch(tin
     rows = MetricsLog.read(out / "metrics.csv")
     values = [float(r["value"]) for r in rows if r["name"] == "train/mouth_from_audio"]
     assert len(values) == 3 and all(v > 0 and v == v for v in values)
-    model, _ = load_latent(out / "latent")
+    model = ckpt.load_run(out).latent
     untrained = latent_preset("tiny", num_vertices=576)
     assert model.config.heads == untrained.heads
 
@@ -124,6 +131,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_processes_and_one(command: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """Run a `meshtalk` command with 2 CPU processes under torchrun (gloo) and in one process.
+
+    Returns the run folders (-o) of the two processes and of the one.
+    """
+    command = [*command, "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    launcher += ["--master-port", str(_free_port()), "-m", "meshtalk.cli.main"]
+    done = subprocess.run(
+        [*launcher, *command, "-o", str(tmp_path / "ddp")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    single = CliRunner().invoke(app, [*command, "-o", str(tmp_path / "single")])
+    assert single.exit_code == 0, single.output
+    return tmp_path / "ddp", tmp_path / "single"
+
+
 def test_two_gloo_processes_equal_one_process(tiny_store, tmp_path):
     """torchrun with 2 CPU processes (gloo), global batch 2, one step: the same parameters."""
     config = tmp_path / "ddp.yaml"
@@ -132,19 +157,10 @@ def test_two_gloo_processes_equal_one_process(tiny_store, tmp_path):
         "train: {steps: 1, batch_size: 2, frames: 8, lr: 1.0e-3, val_segments: 2,"
         " data_workers: 0, log_every: 1}\n"
     )
-    common = ["train", "latent", "--data", str(tiny_store), "--config", str(config)]
-    common += ["--device", "cpu", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    launcher += ["--master-port", str(_free_port()), "-m", "meshtalk.cli.main"]
-    done = subprocess.run(
-        [*launcher, *common, "-o", str(tmp_path / "ddp")], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    single = CliRunner().invoke(app, [*common, "-o", str(tmp_path / "single")])
-    assert single.exit_code == 0, single.output
-    reference = parameters(tmp_path / "single")
-    for name, value in parameters(tmp_path / "ddp").items():
+    command = ["train", "latent", "--data", str(tiny_store), "--config", str(config)]
+    ddp, single = two_processes_and_one(command, tmp_path)
+    reference = parameters(single)
+    for name, value in parameters(ddp).items():
         torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5, msg=name)
     record = json.loads((tmp_path / "ddp" / "run.json").read_text())["latent"]
     assert record["invocations"][0]["world_size"] == 2

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,14 +17,13 @@ from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.train.latent import run as train_latent
 from meshtalk.pipelines.train.loop import MetricsLog
 from meshtalk.pipelines.train.prior import (
-    TARGETS_FILE,
     PriorTrainingConfig,
     TrainPriorConfig,
     load_config_file,
-    load_prior,
     run,
 )
-from tests.test_train_latent import _free_port, tiny_run
+from meshtalk.pipelines.train.targets import TARGETS_FILE
+from tests.test_train_latent import tiny_run, two_processes_and_one
 
 TINY_PRIOR = PriorTrainingConfig(
     steps=4, batch_size=2, frames=8, lr=1e-3, val_every=2, checkpoint_every=2, log_every=1
@@ -52,14 +48,15 @@ def prior_run(latent: Path, store: Path, output: Path, **training) -> TrainPrior
 
 
 def parameters(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_prior(run_dir / "prior")[0].state_dict()
+    return ckpt.load_run(run_dir).prior.state_dict()
 
 
 def test_a_run_caches_targets_and_writes_checkpoint_metrics_and_pictures(
     latent_run, tiny_store, tmp_path
 ):
     out = run(prior_run(latent_run, tiny_store, tmp_path / "run"))
-    model, config = load_prior(out / "prior")
+    trained = ckpt.load_run(out)
+    model, config = trained.prior, trained.stages["prior"].configs["prior"]
     assert config["latent"]["model"]["heads"] == model.config.heads == 4
     assert json.loads((out / "prior" / "trainer.json").read_text())["step"] == 4
     rows = MetricsLog.read(out / "prior_metrics.csv")
@@ -97,19 +94,10 @@ def test_same_seed_same_parameters_and_resume_equals_uninterrupted(
 def test_two_gloo_processes_equal_one_process(latent_run, tiny_store, tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text("model: {preset: tiny}\ntrain: {steps: 2, batch_size: 2, frames: 8}\n")
-    common = ["train", "prior", "--latent", str(latent_run), "--data", str(tiny_store)]
-    common += ["--config", str(config), "--device", "cpu", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    launcher += ["--master-port", str(_free_port()), "-m", "meshtalk.cli.main"]
-    done = subprocess.run(
-        [*launcher, *common, "-o", str(tmp_path / "ddp")], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    single = CliRunner().invoke(app, [*common, "-o", str(tmp_path / "single")])
-    assert single.exit_code == 0, single.output
-    reference = parameters(tmp_path / "single")
-    for name, value in parameters(tmp_path / "ddp").items():
+    command = ["train", "prior", "--latent", str(latent_run), "--data", str(tiny_store)]
+    ddp, single = two_processes_and_one([*command, "--config", str(config)], tmp_path)
+    reference = parameters(single)
+    for name, value in parameters(ddp).items():
         torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5, msg=name)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.frontend import AudioFrontEnd
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,13 @@ class PreparedStore:
             for record in self.manifest["identities"]
             for s in record["segments"]
         ]
-        window = self.manifest["audio_window"]
-        self.mel_first, self.mel_frames = int(window["mel_first"]), int(window["mel_frames"])
+        try:  # the front end its log-mel was computed with (without mel statistics)
+            self.front_end = AudioFrontEnd.from_manifest(self.manifest)
+        except (TypeError, ValueError) as error:
+            raise MeshtalkError(manifest_file, f"front end: {error}; {_REPREP}") from None
+        self.mel_first, self.mel_frames = self.front_end.mel_first, self.front_end.window_frames
         self.fps = float(self.manifest["fps"])
-        self.mel_fps = self.manifest["mel"]["sample_rate"] / self.manifest["mel"]["hop_length"]
+        self.mel_fps = self.front_end.mel.frames_per_second
         self._open: dict[tuple[str, str, str], np.ndarray] = {}
 
     @property

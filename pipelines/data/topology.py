@@ -1,12 +1,20 @@
-"""Vertex crops: from Multiface's 7306 tracked vertices to a model topology."""
+"""Vertex crops (from Multiface's 7306 tracked vertices to a model topology) and a dataset's own
+topology folder."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from meshtalk.pipelines.data.layout import (
+    TOPOLOGY_DIR,
+    TOPOLOGY_LANDMARKS,
+    TOPOLOGY_MASKS,
+    TOPOLOGY_TEMPLATE,
+)
 from meshtalk.pipelines.errors import MeshtalkError
 
 MULTIFACE_NUM_VERTICES = 7306
@@ -82,3 +90,51 @@ def expand_to_multiface(vertices: np.ndarray, kept: np.ndarray, num_vertices: in
     source = np.where(use_below, below, positions)
     source[kept] = np.arange(len(kept))
     return vertices[..., source, :]
+
+
+def default_crop(num_vertices: int) -> str:
+    """The crop for meshes of `num_vertices`: 'meshtalk' for Multiface's count, else 'none'."""
+    return "meshtalk" if num_vertices == MULTIFACE_NUM_VERTICES else "none"
+
+
+def cropped_count(crop: str | Path, num_vertices: int) -> int | None:
+    """Vertices left after `crop` of meshes with `num_vertices` (None: the crop does not fit)."""
+    try:
+        kept = kept_vertices(crop, num_vertices)
+    except MeshtalkError:
+        return None
+    return num_vertices if kept is None else len(kept)
+
+
+@dataclass(frozen=True)
+class DatasetTopology:
+    """A dataset's own topology folder (`ROOT/topology/`, as `meshtalk synth` writes it)."""
+
+    folder: Path
+    num_vertices: int
+    """Vertices of its template."""
+    landmarks: Path | None
+    """Its landmark file, if it has one."""
+    masks: Path | None
+    """Its mask folder, if it has one."""
+
+
+def find_dataset_topology(root: Path) -> DatasetTopology | None:
+    """The topology folder beside a dataset's identities; None if it has no template or no
+    landmarks or masks to build the masks from."""
+    from meshtalk.pipelines.io.mesh import read_mesh
+
+    folder = Path(root) / TOPOLOGY_DIR
+    template = folder / TOPOLOGY_TEMPLATE
+    if not template.is_file():
+        return None
+    landmarks = folder / TOPOLOGY_LANDMARKS
+    masks = folder / TOPOLOGY_MASKS
+    if not landmarks.is_file() and not masks.is_dir():
+        return None
+    return DatasetTopology(
+        folder=folder,
+        num_vertices=len(read_mesh(template).vertices),
+        landmarks=landmarks if landmarks.is_file() else None,
+        masks=masks if masks.is_dir() else None,
+    )

@@ -242,7 +242,7 @@ class RunRecord:
     """run.json: per stage, the settings, the data it trained on, and every invocation."""
 
     def __init__(self, run_dir: Path, stage: str, settings: dict, data: Path) -> None:
-        self.path, self.stage = Path(run_dir) / "run.json", stage
+        self.path, self.stage = Path(run_dir) / ckpt.RUN_RECORD, stage
         manifest = Path(data) / "manifest.json"
         self.entry = {
             "settings": json.loads(json.dumps(settings, default=str)),
@@ -295,12 +295,19 @@ class RunRecord:
         write_text_atomic(self.path, json.dumps(record, indent=2) + "\n")
 
 
-def claim_run_dir(output: Path, stage: str, dist: Distributed, stack: contextlib.ExitStack) -> Path:
+def claim_run_dir(
+    output: Path,
+    stage: str,
+    dist: Distributed,
+    stack: contextlib.ExitStack,
+    beside: tuple[str, ...] = (ckpt.RUN_RECORD,),
+) -> Path:
     """Make the run folder, lock it for the rest of the run and repair an interrupted save.
 
-    Only the main process writes, so only it takes the lock (held by `stack` until the run ends)
-    and puts back a checkpoint that a killed save left at its old name; the others wait for it.
-    Returns the stage's checkpoint folder.
+    Only the main process writes, so only it takes the lock (held by `stack` until the run ends),
+    puts back a checkpoint that a killed save left at its old name and removes the temporary files
+    a killed write of a file `beside` the run left; the others wait for it. Returns the stage's
+    checkpoint folder.
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -308,13 +315,13 @@ def claim_run_dir(output: Path, stage: str, dist: Distributed, stack: contextlib
     if dist.is_main:
         output.mkdir(parents=True, exist_ok=True)
         stack.enter_context(lock.exclusive(output, f"meshtalk train {stage}"))
-        ckpt.recover(output / stage)
-        for name in ("run.json", "metrics.csv", "prior_metrics.csv", "prior_targets.safetensors"):
+        ckpt.recover(ckpt.stage_folder(output, stage))
+        for name in beside:
             for leftover in output.glob(f".{name}.*.tmp*"):
                 if leftover.is_file() and not leftover.is_symlink():
                     leftover.unlink(missing_ok=True)
     dist.barrier()
-    return output / stage
+    return ckpt.stage_folder(output, stage)
 
 
 class _Progress:

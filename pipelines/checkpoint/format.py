@@ -67,11 +67,12 @@ def read_component_config(folder: Path) -> dict:
     return config
 
 
-def model_config(folder: Path, cls: type):
+def model_config(folder: Path, cls: type, **defaults):
     """The model sizes (`cls`, a config dataclass) of a saved component, checked before use.
 
     Unknown keys, wrong types and sizes out of range are one-line errors naming config.json, so a
     damaged or hand-edited file never reaches a constructor (or an allocation of terabytes).
+    `defaults` go to `cls.from_dict` (values for configs written before a field existed).
     """
     path = Path(folder) / CONFIG_FILE
     values = read_component_config(folder)["model"]
@@ -81,7 +82,7 @@ def model_config(folder: Path, cls: type):
         names = ", ".join(map(repr, unknown))
         raise MeshtalkError(path, f"model: unknown key {names} (known: {', '.join(sorted(known))})")
     try:
-        return cls.from_dict(values)
+        return cls.from_dict(values, **defaults)
     except (TypeError, ValueError) as error:
         raise MeshtalkError(path, f"model: {error}") from None
 
