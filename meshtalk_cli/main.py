@@ -287,6 +287,168 @@ def train_prior(
     _train("prior", preset, config, steps, latent=latent, data=data, output=output, **options)
 
 
+@app.command()
+def animate(
+    speech: Annotated[
+        Path, typer.Argument(help="Speech audio (any common format, rate, channels).")
+    ],
+    template: Annotated[
+        Path,
+        typer.Argument(help="Template mesh (PLY/OBJ) of the model's topology, vertex order kept."),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    model: Annotated[Path, typer.Option(help="Trained run folder with a prior (stage 2).")],
+    seed: Annotated[int, typer.Option(help="Seed of the sampler (same seed, same animation).")] = 0,
+    temperature: Annotated[
+        float, typer.Option(help="Divide the prior's logits by this before drawing.")
+    ] = 1.0,
+    argmax: Annotated[
+        bool, typer.Option("--argmax", help="Take the most likely codes (deterministic).")
+    ] = False,
+    takes: Annotated[
+        int, typer.Option(help="Samples of the upper face, one folder each (OUT/take_<i>/).")
+    ] = 1,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Sample with int8 weights (CPU only, faster).")
+    ] = False,
+    device: DeviceOption = "auto",
+    smooth: Annotated[
+        bool | None,
+        typer.Option(
+            "--smooth/--no-smooth",
+            help="Smooth forehead and neck over time as the release does (default: when the run "
+            "stores their masks).",
+            show_default=False,
+        ),
+    ] = None,
+    frames: Annotated[
+        str | None, typer.Option(help="Also write one mesh per frame: ply or obj.")
+    ] = None,
+    no_video: Annotated[
+        bool, typer.Option("--no-video", help="Skip the video (animation.mp4).")
+    ] = False,
+    scale: Annotated[
+        float,
+        typer.Option(
+            help="Multiply the PC2, template and per-frame exports (0.001: mm to m); the npz "
+            "stays in the template's units."
+        ),
+    ] = 1.0,
+    size: Annotated[str, typer.Option(help="Video size, WIDTHxHEIGHT.")] = "640x480",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Write into a non-empty folder, replacing only animate's own files."
+        ),
+    ] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Animate a face from speech: animation.npz, animation.pc2, the template and an mp4."""
+    from meshtalk.pipelines.inference.animate import AnimateConfig
+    from meshtalk.pipelines.inference.animate import run as pipeline
+    from meshtalk.pipelines.render.pipeline import parse_size
+
+    def make_config():
+        return AnimateConfig(
+            speech=speech,
+            template=template,
+            output=output,
+            model=model,
+            seed=seed,
+            temperature=temperature,
+            argmax=argmax,
+            takes=takes,
+            int8=int8,
+            device=device,
+            smooth=smooth,
+            frames=frames,
+            video=not no_video,
+            scale=scale,
+            size=parse_size(size),
+            force=force,
+            progress=progress,
+        )
+
+    _call(pipeline, make_config)
+
+
+@app.command()
+def render(
+    animation: Annotated[
+        Path, typer.Argument(help="Animation archive written by `meshtalk animate` (.npz).")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Video file (.mp4/.mov/.mkv).")],
+    audio: Annotated[
+        Path | None, typer.Option(help="Audio file to use instead of the archive's speech.")
+    ] = None,
+    view: Annotated[str, typer.Option(help="Camera: front, side, or both side by side.")] = "front",
+    compare: Annotated[
+        Path | None,
+        typer.Option(
+            help="Second animation of the same topology and length: drawn beside the first with "
+            "a heat map of their per-vertex distance in mm."
+        ),
+    ] = None,
+    size: Annotated[str, typer.Option(help="Video size, WIDTHxHEIGHT.")] = "640x480",
+    antialias: Annotated[
+        int, typer.Option(help="Multisample anti-aliasing samples (0: off; 4: smoother, slower).")
+    ] = 0,
+    progress: ProgressOption = True,
+) -> None:
+    """Render an animation to a video with its speech (headless OpenGL, H.264 + AAC)."""
+    from meshtalk.pipelines.render import pipeline
+
+    _call(
+        pipeline.run,
+        lambda: pipeline.RenderConfig(
+            animation=animation,
+            output=output,
+            audio=audio,
+            view=view,
+            compare=compare,
+            size=pipeline.parse_size(size),
+            antialias=antialias,
+            progress=progress,
+        ),
+    )
+
+
+@app.command("import-weights")
+def import_weights(
+    release: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of the authors' release: encoder.pkl, vertex_unet.pkl, context_model.pkl."
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder to write.")],
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Region masks under the authors' file names (e.g. weighted_mouth_mask.txt), "
+            "stored in the run for animate's smoothing; its face_template.obj is the template "
+            "unless --template is given."
+        ),
+    ] = None,
+    template: Annotated[
+        Path | None,
+        typer.Option(help="Template mesh (PLY/OBJ) of the release's topology, stored in the run."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing run folder at --output.")
+    ] = False,
+) -> None:
+    """Import the authors' pretrained weights as a run that `animate --model` uses as is."""
+    from meshtalk.pipelines.checkpoint import release as importer
+
+    _call(
+        importer.run,
+        lambda: importer.ImportConfig(
+            release=release, output=output, masks=masks, template=template, force=force
+        ),
+    )
+
+
 def main() -> None:
     app()
 

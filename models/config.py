@@ -80,6 +80,9 @@ class MelConfig:
 
 
 EXPRESSION_INPUTS = ("offset", "mesh")
+DECODER_FUSIONS = ("template_first", "codes_first")
+"""Orders of the decoder's fusion input: the release's [template code, one-hot codes], or the
+other way round (models trained here before the release's order was known)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,11 @@ class LatentModelConfig:
     """Widths of the vertex decoder's template encoder; mirrored on the way up."""
     temporal_layers: int = 2
     """LSTM layers of the vertex decoder."""
+    decoder_fusion: str = "template_first"
+    """What the decoder's fusion layer reads: 'template_first', the concatenation [template code,
+    one-hot codes] as the authors' release (SPEC section 4); 'codes_first', [one-hot codes,
+    template code], what models trained here before this field existed read (configs without it
+    load with it). The shapes are the same either way: only this field tells them apart."""
     leaky_slope: float = 0.2
     """Negative slope of every leaky ReLU."""
     mel: MelConfig = field(default_factory=MelConfig)
@@ -147,6 +155,11 @@ class LatentModelConfig:
             problems.append(
                 f"expression_input must be one of {', '.join(EXPRESSION_INPUTS)}, got "
                 f"{self.expression_input!r}"
+            )
+        if self.decoder_fusion not in DECODER_FUSIONS:
+            problems.append(
+                f"decoder_fusion must be one of {', '.join(DECODER_FUSIONS)}, got "
+                f"{self.decoder_fusion!r}"
             )
         if not problems and self.audio_window_frames < self.audio_receptive_field:
             problems.append(
@@ -198,8 +211,10 @@ class LatentModelConfig:
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown key {', '.join(map(repr, unknown))}")
-        # Configs written before `expression_input` existed belong to models that encode meshes.
+        # Configs written before `expression_input` existed belong to models that encode meshes;
+        # those written before `decoder_fusion` existed, to decoders reading [codes, template].
         values.setdefault("expression_input", "mesh")
+        values.setdefault("decoder_fusion", "codes_first")
         if isinstance(values.get("mel"), dict):
             mel = values["mel"]
             unknown = sorted(set(mel) - {f.name for f in fields(MelConfig)})

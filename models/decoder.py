@@ -12,8 +12,9 @@ from meshtalk.models.encoders import leaky
 class VertexUNet(nn.Module):
     """UNet-style decoder under the names of the authors' `vertex_unet.pkl`.
 
-    The normalised template is encoded by an MLP whose layer inputs are kept as skips; the codes and
-    the template code are fused per frame and run through an LSTM; the way back up adds the skip
+    The normalised template is encoded by an MLP whose layer inputs are kept as skips; the template
+    code and the codes are fused per frame (in the order of `config.decoder_fusion`: the release
+    reads [template code, one-hot codes]) and run through an LSTM; the way back up adds the skip
     of the same size after each layer, ending with the normalised template itself, so the output
     cannot ignore the template.
     """
@@ -71,7 +72,10 @@ class VertexUNet(nn.Module):
             skips.append(x)
             x = leaky(layer(x), self.slope)
         x = x.unsqueeze(1).expand(b, t, -1)
-        x = leaky(self.fusion(torch.cat([codes.flatten(2), x], dim=-1)), self.slope)
+        parts = [x, codes.flatten(2)]
+        if self.config.decoder_fusion == "codes_first":
+            parts.reverse()
+        x = leaky(self.fusion(torch.cat(parts, dim=-1)), self.slope)
         x, state = self.temporal(x, state)
         for layer, skip in zip(self.decoder, reversed(skips)):
             x = leaky(layer(x), self.slope) + skip.unsqueeze(1)

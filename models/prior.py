@@ -3,9 +3,11 @@
 A PixelCNN-like model over time x heads. Every layer is a 1x1 convolution over the current step
 whose weight is masked so that head h reads only heads < h of its input, plus (in the four middle
 layers) an unmasked 1x1 projection of the current audio code and a causal dilated convolution that
-reads steps t-1 and t-1-d. Parameter and buffer names follow the authors' `context_model.pkl` one
-to one (SPEC section 7). The full-sequence `forward` is the teacher-forced model; `PriorSampler`
-(in `meshtalk.models.sampler`) evaluates the same function one step at a time.
+reads steps t-1 and t-1-d; a leaky ReLU follows each middle layer (and, for priors trained here
+before `PriorModelConfig.input_activation` existed, the input layer too). Parameter and buffer
+names follow the authors' `context_model.pkl` one to one (SPEC section 7). The full-sequence
+`forward` is the teacher-forced model; `PriorSampler` (in `meshtalk.models.sampler`) evaluates the
+same function one step at a time.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class PriorModelConfig:
     """Add the audio projections; off: a prior over codes alone (for comparison)."""
     leaky_slope: float = 0.2
     """Negative slope of the leaky ReLUs."""
+    input_activation: bool = False
+    """Apply the leaky ReLU after the input (embedding) layer too. False: after the four middle
+    layers only, as the authors' release (SPEC section 4), in training and in the sampler; True:
+    what priors trained here before this field existed do (configs without it load with it)."""
 
     def __post_init__(self) -> None:
         from meshtalk.models.config import MAX_PARAMETERS, size_problems, widths_problems
@@ -42,6 +48,9 @@ class PriorModelConfig:
         limits = {"heads": 1024, "classes": 4096, "audio_dim": 4096, "channels_per_head": 4096}
         problems = size_problems(self, limits)  # bounded before anything is allocated
         problems += widths_problems("dilations", self.dilations, 1024)
+        if not isinstance(self.input_activation, bool):
+            value = self.input_activation
+            problems.append(f"input_activation must be true or false, got {value!r}")
         if not problems and self.parameter_estimate > MAX_PARAMETERS:
             problems.append(
                 f"these sizes make a prior of about {self.parameter_estimate / 1e6:.0f}M "
@@ -67,7 +76,10 @@ class PriorModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> PriorModelConfig:
+        """From a saved config.json's `model` mapping. Configs written before `input_activation`
+        existed belong to priors with the activation after their input layer."""
         values = dict(values)
+        values.setdefault("input_activation", True)
         if isinstance(values.get("dilations"), list):
             values["dilations"] = tuple(values["dilations"])
         return cls(**values)
@@ -181,7 +193,9 @@ class ContextModel(nn.Module):
         b, t, h, c = one_hot.shape
         slope = self.config.leaky_slope
         audio = audio_code.transpose(1, 2) if self.config.audio_conditioning else None
-        x = F.leaky_relu(self.embedding(one_hot.reshape(b, t, h * c).transpose(1, 2), None), slope)
+        x = self.embedding(one_hot.reshape(b, t, h * c).transpose(1, 2), None)
+        if self.config.input_activation:
+            x = F.leaky_relu(x, slope)
         for layer in self.context_layers:
             x = F.leaky_relu(layer(x, audio), slope)
         logits = self.logits(x, None)

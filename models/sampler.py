@@ -226,6 +226,7 @@ class PriorSampler:
         self.heads, self.classes = config.heads, config.classes
         self.width = config.heads * config.channels_per_head
         self.slope = config.leaky_slope
+        self.input_activation = config.input_activation  # after the embedding (SPEC section 4)
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.model_dtype = parameter.dtype
@@ -489,10 +490,14 @@ class PriorSampler:
         slope, phase, product = self.slope, self.step % self.phases, self._product
         leaky_relu, leaky_relu_ = torch._C._nn.leaky_relu, F.leaky_relu_
         embedded, embedding_rows = self.embedded, self.embedding_rows
+        input_activation = self.input_activation
         embedded.copy_(self.biases[0].expand_as(embedded))
         for embedding, products, draw in self.views[phase]:
             if embedding is not None:
-                leaky_relu(embedding[0], slope, out=embedding[1])
+                if input_activation:
+                    leaky_relu(embedding[0], slope, out=embedding[1])
+                else:
+                    embedding[1].copy_(embedding[0])
             for base, source, weight, target in products:
                 product(base, source, weight, target)
                 leaky_relu_(target, slope)

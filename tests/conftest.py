@@ -56,3 +56,17 @@ def builtin_prep_config(root: Path, output: Path, **overrides) -> PrepConfig:
     )
     settings.update(overrides)
     return PrepConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tiny_store, tmp_path_factory) -> Path:
+    """A tiny run of both stages (a few steps each) in one folder, with its topology."""
+    from meshtalk.pipelines.train.latent import run as train_latent
+    from meshtalk.pipelines.train.prior import run as train_prior
+    from tests.test_train_latent import tiny_run
+    from tests.test_train_prior import prior_run
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train_latent(tiny_run(tiny_store, out, steps=3))
+    train_prior(prior_run(out, tiny_store, out, steps=3))
+    return out

@@ -160,8 +160,12 @@ def golden_outputs(model: LatentAutoencoder, inputs: dict[str, torch.Tensor]) ->
 
 
 def golden_config() -> LatentModelConfig:
-    """The golden model encodes meshes as the authors' release does ('mesh')."""
-    return small_config(mel_mean=-6.0, mel_std=4.0, expression_input="mesh")
+    """The golden model encodes meshes as the authors' release does ('mesh'); its decoder reads
+    [codes, template code] ('codes_first'), the order of the models the fixture was made with, so
+    the fixture pins that order (`test_decoder_fusion_orders` relates it to the release's)."""
+    return small_config(
+        mel_mean=-6.0, mel_std=4.0, expression_input="mesh", decoder_fusion="codes_first"
+    )
 
 
 def test_golden_outputs_of_deterministic_weights():
@@ -172,6 +176,44 @@ def test_golden_outputs_of_deterministic_weights():
     assert set(outputs) == set(expected)
     for name, value in outputs.items():
         torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_decoder_fusion_orders():
+    """'template_first' (the release's) reads [template code, codes]: with the fusion weight's
+    column blocks swapped it decodes exactly as 'codes_first' (the golden fixture's order); with
+    the same weights the fusion layers of the two orders differ."""
+    old = deterministic_model(golden_config())
+    new = LatentAutoencoder(replace(golden_config(), decoder_fusion="template_first")).eval()
+    new.load_state_dict(old.state_dict())
+    inputs = golden_inputs(old.config)
+    expected = load_file(str(FIXTURES / "latent_golden.safetensors"))
+    fused = []
+    for model in (old, new):
+        model.decoder.fusion.register_forward_hook(lambda m, i, o: fused.append(o))
+    with torch.no_grad():
+        expression, audio = old.codes(
+            inputs["vertices"], inputs["template"], inputs["mel"], inputs["mel_starts"]
+        )
+        old_meshes = old.decode(inputs["template"], expression, audio, sample=False)
+        new.decode(inputs["template"], expression, audio, sample=False)
+        assert (fused[0] - fused[1]).abs().max() > 1e-2
+        weight = new.decoder.fusion.weight
+        codes = old.config.heads * old.config.classes
+        weight.copy_(torch.cat([weight[:, codes:], weight[:, :codes]], dim=1))
+        swapped = new.decode(inputs["template"], expression, audio, sample=False)
+    torch.testing.assert_close(fused[2], fused[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(swapped, old_meshes, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(swapped, expected["meshes"], rtol=1e-4, atol=1e-5)
+    assert LatentModelConfig().decoder_fusion == "template_first"
+    with pytest.raises(ValueError, match="decoder_fusion must be one of template_first"):
+        replace(golden_config(), decoder_fusion="sideways")
+
+
+def test_a_config_written_before_decoder_fusion_existed_reads_codes_first():
+    values = LATENT_PRESETS["tiny"].to_dict()
+    assert LatentModelConfig.from_dict(values).decoder_fusion == "template_first"
+    del values["decoder_fusion"]
+    assert LatentModelConfig.from_dict(values).decoder_fusion == "codes_first"
 
 
 def test_offset_expression_input_is_the_release_encoder_on_the_displacement():

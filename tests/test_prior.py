@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -60,6 +61,35 @@ def test_state_names_and_shapes_are_those_of_the_release():
     mask = state["context_layers.0.mask"][..., 0]
     assert mask[:64].sum() == 0 and mask[64:128, :64].all() and mask[64:128, 64:].sum() == 0
     assert mask[-64:, : 15 * 64].all() and mask[-64:, 15 * 64 :].sum() == 0
+
+
+def test_the_input_layer_has_an_activation_only_when_configured():
+    """The release applies none after its embedding (the new default); priors saved before the
+    field existed had one and keep it."""
+    config = prior_preset("tiny")
+    assert config.input_activation is False
+    model = random_prior(config, seed=4)
+    seen = []
+    model.context_layers[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    codes, audio = torch.randint(0, 16, (1, 8, 4)), torch.randn(1, 8, 32)
+    logits = logits_of(model, codes, audio)
+    one_hot = F.one_hot(codes, 16).float().reshape(1, 8, 64).transpose(1, 2)
+    embedded = model.embedding(one_hot, None)
+    assert (embedded < 0).any()
+    torch.testing.assert_close(seen[0], embedded)
+    activated = ContextModel(replace(config, input_activation=True)).eval()
+    activated.load_state_dict(model.state_dict())
+    seen.clear()
+    activated.context_layers[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    other = logits_of(activated, codes, audio)
+    torch.testing.assert_close(seen[0], F.leaky_relu(embedded, 0.2))
+    assert (other - logits).abs().max() > 1e-2
+    values = config.to_dict()
+    del values["input_activation"]
+    assert PriorModelConfig.from_dict(values).input_activation is True
+    assert PriorModelConfig.from_dict(config.to_dict()).input_activation is False
+    with pytest.raises(ValueError, match="input_activation must be true or false"):
+        replace(config, input_activation="yes")
 
 
 def test_forward_shapes_and_receptive_field():
@@ -121,8 +151,11 @@ def test_audio_reaches_the_logits_only_when_conditioned():
     ],
 )
 @pytest.mark.parametrize("argmax", [False, True])
-def test_sampler_logits_equal_the_full_forward_pass_on_the_sampled_codes(config, argmax):
-    model = random_prior(config, seed=2)
+@pytest.mark.parametrize("input_activation", [False, True])
+def test_sampler_logits_equal_the_full_forward_pass_on_the_sampled_codes(
+    config, argmax, input_activation
+):
+    model = random_prior(replace(config, input_activation=input_activation), seed=2)
     audio = torch.randn(2, 45, config.audio_dim)
     sampler = PriorSampler(model, batch=2, seed=3, argmax=argmax, record_logits=True)
     codes = sampler.sample(audio, chunk=16)

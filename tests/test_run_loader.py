@@ -51,10 +51,14 @@ def segment_inputs(store: PreparedStore) -> tuple[str, dict[str, torch.Tensor]]:
 def test_a_loaded_run_computes_what_training_computed(trained, tiny_store):
     out, latent, prior = trained
     run = ckpt.load_run(out)
-    assert run.folder == out and run.num_vertices == 24 * 24 and run.template is None
+    assert run.folder == out and run.num_vertices == 24 * 24
     assert {name: stage.step for name, stage in run.stages.items()} == {"latent": 3, "prior": 3}
     assert run.stages["prior"].record["settings"]["latent"]["path"] == str(out / "latent")
     store = PreparedStore(tiny_store)
+    # The topology stage 1 trained on: the store's masks and its first training identity.
+    assert np.array_equal(run.template, store.template(store.split("train")[0].identity))
+    assert run.masks.keys() == store.masks.keys()
+    assert all(np.array_equal(run.masks[name], store.masks[name]) for name in store.masks)
     key, inputs = segment_inputs(store)
     expression, audio = run.latent.codes(*inputs.values())
     # The audio codes and argmax codes stage-2 training cached, computed again by the loaded run.

@@ -26,11 +26,14 @@ from meshtalk.pipelines.checkpoint.run import (
     LATENT,
     PRIOR,
     RUN_RECORD,
+    TOPOLOGY,
     Run,
     StageCheckpoint,
     load_run,
+    load_topology,
     resume_stage,
     save_stage,
+    save_topology,
     stage_folder,
 )
 
@@ -41,6 +44,7 @@ __all__ = [
     "OPTIMIZER_FILE",
     "PRIOR",
     "RUN_RECORD",
+    "TOPOLOGY",
     "TRAINER_FILE",
     "WEIGHTS_FILE",
     "Run",
@@ -49,6 +53,7 @@ __all__ = [
     "load_optimizer",
     "load_run",
     "load_tensors",
+    "load_topology",
     "model_config",
     "read_component_config",
     "read_json",
@@ -59,6 +64,7 @@ __all__ = [
     "save_component",
     "save_stage",
     "save_tensors",
+    "save_topology",
     "stage_folder",
     "write_checkpoint",
 ]

@@ -5,6 +5,8 @@
     RUN/latent/trainer.json        its step (and optimizer.safetensors, to resume training)
     RUN/prior/prior                stage 2, when trained
     RUN/prior/trainer.json
+    RUN/topology/                  masks/<name>.npy (V,) and template.npy (V, 3) of the data stage 1
+                                   trained on, and topology.json (their names, V, the identity)
 
 Training writes a stage only through `save_stage` and reads it back only through `resume_stage`;
 everything else (stage-2 training, inference, benchmarks, tests) loads through `load_run`.
@@ -13,7 +15,9 @@ everything else (stage-2 training, inference, benchmarks, tests) loads through `
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +42,7 @@ from meshtalk.pipelines.checkpoint.format import (
 )
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.frontend import AudioFrontEnd
+from meshtalk.pipelines.io import atomic
 from meshtalk.pipelines.io.provenance import file_sha256
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,9 @@ COMPONENTS = {LATENT: ("encoder", "decoder"), PRIOR: ("prior",)}
 """The components each stage saves, each a folder of the stage's checkpoint."""
 RUN_RECORD = "run.json"
 """Per stage: its settings, the data it trained on and every invocation (train.loop.RunRecord)."""
+TOPOLOGY = "topology"
+"""The run's topology folder: region masks and a template of the data stage 1 trained on."""
+TOPOLOGY_RECORD = "topology.json"
 
 
 def stage_folder(run_dir: Path, stage: str) -> Path:
@@ -88,6 +96,70 @@ def resume_stage(
     return step
 
 
+def save_topology(
+    run_dir: Path, masks: dict[str, np.ndarray], template: np.ndarray, identity: str
+) -> None:
+    """Write `RUN/topology/` atomically: region masks (V,), a (V, 3) template and what they are.
+
+    Inference reads them back through `load_run` (`run.masks`, `run.template`): the forehead and
+    neck masks drive the temporal smoothing of SPEC section 6.
+    """
+    template = np.asarray(template, dtype=np.float32)
+    vertices = template.shape[0]
+    if template.shape != (vertices, 3) or any(
+        np.shape(mask) != (vertices,) for mask in masks.values()
+    ):
+        raise ValueError(f"masks must be (V,) and the template (V, 3), V = {vertices}")
+    folder = Path(run_dir) / TOPOLOGY
+    tmp = atomic.temporary_dir(folder)
+    try:
+        (tmp / "masks").mkdir()
+        for name, mask in masks.items():
+            np.save(tmp / "masks" / f"{name}.npy", np.asarray(mask, dtype=np.float32))
+        np.save(tmp / "template.npy", template)
+        record = {"num_vertices": vertices, "masks": list(masks), "identity": identity}
+        (tmp / TOPOLOGY_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        atomic.replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_topology(run_dir: Path, num_vertices: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(masks, template) of `RUN/topology/`, checked against the run's vertex count."""
+    folder = readable(Path(run_dir) / TOPOLOGY)
+    record_file = folder / TOPOLOGY_RECORD
+    if not record_file.is_file():
+        raise MeshtalkError(record_file, "missing (the run's topology folder is incomplete)")
+    record = read_json(record_file)
+    names = record.get("masks")
+    if not isinstance(names, list) or not all(
+        isinstance(n, str) and n.isidentifier() for n in names
+    ):
+        raise MeshtalkError(record_file, f"'masks' must be a list of names, got {names!r}")
+    masks = {
+        name: _topology_array(folder / "masks" / f"{name}.npy", (num_vertices,)) for name in names
+    }
+    return masks, _topology_array(folder / "template.npy", (num_vertices, 3))
+
+
+def _topology_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise MeshtalkError(path, "missing") from None
+    except (OSError, ValueError) as error:
+        raise MeshtalkError(path, f"not a readable .npy file ({error})") from None
+    if array.shape != shape or not np.issubdtype(array.dtype, np.floating):
+        raise MeshtalkError(
+            path,
+            f"holds {array.dtype} {array.shape}, expected float32 {shape} (the run's topology)",
+        )
+    if not np.isfinite(array).all():
+        raise MeshtalkError(path, "holds NaN or infinite values")
+    return array.astype(np.float32, copy=False)
+
+
 @dataclass(frozen=True)
 class StageCheckpoint:
     """Where a stage of a run was read from, and what it is."""
@@ -125,7 +197,11 @@ class Run:
     num_vertices: int
     """Vertices of the topology the run was trained on."""
     template: np.ndarray | None
-    """(V, 3) neutral template stored with the run; None: runs store none (take the data's)."""
+    """(V, 3) template of the first training identity (`RUN/topology/`); None for runs saved
+    without one."""
+    masks: dict[str, np.ndarray] | None
+    """Region masks of the topology, name -> (V,) float32 ('mouth', 'upper_face', 'eyelids',
+    'forehead', 'neck'), from `RUN/topology/`; None for runs saved without them."""
     stages: dict[str, StageCheckpoint]
     """'latent', and 'prior' when present: where each was read from, its step and config."""
 
@@ -160,13 +236,17 @@ def load_run(path: Path, device: torch.device | str = "cpu", prior: bool = True)
         stages[PRIOR] = _stage_checkpoint(PRIOR, prior_dir)
         prior_model = _load_prior(stages[PRIOR], stages[LATENT], latent.config)
         prior_model.to(device).eval()
+    masks, template = None, None
+    if run_dir is not None and readable(run_dir / TOPOLOGY).is_dir():
+        masks, template = load_topology(run_dir, latent.config.num_vertices)
     return Run(
         folder=run_dir if run_dir is not None else latent_dir,
         latent=latent.to(device).eval(),
         prior=prior_model,
         front_end=front_end,
         num_vertices=latent.config.num_vertices,
-        template=None,
+        template=template,
+        masks=masks,
         stages=stages,
     )
 

@@ -141,6 +141,13 @@ class LatentStage(Stage):
             for name in ckpt.COMPONENTS[ckpt.LATENT]
         }
 
+    def claimed(self) -> None:
+        # Inference needs the topology's masks (temporal smoothing) and a template beside the run.
+        if self.dist.is_main:
+            identity = self.store.split("train")[0].identity
+            template = self.store.template(identity)
+            ckpt.save_topology(self.output, self.store.masks, template, identity)
+
     def train_set(self) -> PairedSegments:
         return self.paired
 

@@ -1,0 +1,205 @@
+"""Speed and memory of `meshtalk animate`: random weights of the release's sizes, MeshTalk topology.
+
+Side by side in one run, on the CPU:
+
+1. for the real sentence in ../shared/reference/speech, and for it repeated to 10 s and 60 s: the
+   seconds of each stage of `animate` (loading, audio codes, sampling with int8 weights, decoding,
+   smoothing, writing npz + PC2), the real-time factor with and without video, and the ratio of
+   everything but sampling and video to sampling alone (the issue's target: at most 1.25);
+2. render frames per second at 640x480 (MeshRenderer alone) and rendering + H.264 encoding
+   (`render_video`, with the speech);
+3. peak resident memory of a child process animating `--long-minutes` of speech with the video.
+
+    python benchmarks/animate.py [--long-minutes 10] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+from _measure import peak_tree_rss
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference"
+SPEECH = REFERENCE / "speech" / "example_sentence.wav"
+TOPOLOGY = REFERENCE / "meshtalk_topology"
+STAGES = ("load", "audio_codes", "sampling", "decoding", "smoothing", "writing", "video")
+
+
+def release_run(folder: Path) -> Path:
+    """A run folder with the release's sizes, random weights and the MeshTalk topology's masks."""
+    from dataclasses import replace
+
+    from meshtalk.models.config import latent_preset
+    from meshtalk.models.latent import LatentAutoencoder
+    from meshtalk.models.prior import ContextModel, prior_preset
+    from meshtalk.pipelines import checkpoint as ckpt
+    from meshtalk.pipelines.data.masks import REFERENCE_MASK_FILES
+    from meshtalk.pipelines.frontend import AudioFrontEnd
+    from meshtalk.pipelines.io.mesh import read_mesh
+
+    torch.manual_seed(0)
+    sizes = replace(latent_preset("release"), mel_mean=-6.0, mel_std=3.0)
+    latent, prior = LatentAutoencoder(sizes).eval(), ContextModel(prior_preset("release")).eval()
+    front_end = AudioFrontEnd(mel=sizes.mel).with_statistics(sizes.mel_mean, sizes.mel_std)
+    template = read_mesh(TOPOLOGY / "face_template.obj").vertices
+    with torch.no_grad():  # statistics of the right scale, so the decoded faces look like faces
+        latent.set_statistics(torch.from_numpy(template), torch.ones(len(template), 3))
+    stage1 = {
+        name: (
+            getattr(latent, name),
+            {
+                "component": name,
+                "stage": "latent",
+                "model": sizes.to_dict(),
+                "front_end": front_end.to_dict(),
+            },
+        )  # fmt: skip
+        for name in ("encoder", "decoder")
+    }
+    ckpt.write_checkpoint(folder / "latent", stage1, None, {"stage": "latent", "step": 0})
+    stage2 = {
+        "prior": (
+            prior,
+            {
+                "component": "prior",
+                "stage": "prior",
+                "model": prior.config.to_dict(),
+                "latent": {"model": sizes.to_dict()},
+            },
+        )  # fmt: skip
+    }
+    ckpt.write_checkpoint(folder / "prior", stage2, None, {"stage": "prior", "step": 0})
+    masks = {
+        name: np.loadtxt(TOPOLOGY / file).astype(np.float32).ravel()
+        for name, file in REFERENCE_MASK_FILES.items()
+    }
+    ckpt.save_topology(folder, masks, template, "random")
+    return folder
+
+
+def speech_file(folder: Path, seconds: float | None) -> Path:
+    """The reference sentence (None), or it repeated to `seconds`, as a 16 kHz WAV."""
+    if seconds is None:
+        return SPEECH
+    from meshtalk.pipelines.io.audio import load_audio
+
+    samples = load_audio(SPEECH)
+    samples = np.tile(samples, int(np.ceil(seconds * 16000 / samples.size)))[: int(seconds * 16000)]
+    path = folder / f"speech_{seconds:g}s.wav"
+    soundfile.write(path, samples, 16000)
+    return path
+
+
+def stage_seconds(run: Path, speech: Path, out: Path, video: bool) -> dict:
+    from meshtalk.pipelines.inference.animate import AnimateConfig, animate
+
+    config = AnimateConfig(
+        speech=speech,
+        template=TOPOLOGY / "face_template.obj",
+        output=out,
+        model=run,
+        int8=True,
+        device="cpu",
+        video=video,
+        force=True,
+    )
+    result = animate(config)
+    return {"frames": result.frames, "duration_s": result.duration_s, **result.seconds}
+
+
+def render_rate(frames: int = 300) -> float:
+    """Frames per second of MeshRenderer alone at 640x480 on the MeshTalk template."""
+    from meshtalk.pipelines.io.mesh import read_mesh
+    from meshtalk.pipelines.render import MeshRenderer
+
+    mesh = read_mesh(TOPOLOGY / "face_template.obj")
+    rng = np.random.default_rng(0)
+    with MeshRenderer(mesh.faces, mesh.vertices, size=(640, 480)) as renderer:
+        renderer.render(mesh.vertices)  # warm up
+        start = time.perf_counter()
+        for _ in range(frames):
+            moved = mesh.vertices + rng.normal(scale=0.5, size=mesh.vertices.shape)
+            renderer.render(moved.astype(np.float32))
+        return frames / (time.perf_counter() - start)
+
+
+def peak_memory(run: Path, speech: Path, out: Path) -> tuple[int, float]:
+    command = [
+        sys.executable, "-m", "meshtalk.cli.main", "animate", str(speech),
+        str(TOPOLOGY / "face_template.obj"), "-o", str(out), "--model", str(run),
+        "--int8", "--device", "cpu", "--no-progress", "--force",
+    ]  # fmt: skip
+    return peak_tree_rss(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--long-minutes", type=float, default=10.0, help="0: skip the RSS run")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    console = Console()
+    figures: dict = {"threads": torch.get_num_threads(), "lengths": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        run = release_run(tmp / "run")
+        for label, seconds in (("sentence", None), ("10 s", 10.0), ("60 s", 60.0)):
+            speech = speech_file(tmp, seconds)
+            plain = stage_seconds(run, speech, tmp / "out", video=False)
+            if seconds is None:  # the video on the sentence
+                plain["video"] = stage_seconds(run, speech, tmp / "out", video=True)["video"]
+            figures["lengths"][label] = plain
+        figures["render_fps"] = render_rate()
+        sentence = figures["lengths"]["sentence"]
+        figures["render_encode_fps"] = sentence["frames"] / sentence["video"]
+        if args.long_minutes > 0:
+            speech = speech_file(tmp, args.long_minutes * 60)
+            peak, wall = peak_memory(run, speech, tmp / "long")
+            figures["long"] = {"minutes": args.long_minutes, "peak_rss_mb": peak / 2**20,
+                               "wall_s": wall}  # fmt: skip
+    table = Table(title="meshtalk animate, release sizes (random weights), int8 sampler, CPU")
+    for column in ("speech", "frames", *STAGES, "RTF", "RTF + video", "rest / sampling"):
+        table.add_column(column, justify="right")
+    for label, row in figures["lengths"].items():
+        rest = sum(row[k] for k in ("load", "audio_codes", "decoding", "smoothing", "writing"))
+        total = rest + row["sampling"]
+        row["rest_over_sampling"] = rest / row["sampling"]
+        row["rtf"] = row["duration_s"] / total
+        video = row["video"] or row["frames"] / figures["render_encode_fps"]
+        row["rtf_with_video"] = row["duration_s"] / (total + video)
+        table.add_row(
+            label, str(row["frames"]), *(f"{row[k]:.2f}" for k in STAGES),
+            f"{row['rtf']:.1f}x", f"{row['rtf_with_video']:.1f}x",
+            f"{row['rest_over_sampling']:.2f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"render {figures['render_fps']:.0f} frames/s at 640x480; render + H.264 + AAC "
+        f"{figures['render_encode_fps']:.0f} frames/s (target >= 60)"
+    )
+    if "long" in figures:
+        long = figures["long"]
+        console.print(
+            f"{long['minutes']:g} min of speech with video: peak RSS {long['peak_rss_mb']:.0f} MB "
+            f"(target < 1536), {long['wall_s']:.0f} s"
+        )
+    console.print("RTF without video excludes the video stage (estimated from the sentence's "
+                  "render + encode rate where a length was run without video)")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

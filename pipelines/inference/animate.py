@@ -1,0 +1,443 @@
+"""`meshtalk animate`: speech + a template mesh -> an animation in files people open (SPEC 6).
+
+audio -> audio codes (the run's front end) -> codes sampled by the prior, frame by frame
+(`PriorSampler`, N takes side by side) -> decoded onto the template (the decoder's LSTM state
+carried from chunk to chunk) -> forehead and neck smoothed over time -> written as they come:
+
+    OUT/animation.npz     vertices (T, V, 3) float32 in the template's units, faces, template, fps,
+                          frame_times (s), codes (T, H), audio (16 kHz float32), audio_rate and
+                          provenance (a JSON string)
+    OUT/animation.pc2     the same vertices as a PC2 point cache (times --scale)
+    OUT/template.ply|obj  the template, in the format of the one given (times --scale)
+    OUT/frames/           with --frames ply|obj: one mesh per frame (times --scale)
+    OUT/animation.mp4     unless --no-video: the face front-on with the speech
+
+With --takes N > 1 each take gets these files in OUT/take_<i>/. Every stage works on chunks of
+frames, so memory does not grow with the length of the speech; all files appear at once, at the
+end (`OutputFolder`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.export import (
+    FRAME_FORMATS,
+    FrameMeshWriter,
+    NpzWriter,
+    PC2Header,
+    PC2Writer,
+    iter_rows,
+)
+from meshtalk.pipelines.inference.output import OutputFolder
+from meshtalk.pipelines.inference.smoothing import SMOOTHED_REGIONS, RegionSmoother
+from meshtalk.pipelines.io.mesh import Mesh, read_mesh, write_mesh
+
+log = logging.getLogger(__name__)
+
+CHUNK_FRAMES = 256
+"""Frames sampled, decoded, smoothed and written at a time (20 MB of release-size vertices)."""
+MAX_TAKES = 64
+"""More takes than this are a typo rather than a wish (each is a full set of files)."""
+VIDEO_SIZE = (640, 480)
+"""Width and height of the video."""
+
+
+@dataclass(kw_only=True)
+class AnimateConfig:
+    """One `meshtalk animate` run."""
+
+    speech: Path
+    """Audio file of any common format, rate and channel count."""
+    template: Path
+    """PLY or OBJ mesh of the model's topology (vertex order as trained); its faces are used."""
+    output: Path
+    """Output folder (created; see the module docstring for what it holds)."""
+    model: Path
+    """A trained run folder with a prior (stage 2)."""
+    seed: int = 0
+    """Seed of the sampler's noise: the same seed gives the same animation on the same device."""
+    temperature: float = 1.0
+    """Logits are divided by it before drawing (below 1: closer to the most likely codes)."""
+    argmax: bool = False
+    """Take the most likely code at every step instead of drawing (deterministic)."""
+    takes: int = 1
+    """Samples of the same speech, each in its own folder OUT/take_<i>/ (1: directly in OUT)."""
+    int8: bool = False
+    """Sample with int8 weights (CPU only; about 4x fewer bytes read per step)."""
+    device: str = "auto"
+    """auto, cpu, cuda or mps."""
+    smooth: bool | None = None
+    """Smooth forehead and neck over time as the release does; None: when the run has masks."""
+    frames: str | None = None
+    """Also write one mesh per frame: 'ply' or 'obj' (None: none)."""
+    video: bool = True
+    """Render OUT/animation.mp4 with the speech."""
+    scale: float = 1.0
+    """Multiplies the PC2, template and per-frame exports (0.001: millimetres to metres);
+    animation.npz stays in the template's units."""
+    force: bool = False
+    """Write into a folder holding other files or an earlier animation (only animate's own files
+    are replaced)."""
+    size: tuple[int, int] = VIDEO_SIZE
+    """Video width and height in pixels (even)."""
+    progress: bool = False
+    """Show progress bars."""
+    chunk_frames: int = CHUNK_FRAMES
+    """Frames processed at a time."""
+
+    def __post_init__(self) -> None:
+        self.speech, self.template = Path(self.speech), Path(self.template)
+        self.output, self.model = Path(self.output), Path(self.model)
+        problems = []
+        if not (isinstance(self.temperature, int | float) and self.temperature > 0):
+            problems.append(f"--temperature must be positive, got {self.temperature}")
+        elif not math.isfinite(self.temperature):
+            problems.append(f"--temperature must be finite, got {self.temperature}")
+        if not 1 <= self.takes <= MAX_TAKES:
+            problems.append(f"--takes must be between 1 and {MAX_TAKES}, got {self.takes}")
+        if self.frames is not None and self.frames not in FRAME_FORMATS:
+            problems.append(
+                f"--frames must be one of {', '.join(FRAME_FORMATS)}, got {self.frames}"
+            )
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            problems.append(f"--scale must be a positive number, got {self.scale}")
+        if self.chunk_frames < 1:
+            problems.append(f"chunk_frames must be at least 1, got {self.chunk_frames}")
+        width, height = self.size
+        if width < 2 or height < 2 or width % 2 or height % 2:
+            problems.append(f"the video size must be even and positive, got {width}x{height}")
+        if not 0 <= self.seed < 2**63:
+            problems.append(f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
+        if problems:
+            raise MeshtalkError(None, "; ".join(problems))
+
+
+@dataclass
+class AnimateResult:
+    """What `animate` wrote and how long each stage took."""
+
+    output: Path
+    """OUT."""
+    folders: list[Path]
+    """Each take's folder (OUT itself for one take)."""
+    frames: int
+    """T, frames of the animation."""
+    duration_s: float
+    """Length of the speech."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall-clock seconds per stage: load, audio_codes, sampling, decoding, smoothing, writing,
+    video."""
+
+
+def run(config: AnimateConfig) -> Path:
+    """Animate; returns the output folder."""
+    return animate(config).output
+
+
+def animate(config: AnimateConfig) -> AnimateResult:
+    """Animate, returning where the files went and the time of each stage."""
+    import torch
+
+    from meshtalk.pipelines.checkpoint import load_run
+    from meshtalk.pipelines.train.loop import resolve_device
+
+    seconds: dict[str, float] = dict.fromkeys(
+        ("load", "audio_codes", "sampling", "decoding", "smoothing", "writing", "video"), 0.0
+    )
+    started = time.perf_counter()
+    out = OutputFolder(config.output, "animate", force=config.force)
+    out.check()  # before any work: a wrong -o is found at once
+    device = resolve_device(config.device)
+    if config.int8 and device.type != "cpu":
+        raise MeshtalkError(None, f"--int8 samples on the CPU; --device resolved to {device.type}")
+    template = read_mesh(config.template)
+    run = load_run(config.model, device)
+    if run.prior is None:
+        raise MeshtalkError(
+            config.model, "has no prior (stage 2): train one with meshtalk train prior"
+        )
+    if len(template.vertices) != run.num_vertices:
+        raise MeshtalkError(
+            config.template,
+            f"has {len(template.vertices)} vertices but the model's topology has "
+            f"{run.num_vertices} ({config.model}); use a template of the model's topology",
+        )
+    samples = _speech(config.speech, run.front_end)
+    seconds["load"] = time.perf_counter() - started
+    smoother_masks = _smoothing_masks(config, run)
+    front_end = run.front_end
+    total = front_end.frame_count(samples.size)
+    fps = _frame_rate(front_end)
+    log.info(
+        "%s: %.2f s of speech, %d frames at %.2f fps, %d take(s)",
+        config.speech,
+        samples.size / front_end.sample_rate,
+        total,
+        float(fps),
+        config.takes,
+    )
+    provenance = _provenance(config, run)
+    with out.writing() as partial, torch.inference_mode():
+        folders = (
+            [partial] if config.takes == 1 else [partial / f"take_{i}" for i in range(config.takes)]
+        )
+        clock = time.perf_counter()
+        audio_codes = front_end.audio_codes(run.latent.encoder.audio_encoder, samples)
+        seconds["audio_codes"] = time.perf_counter() - clock
+        if audio_codes.shape[1] != total:
+            raise MeshtalkError(
+                config.model,
+                f"the audio front end gave {audio_codes.shape[1]} frames where {total} were due",
+            )
+        suffix = config.template.suffix.lower()
+        writers = [
+            TakeWriter(folder, template, suffix, total, config.frames, config.scale)
+            for folder in folders
+        ]
+        smoothers = [RegionSmoother(smoother_masks) for _ in folders] if smoother_masks else None
+        _generate(config, run, template, audio_codes, writers, smoothers, seconds)
+        clock = time.perf_counter()
+        for index, writer in enumerate(writers):
+            take = {**provenance, "take": index}
+            writer.finish(
+                frame_times=front_end.frame_times(samples.size),
+                fps=float(fps),
+                audio=samples,
+                audio_rate=front_end.sample_rate,
+                provenance=json.dumps(take, sort_keys=True),
+            )
+        seconds["writing"] += time.perf_counter() - clock
+        if config.video:
+            clock = time.perf_counter()
+            for writer in writers:
+                writer.video(fps, samples, front_end.sample_rate, config.size, config.progress)
+            seconds["video"] = time.perf_counter() - clock
+    final = [config.output / folder.relative_to(partial) for folder in folders]
+    log.info("wrote %s", ", ".join(str(folder) for folder in final))
+    return AnimateResult(
+        output=config.output,
+        folders=final,
+        frames=total,
+        duration_s=samples.size / front_end.sample_rate,
+        seconds=seconds,
+    )
+
+
+def _generate(config, run, template: Mesh, audio_codes, writers, smoothers, seconds) -> None:
+    """Sample, decode, smooth and write every frame, `chunk_frames` at a time."""
+    import torch
+    import torch.nn.functional as F
+
+    from meshtalk.models.sampler import PriorSampler
+
+    takes, prior, decoder = config.takes, run.prior, run.latent.decoder
+    clock = time.perf_counter()  # the sampler's preparation of its weights counts as sampling
+    sampler = PriorSampler(
+        prior,
+        batch=takes,
+        temperature=config.temperature,
+        argmax=config.argmax,
+        seed=config.seed,
+        weights="int8" if config.int8 else "float",
+    )
+    seconds["sampling"] += time.perf_counter() - clock
+    parameter = next(decoder.parameters())
+    vertices = torch.from_numpy(np.ascontiguousarray(template.vertices, dtype=np.float32))
+    template_batch = vertices.to(parameter.device, parameter.dtype)[None].expand(takes, -1, -1)
+    classes = prior.config.classes
+    state = None
+    total = audio_codes.shape[1]
+    for first in range(0, total, config.chunk_frames):
+        clock = time.perf_counter()
+        chunk = audio_codes[:, first : first + config.chunk_frames].expand(takes, -1, -1)
+        codes = sampler.push(chunk)  # (N, n, H)
+        seconds["sampling"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        one_hot = F.one_hot(codes, classes).to(parameter.dtype)
+        meshes, state = decoder.decode(template_batch, one_hot, state)
+        meshes = meshes.float().cpu().numpy()
+        seconds["decoding"] += time.perf_counter() - clock
+        codes = codes.cpu().numpy()
+        for index, writer in enumerate(writers):
+            writer.codes.append(codes[index])
+            clock = time.perf_counter()
+            ready = meshes[index] if smoothers is None else smoothers[index].push(meshes[index])
+            seconds["smoothing"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            writer.write(ready)
+            seconds["writing"] += time.perf_counter() - clock
+    if smoothers is not None:
+        for smoother, writer in zip(smoothers, writers):
+            clock = time.perf_counter()
+            rest = smoother.finish()
+            seconds["smoothing"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            writer.write(rest)
+            seconds["writing"] += time.perf_counter() - clock
+
+
+class TakeWriter:
+    """The files of one take, written as its frames come.
+
+    Args:
+        folder: where the take's files go (created).
+        template: the template mesh (faces, texture coordinates).
+        suffix: '.ply' or '.obj', the format of the template export (the given template's).
+        total: T, frames the take will have.
+        frames: 'ply' or 'obj' to write one mesh per frame, or None.
+        scale: multiplies the PC2, template and per-frame exports.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        template: Mesh,
+        suffix: str,
+        total: int,
+        frames: str | None,
+        scale: float,
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.template, self.total, self.scale = folder, template, total, scale
+        self.suffix = suffix
+        num_vertices = len(template.vertices)
+        self.npz_path = folder / "animation.npz"
+        self.npz = NpzWriter(self.npz_path)
+        self.vertices = self.npz.stream("vertices", (total, num_vertices, 3), np.float32)
+        self.pc2 = PC2Writer(folder / "animation.pc2", PC2Header(num_vertices, total), scale)
+        self.meshes = None
+        if frames is not None:
+            self.meshes = FrameMeshWriter(
+                folder / "frames", template.faces, frames, scale, template.uvs, template.face_uvs
+            )
+        self.codes: list[np.ndarray] = []
+
+    def write(self, frames: np.ndarray) -> None:
+        """(n, V, 3) frames, in the template's units."""
+        if len(frames) == 0:
+            return
+        self.vertices.write(frames)
+        self.pc2.write(frames)
+        if self.meshes is not None:
+            self.meshes.write(frames)
+
+    def finish(self, **members) -> None:
+        """Close the streams; the npz's other members (`members`, then faces, template, codes)."""
+        self.vertices.close()
+        self.pc2.close()
+        npz = self.npz
+        npz.add("faces", self.template.faces.astype(np.int32))
+        npz.add("template", self.template.vertices.astype(np.float32))
+        npz.add("codes", np.concatenate(self.codes).astype(np.int64))
+        for name, value in members.items():
+            npz.add(name, np.asarray(value))
+        npz.close()
+        template = self.template
+        scaled = template.vertices.astype(np.float32) * np.float32(self.scale)
+        write_mesh(
+            self.folder / f"template{self.suffix}",
+            Mesh(
+                vertices=scaled, faces=template.faces, uvs=template.uvs, face_uvs=template.face_uvs
+            ),
+        )
+
+    def video(
+        self, fps: Fraction, audio: np.ndarray, audio_rate: int, size, progress: bool
+    ) -> None:
+        """Render animation.mp4 from the written vertices (read back a chunk at a time)."""
+        from meshtalk.pipelines.render import render_video
+
+        render_video(
+            iter_rows(self.npz_path, "vertices"),
+            self.template.faces,
+            self.folder / "animation.mp4",
+            fps=fps,
+            audio=audio,
+            audio_rate=audio_rate,
+            size=size,
+            template=self.template.vertices.astype(np.float32),
+            total=self.total,
+            progress=progress,
+        )
+
+
+def _speech(path: Path, front_end) -> np.ndarray:
+    """16 kHz mono samples of the speech, checked (every problem names the file)."""
+    from meshtalk.pipelines.io.audio import load_audio
+
+    samples = load_audio(path, front_end.sample_rate)
+    try:
+        front_end.check_waveform(samples)
+    except MeshtalkError as error:
+        raise MeshtalkError(path, error.problem) from None
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def _smoothing_masks(config: AnimateConfig, run) -> list[np.ndarray]:
+    """The masks to smooth by (forehead, neck), or [] when smoothing is off or impossible."""
+    if config.smooth is False:
+        return []
+    masks = run.masks or {}
+    missing = [name for name in SMOOTHED_REGIONS if name not in masks]
+    if missing:
+        log.info(
+            "%s: no %s mask stored with the run; forehead and neck are not smoothed",
+            config.model,
+            " or ".join(missing),
+        )
+        return []
+    return [masks[name] for name in SMOOTHED_REGIONS]
+
+
+def _frame_rate(front_end) -> Fraction:
+    """Frames per second exactly: fps, or sample rate / step under the release's framing."""
+    if front_end.framing == "release":
+        return Fraction(front_end.sample_rate, front_end.step_samples)
+    return Fraction(front_end.fps).limit_denominator(10_000)
+
+
+def _provenance(config: AnimateConfig, run) -> dict:
+    """What produced the animation: model, settings, speech and template files, version."""
+    from meshtalk.pipelines.io.provenance import file_sha256, versions
+
+    hashes = {
+        f"{stage}/{name}": digest
+        for stage, checkpoint in sorted(run.stages.items())
+        for name, digest in sorted(checkpoint.config_sha256.items())
+    }
+    config_hash = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+    return {
+        "command": "meshtalk animate",
+        "model": str(Path(run.folder).resolve()),
+        "model_config_sha256": config_hash,
+        "model_steps": {stage: checkpoint.step for stage, checkpoint in run.stages.items()},
+        "seed": config.seed,
+        "temperature": config.temperature,
+        "argmax": config.argmax,
+        "takes": config.takes,
+        "int8": config.int8,
+        "smooth": bool(_smoothing_masks_quiet(config, run)),
+        "framing": run.front_end.framing,
+        "audio_file": config.speech.name,
+        "audio_sha256": file_sha256(config.speech),
+        "template_file": config.template.name,
+        "template_sha256": file_sha256(config.template),
+        "scale": config.scale,
+        "meshtalk": versions(("meshtalk",))["meshtalk"],
+    }
+
+
+def _smoothing_masks_quiet(config: AnimateConfig, run) -> bool:
+    masks = run.masks or {}
+    return config.smooth is not False and all(name in masks for name in SMOOTHED_REGIONS)

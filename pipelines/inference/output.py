@@ -1,0 +1,126 @@
+"""The output folder of an inference command: checked, locked, filled atomically, or left as it was.
+
+Everything is written into a hidden `.NAME.partial` folder inside OUT; at the end the command's
+earlier outputs (those its marker file lists) move aside, the new ones move in, the marker last.
+On any error the partial folder goes, and OUT too if this run created it, so a failed command
+leaves nothing behind. A folder holding other files is refused unless `force` (then only the
+command's own files are replaced, the others stay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.io import lock
+from meshtalk.pipelines.io.atomic import follow_umask, write_text_atomic
+
+
+class OutputFolder:
+    """OUT of one command run (`command`: 'animate', ...).
+
+    Args:
+        path: OUT.
+        command: the command writing it; its marker is `OUT/<command>.json`.
+        force: write into a folder that holds other files or the command's earlier outputs.
+    """
+
+    def __init__(self, path: str | Path, command: str, force: bool = False) -> None:
+        self.path, self.command, self.force = Path(path), command, force
+        self.marker = self.path / f"{command}.json"
+        self.partial = self.path / f".{command}.partial"
+        self.old = self.path / f".{command}.old"
+
+    def check(self) -> None:
+        """Refuse an OUT that is a file, or that holds files without `force` (before any work)."""
+        out = self.path
+        if os.path.lexists(out) and not out.is_dir():
+            raise MeshtalkError(out, "exists and is not a folder (choose another -o)")
+        if not out.is_dir():
+            return
+        own = {lock.LOCK_FILE, self.partial.name, self.old.name}
+        others = sorted(entry.name for entry in out.iterdir() if entry.name not in own)
+        if not others or self.force:
+            return
+        if self.marker.is_file():
+            raise MeshtalkError(
+                out,
+                f"already holds the outputs of an earlier {self.command} (--force replaces them)",
+            )
+        raise MeshtalkError(
+            out,
+            f"is a folder of other files ({', '.join(others[:3])}); {self.command} writes into a "
+            f"new or empty folder (--force writes its files beside them, replacing only its own)",
+        )
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Path]:
+        """Lock OUT and yield the partial folder to fill; on success its entries replace OUT's.
+
+        Every top-level entry of the partial folder becomes an output; the marker lists them.
+        """
+        self.check()
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise MeshtalkError(
+                self.path, f"cannot create the output folder ({error.strerror or error})"
+            ) from None
+        if created:
+            follow_umask(self.path, directory=True)
+        try:
+            with lock.exclusive(self.path, f"meshtalk {self.command}"):
+                self._recover()
+                self.partial.mkdir()
+                yield self.partial
+                self._swap_in()
+        except BaseException:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            if created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def _earlier(self) -> list[str]:
+        """The entries an earlier run of the command wrote (its marker's list)."""
+        try:
+            record = json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return []
+        files = record.get("files") if isinstance(record, dict) else None
+        if not isinstance(files, list):
+            return []
+        return [name for name in files if isinstance(name, str) and "/" not in name and name]
+
+    def _recover(self) -> None:
+        """Undo what an interrupted run left: its partial folder; put back what it moved aside."""
+        shutil.rmtree(self.partial, ignore_errors=True)
+        if self.old.is_dir():
+            if not self.marker.exists():  # the swap stopped midway: the earlier outputs go back
+                for entry in self.old.iterdir():
+                    target = self.path / entry.name
+                    if not os.path.lexists(target):
+                        os.replace(entry, target)
+            shutil.rmtree(self.old, ignore_errors=True)
+
+    def _swap_in(self) -> None:
+        new = sorted(entry.name for entry in self.partial.iterdir())
+        self.old.mkdir()
+        for name in [
+            self.marker.name,
+            *self._earlier(),
+            *new,
+        ]:  # marker first: incomplete meanwhile
+            target = self.path / name
+            if os.path.lexists(target) and not os.path.lexists(self.old / name):
+                os.replace(target, self.old / name)
+        for name in new:
+            os.replace(self.partial / name, self.path / name)
+        write_text_atomic(self.marker, json.dumps({"files": new}, indent=2) + "\n")
+        shutil.rmtree(self.old, ignore_errors=True)
+        self.partial.rmdir()
