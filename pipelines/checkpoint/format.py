@@ -97,10 +97,10 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise MeshtalkError(path, f"not a readable safetensors file ({error})") from None
 
 
-def load_component_state(folder: Path, module: nn.Module) -> None:
-    """Load a saved component's tensors into `module` (names and shapes must match exactly)."""
-    path = Path(folder) / WEIGHTS_FILE
-    state = load_tensors(path)
+def check_fits(
+    module: nn.Module, state: dict, path: Path, problem: str = "does not fit the model"
+) -> None:
+    """A one-line error naming `path` unless `state` has exactly `module`'s names and shapes."""
     expected = module.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -114,7 +114,14 @@ def load_component_state(folder: Path, module: nn.Module) -> None:
             k = wrong[0]
             have, want = tuple(state[k].shape), tuple(expected[k].shape)
             parts.append(f"{k} has shape {have}, expected {want}")
-        raise MeshtalkError(path, "does not fit the model: " + "; ".join(parts))
+        raise MeshtalkError(path, f"{problem}: " + "; ".join(parts))
+
+
+def load_component_state(folder: Path, module: nn.Module) -> None:
+    """Load a saved component's tensors into `module` (names and shapes must match exactly)."""
+    path = Path(folder) / WEIGHTS_FILE
+    state = load_tensors(path)
+    check_fits(module, state, path)
     module.load_state_dict(state)
 
 

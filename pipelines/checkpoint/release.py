@@ -36,7 +36,7 @@ from torch import nn
 from meshtalk.models.config import LATENT_PRESETS, LatentModelConfig, MelConfig
 from meshtalk.models.latent import LatentAutoencoder
 from meshtalk.models.prior import PRIOR_PRESETS, ContextModel, PriorModelConfig, head_mask
-from meshtalk.pipelines.checkpoint.format import CONFIG_FILE, write_checkpoint
+from meshtalk.pipelines.checkpoint.format import CONFIG_FILE, check_fits, write_checkpoint
 from meshtalk.pipelines.checkpoint.run import COMPONENTS, LATENT, PRIOR, TOPOLOGY, save_topology
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.frontend import AudioFrontEnd
@@ -239,21 +239,7 @@ def preset_of(latent: LatentModelConfig, prior: PriorModelConfig) -> str | None:
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """Load a state dict whose names and shapes must be exactly the module's, finite values."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}")
-        if wrong:
-            k = wrong[0]
-            have, want = tuple(state[k].shape), tuple(expected[k].shape)
-            parts.append(f"{k} has shape {have}, expected {want}")
-        raise MeshtalkError(path, "does not fit the model of its sizes: " + "; ".join(parts))
+    check_fits(module, state, path, "does not fit the model of its sizes")
     for name, value in state.items():
         if not value.is_floating_point():
             raise MeshtalkError(path, f"{name} holds {value.dtype} values, not floating point")

@@ -108,11 +108,7 @@ def iter_rows(path: str | Path, name: str, rows: int = 256) -> Iterator[np.ndarr
         (n, *shape[1:]) arrays, n <= rows, in order.
     """
     path = Path(path)
-    try:
-        archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as error:
-        raise MeshtalkError(path, f"not a readable .npz archive ({error})") from None
-    with archive, _open_member(archive, path, name) as handle:
+    with _open_archive(path) as archive, _open_member(archive, path, name) as handle:
         shape, fortran, dtype = _read_header(handle)
         if fortran or dtype.hasobject or not shape:
             raise MeshtalkError(path, f"member {name} is not a C-ordered array of rows")
@@ -128,13 +124,16 @@ def iter_rows(path: str | Path, name: str, rows: int = 256) -> Iterator[np.ndarr
 def member_shape(path: str | Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) of an `.npz` member, read from its header only."""
     path = Path(path)
-    try:
-        archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as error:
-        raise MeshtalkError(path, f"not a readable .npz archive ({error})") from None
-    with archive, _open_member(archive, path, name) as handle:
+    with _open_archive(path) as archive, _open_member(archive, path, name) as handle:
         shape, _, dtype = _read_header(handle)
     return shape, dtype
+
+
+def _open_archive(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as error:
+        raise MeshtalkError(path, f"not a readable .npz archive ({error})") from None
 
 
 def _open_member(archive: zipfile.ZipFile, path: Path, name: str):
