@@ -441,6 +441,18 @@ def test_an_occupied_folder_needs_force_and_keeps_other_files(inputs, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_force_never_replaces_a_users_file_of_the_same_name(inputs, tmp_path):
+    out = tmp_path / "topology"
+    out.mkdir()
+    template = out / "template.ply"  # the user's input, in the output folder
+    shutil.copy(inputs["template"], template)
+    before = template.read_bytes()
+    result = invoke({**inputs, "template": template}, out, "--no-video", "--force", "--scale", "2")
+    assert result.exit_code == 1 and "was not written by meshtalk animate" in result.stderr
+    assert template.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["template.ply"]
+
+
 def test_a_run_without_masks_is_not_smoothed(inputs, tmp_path, caplog):
     bare = tmp_path / "bare"
     shutil.copytree(inputs["run"], bare, ignore=shutil.ignore_patterns("topology"))

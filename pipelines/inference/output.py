@@ -110,6 +110,14 @@ class OutputFolder:
 
     def _swap_in(self) -> None:
         new = sorted(entry.name for entry in self.partial.iterdir())
+        earlier = set(self._earlier())
+        theirs = [n for n in new if os.path.lexists(self.path / n) and n not in earlier]
+        if theirs:  # --force replaces only this command's files, never a user's (an input, say)
+            raise MeshtalkError(
+                self.path / theirs[0],
+                f"exists and was not written by meshtalk {self.command}; it is kept (choose "
+                "another -o)",
+            )
         self.old.mkdir()
         for name in [
             self.marker.name,
