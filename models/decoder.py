@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from meshtalk.models.config import LatentModelConfig
@@ -77,7 +78,13 @@ class VertexUNet(nn.Module):
             parts.reverse()
         x = leaky(self.fusion(torch.cat(parts, dim=-1)), self.slope)
         x, state = self.temporal(x, state)
+        if torch.is_grad_enabled():
+            for layer, skip in zip(self.decoder, reversed(skips)):
+                x = leaky(layer(x), self.slope) + skip.unsqueeze(1)
+            x = (x + self.vertex_bias).view(b, t, -1, 3)
+            return x * self.stddev + self.mean, state
+        # Inference: the same arithmetic in place, so the (B, T, V*3) output is allocated once.
         for layer, skip in zip(self.decoder, reversed(skips)):
-            x = leaky(layer(x), self.slope) + skip.unsqueeze(1)
-        x = (x + self.vertex_bias).view(b, t, -1, 3)
-        return x * self.stddev + self.mean, state
+            x = F.leaky_relu_(layer(x), self.slope).add_(skip.unsqueeze(1))
+        x = x.add_(self.vertex_bias).view(b, t, -1, 3)
+        return x.mul_(self.stddev).add_(self.mean), state

@@ -490,3 +490,38 @@ def test_a_damaged_run_topology_is_one_line(inputs, tmp_path):
     mask.write_bytes(b"junk")
     with pytest.raises(MeshtalkError, match="not a readable .npy file"):
         load_run(damaged)
+
+
+def test_relay_keeps_order_and_flushes():
+    from meshtalk.pipelines.inference.animate import Relay
+
+    seen = []
+    held = []
+
+    def first(item):
+        if item is None:  # the flush: hand on what was held back
+            return sum(held)
+        held.append(item)
+        return item * 10 if item % 2 else None  # even items go no further
+
+    with Relay([first, seen.append], flush=True) as relay:
+        for item in range(7):
+            relay.put(item)
+    assert seen == [10, 30, 50, sum(range(7))]
+
+
+def test_relay_raises_a_stage_error_in_the_caller_and_stops():
+    from meshtalk.pipelines.inference.animate import Relay
+
+    def broken(item):
+        if item == 3:
+            raise ValueError("stage broke")
+        return item
+
+    written = []
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match="stage broke"), Relay([broken, written.append]) as relay:
+        for item in range(50):
+            relay.put(item)
+    assert written == [0, 1, 2][: len(written)]  # in order; nothing after the failure went on
+    assert torch.get_num_threads() == threads  # the caller's setting is back

@@ -235,7 +235,12 @@ def animate(config: AnimateConfig) -> AnimateResult:
 
 
 def _generate(config, run, template: Mesh, audio_codes, writers, smoothers, seconds) -> None:
-    """Sample, decode, smooth and write every frame, `chunk_frames` at a time."""
+    """Sample, decode, smooth and write every frame, `chunk_frames` at a time.
+
+    Three stages run side by side on consecutive chunks (`Relay`): this thread samples chunk k+1
+    while a second decodes and smooths chunk k and a third writes chunk k-1, each stage holding
+    at most two chunks, so the files cost little time beyond sampling and memory stays flat.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -256,35 +261,131 @@ def _generate(config, run, template: Mesh, audio_codes, writers, smoothers, seco
     vertices = torch.from_numpy(np.ascontiguousarray(template.vertices, dtype=np.float32))
     template_batch = vertices.to(parameter.device, parameter.dtype)[None].expand(takes, -1, -1)
     classes = prior.config.classes
-    state = None
-    total = audio_codes.shape[1]
-    for first in range(0, total, config.chunk_frames):
+    decoder_state = None
+
+    def decode(codes):  # (N, n, H) codes -> (codes, [ready frames of each take])
+        nonlocal decoder_state
+        if codes is None:  # the end: what the smoothers still hold
+            if smoothers is None:
+                return None
+            clock = time.perf_counter()
+            rest = [smoother.finish() for smoother in smoothers]
+            seconds["smoothing"] += time.perf_counter() - clock
+            return None, rest
+        with torch.inference_mode():
+            clock = time.perf_counter()
+            one_hot = F.one_hot(codes, classes).to(parameter.dtype)
+            meshes, decoder_state = decoder.decode(template_batch, one_hot, decoder_state)
+            meshes = meshes.float().cpu().numpy()
+            seconds["decoding"] += time.perf_counter() - clock
         clock = time.perf_counter()
-        chunk = audio_codes[:, first : first + config.chunk_frames].expand(takes, -1, -1)
-        codes = sampler.push(chunk)  # (N, n, H)
-        seconds["sampling"] += time.perf_counter() - clock
+        if smoothers is None:
+            ready = list(meshes)
+        else:
+            ready = [smoother.push(take) for smoother, take in zip(smoothers, meshes)]
+        seconds["smoothing"] += time.perf_counter() - clock
+        return codes.cpu().numpy(), ready
+
+    def write(item) -> None:
+        codes, ready = item
         clock = time.perf_counter()
-        one_hot = F.one_hot(codes, classes).to(parameter.dtype)
-        meshes, state = decoder.decode(template_batch, one_hot, state)
-        meshes = meshes.float().cpu().numpy()
-        seconds["decoding"] += time.perf_counter() - clock
-        codes = codes.cpu().numpy()
         for index, writer in enumerate(writers):
-            writer.codes.append(codes[index])
+            if codes is not None:
+                writer.codes.append(codes[index])
+            writer.write(ready[index])
+        seconds["writing"] += time.perf_counter() - clock
+
+    total = audio_codes.shape[1]
+    with Relay([decode, write], flush=True) as relay:
+        for first in range(0, total, config.chunk_frames):
             clock = time.perf_counter()
-            ready = meshes[index] if smoothers is None else smoothers[index].push(meshes[index])
-            seconds["smoothing"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            writer.write(ready)
-            seconds["writing"] += time.perf_counter() - clock
-    if smoothers is not None:
-        for smoother, writer in zip(smoothers, writers):
-            clock = time.perf_counter()
-            rest = smoother.finish()
-            seconds["smoothing"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            writer.write(rest)
-            seconds["writing"] += time.perf_counter() - clock
+            chunk = audio_codes[:, first : first + config.chunk_frames].expand(takes, -1, -1)
+            codes = sampler.push(chunk)  # (N, n, H)
+            seconds["sampling"] += time.perf_counter() - clock
+            relay.put(codes)
+
+
+class Relay:
+    """Functions applied in a chain, each in its own thread, on a stream of items.
+
+    `put(item)` hands an item to the first function; each function's result goes to the next
+    (a result of None goes no further). Each stage holds at most `depth` items, so a slow stage
+    holds up the producer instead of piling up memory. On leaving the `with` block every item is
+    processed (with `flush`, the first function is called once more with None, to hand on what it
+    holds back) and the threads end; the first exception of any stage is raised in the caller
+    (also from `put`), and an interrupt of the caller stops the threads.
+
+    torch runs one intra-op thread in each stage while the relay runs (the stages themselves use
+    the cores), and the caller's setting is restored at the end.
+    """
+
+    _END = object()
+
+    def __init__(self, stages, *, depth: int = 2, flush: bool = False) -> None:
+        import queue
+        import threading
+
+        self.stages, self.flush = stages, flush
+        self.queues = [queue.Queue(maxsize=depth) for _ in stages]
+        self.error: BaseException | None = None
+        self.threads = [
+            threading.Thread(target=self._serve, args=(index,), daemon=True)
+            for index in range(len(stages))
+        ]
+
+    def __enter__(self) -> Relay:
+        import torch
+
+        self.threads_before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def put(self, item) -> None:
+        """Hand `item` to the first stage (blocks while it holds `depth` items)."""
+        self._raise()
+        self.queues[0].put(item)
+
+    def __exit__(self, kind, error, trace) -> None:
+        import torch
+
+        try:
+            if kind is None and self.flush:
+                self.queues[0].put(None)
+            self.queues[0].put(self._END)
+            for thread in self.threads:
+                thread.join()
+        finally:
+            torch.set_num_threads(self.threads_before)
+        if kind is None:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _serve(self, index: int) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        inbox, stage = self.queues[index], self.stages[index]
+        outbox = self.queues[index + 1] if index + 1 < len(self.stages) else None
+        while True:
+            item = inbox.get()
+            if item is self._END:
+                if outbox is not None:
+                    outbox.put(self._END)
+                return
+            if self.error is not None:
+                continue  # a stage failed: drain, so that nobody waits on a full queue
+            try:
+                result = stage(item)
+            except BaseException as error:  # handed to the caller
+                self.error = error
+                continue
+            if result is not None and outbox is not None:
+                outbox.put(result)
 
 
 class TakeWriter:

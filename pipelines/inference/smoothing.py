@@ -13,6 +13,8 @@ import torch
 
 TAPS, SIGMA = 9, 2.0
 """The release's filter."""
+BLOCK_VERTICES = 128
+"""Vertices smoothed at a time (a block of 256 frames of them fits in a core's L2 cache)."""
 SMOOTHED_REGIONS = ("forehead", "neck")
 """The masks smoothed, in the release's order."""
 
@@ -73,16 +75,30 @@ class TemporalSmoother:
         buffer, r = self.buffer, self.radius
         if count <= 0:
             return buffer[:0]
-        out = buffer[r : r + count].copy()
-        region = torch.from_numpy(buffer[:, self.vertices])  # (count + 2r, M, 3)
-        # The taps as in-place sums over the region (no temporaries of the chunk's size).
-        smoothed = region[:count] * float(self.weights[0])
-        for tap in range(1, len(self.weights)):
-            smoothed.add_(region[tap : tap + count], alpha=float(self.weights[tap]))
-        # out + blend * (smoothed - out), in place.
-        original = torch.from_numpy(out[:, self.vertices])
-        smoothed.sub_(original).mul_(self.blend).add_(original)
-        out[:, self.vertices] = smoothed.numpy()
+        vertices = self.vertices
+        every = isinstance(vertices, slice)
+        # Every vertex is written below when the mask reaches all; else start from the input.
+        out = np.empty_like(buffer[r : r + count]) if every else buffer[r : r + count].copy()
+        source = torch.from_numpy(buffer)
+        target = torch.from_numpy(out)
+        if every:  # every vertex: blocks of the frames' own memory
+            chosen = range(0, source.shape[1], BLOCK_VERTICES)
+            blocks = ((slice(first, first + BLOCK_VERTICES), first) for first in chosen)
+        else:
+            chosen = range(0, len(vertices), BLOCK_VERTICES)
+            blocks = ((torch.from_numpy(vertices[i : i + BLOCK_VERTICES]), i) for i in chosen)
+        weights = [float(w) for w in self.weights]
+        # Vertex blocks small enough to stay in the cache while all taps are summed over them.
+        for index, first in blocks:
+            region = source[:, index]  # (count + 2r, m, 3)
+            smoothed = region[:count] * weights[0]
+            for tap in range(1, len(weights)):
+                smoothed.add_(region[tap : tap + count], alpha=weights[tap])
+            # out + blend * (smoothed - out), in place.
+            original = region[r : r + count]
+            blend = self.blend[:, first : first + smoothed.shape[1]]
+            smoothed.sub_(original).mul_(blend).add_(original)
+            target[:, index] = smoothed
         self.buffer = buffer[count:]
         return out
 
