@@ -208,3 +208,21 @@ def test_resume_after_prep_again_on_the_same_data(tiny_dataset, tmp_path):
     np.save(store / "std.npy", np.load(store / "std.npy") * 2)
     with pytest.raises(MeshtalkError, match="cannot resume: the data differs"):
         run(replace(tiny_run(store, out, steps=5), resume=True))
+
+
+def test_a_record_from_before_a_model_setting_existed_resumes_with_its_old_value(
+    tiny_store, tmp_path
+):
+    from meshtalk.pipelines.train.loop import RunRecord
+
+    def record(fusion: str) -> RunRecord:
+        return RunRecord(tmp_path, "latent", {"model": {"decoder_fusion": fusion}}, tiny_store)
+
+    old = record("codes_first")
+    old.start("cpu", 1, 0)
+    saved = json.loads((tmp_path / "run.json").read_text())
+    del saved["latent"]["settings"]["model"]["decoder_fusion"]  # written before the field
+    (tmp_path / "run.json").write_text(json.dumps(saved))
+    record("codes_first").check_resumable()  # the value such runs had
+    with pytest.raises(MeshtalkError, match="recorded before the setting existed.*--config"):
+        record("template_first").check_resumable()

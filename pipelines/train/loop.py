@@ -238,6 +238,14 @@ def store_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
+FIELDS_ADDED_LATER = {
+    "expression_input": "mesh",
+    "decoder_fusion": "codes_first",
+    "input_activation": True,
+}
+"""Model settings added after runs were first recorded, and the value those runs had."""
+
+
 class RunRecord:
     """run.json: per stage, the settings, the data it trained on, and every invocation."""
 
@@ -266,7 +274,16 @@ class RunRecord:
         differences = []
         for section, values in self.entry["settings"].items():
             for key, value in values.items():
-                before = (old["settings"].get(section) or {}).get(key)
+                recorded = old["settings"].get(section) or {}
+                before = recorded.get(key)
+                if key not in recorded and key in FIELDS_ADDED_LATER:
+                    before = FIELDS_ADDED_LATER[key]  # what runs recorded before it were
+                    if before != value:
+                        differences.append(
+                            f"{section}.{key} was {before!r} (recorded before the setting "
+                            f"existed), now {value!r}: set it to {before!r} with --config to resume"
+                        )
+                        continue
                 if key != "steps" and before != value:
                     differences.append(f"{section}.{key} was {before!r}, now {value!r}")
         data = old.get("data") or {}
