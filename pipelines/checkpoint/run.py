@@ -14,6 +14,7 @@ everything else (stage-2 training, inference, benchmarks, tests) loads through `
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -320,7 +321,8 @@ def _load_latent(stage: StageCheckpoint, front_end: AudioFrontEnd) -> LatentAuto
         raise MeshtalkError(
             decoder / CONFIG_FILE, f"model: differs from the encoder's ({encoder / CONFIG_FILE})"
         )
-    model = LatentAutoencoder(sizes)
+    with _no_random_initialisation():  # every tensor is loaded below
+        model = LatentAutoencoder(sizes)
     load_component_state(encoder, model.encoder)
     load_component_state(decoder, model.decoder)
     return model
@@ -359,9 +361,37 @@ def _load_prior(
             folder / CONFIG_FILE,
             stage1.folder,
         )
-    model = ContextModel(sizes)
+    with _no_random_initialisation():  # every tensor is loaded below
+        model = ContextModel(sizes)
     load_component_state(folder, model)
     return model
+
+
+_RANDOM_INITIALISERS = (
+    "uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+    "xavier_uniform_", "xavier_normal_", "orthogonal_",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _no_random_initialisation():
+    """Build modules without drawing their random initial weights (a tenth of a second at the
+    release's sizes): `load_component_state` then overwrites every parameter and buffer, checked
+    by name and shape, so nothing drawn would survive."""
+    from torch.nn import init
+
+    saved = {name: getattr(init, name) for name in _RANDOM_INITIALISERS}
+    try:
+        for name in _RANDOM_INITIALISERS:
+            setattr(init, name, _leave)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(init, name, function)
+
+
+def _leave(tensor, *args, **kwargs):
+    return tensor
 
 
 def _trained_on(prior_config: dict, latent: LatentModelConfig) -> LatentModelConfig | None:

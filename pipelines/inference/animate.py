@@ -45,8 +45,9 @@ from meshtalk.pipelines.io.mesh import Mesh, read_mesh, write_mesh
 
 log = logging.getLogger(__name__)
 
-CHUNK_FRAMES = 256
-"""Frames sampled, decoded, smoothed and written at a time (20 MB of release-size vertices)."""
+CHUNK_FRAMES = 64
+"""Frames sampled, decoded, smoothed and written at a time (5 MB of release-size vertices; small
+enough that the three stages overlap on short clips too)."""
 MAX_TAKES = 64
 """More takes than this are a typo rather than a wish (each is a full set of files)."""
 VIDEO_SIZE = (640, 480)
