@@ -187,6 +187,8 @@ def _padded(columns: int) -> int:
 
 PHASES = 16
 """Steps between two moves of the history buffers (the buffers' views are prepared per phase)."""
+CHUNK = 64
+"""Frames whose audio contributions and noise the step's static buffers hold at once."""
 
 
 class PriorSampler:
@@ -201,6 +203,12 @@ class PriorSampler:
         record_logits: keep the logits used at every (t, h) (for tests).
         weights: "float" (the model's own weights and dtype) or "int8" (int8 weights, bfloat16
             arithmetic, on the CPU: the distribution of `quantised(model)`).
+        graph: replay one frame's step as a CUDA graph (captured once per phase of the history
+            buffers); None: on CUDA unless recording logits. Same codes as without.
+
+    One frame's step (`_frame`) reads and writes only buffers made once (the chunk's audio
+    contributions and noise, picked by a frame index tensor on the device), allocates nothing,
+    never waits for the device and branches only on the step's phase, so it can be captured.
     """
 
     def __init__(
@@ -213,6 +221,7 @@ class PriorSampler:
         seed: int = 0,
         record_logits: bool = False,
         weights: str = "float",
+        graph: bool | None = None,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -253,16 +262,49 @@ class PriorSampler:
         self.phases = max(PHASES, self.reach)
         self._prepare_weights()
         self._prepare_buffers()
+        self.graphs: list | None = None
+        if self._use_graph(graph):
+            self._capture()
         self.reset(seed)
+
+    def _use_graph(self, graph: bool | None) -> bool:
+        periodic = all(self.phases % d == 0 for d in self.dilations)
+        if graph is None:
+            return self.device.type == "cuda" and periodic and not self.record_logits
+        if graph and self.device.type != "cuda":
+            raise ValueError(f"graph=True is for CUDA; the model is on {self.device}")
+        if graph and (self.record_logits or not periodic):
+            raise ValueError(
+                "graph=True needs record_logits off and dilations that divide "
+                f"{self.phases}, got {self.dilations}"
+            )
+        return bool(graph)
+
+    def _capture(self) -> None:
+        """One CUDA graph per phase of one frame's step, after a warm-up on a side stream."""
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side), torch.inference_mode():
+            for phase in range(self.phases):
+                self.frame_index.zero_()
+                self._frame(phase)
+        current.wait_stream(side)
+        self.graphs = []
+        with torch.inference_mode():
+            for phase in range(self.phases):
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._frame(phase)
+                self.graphs.append(graph)
 
     def reset(self, seed: int | None = None) -> None:
         """Start a new sequence (the weights stay prepared); `seed` reseeds the noise."""
         if seed is not None:
             self.generator.manual_seed(seed)
-        for buffer in (*self.history, self.top, self.embedded):
+        for buffer in (*self.history, *self.far_out.values(), self.top, self.embedded):
             buffer.zero_()
         self.noise.copy_(self.biases[-1].expand_as(self.noise))
-        self.pending: list[torch.Tensor | None] = [None] * len(self.history)
         self.recorded = []
         self.step = 0
 
@@ -379,6 +421,17 @@ class PriorSampler:
         # fills it.
         self.noise = torch.empty(b, self.heads * c, device=self.device, dtype=self.noise_dtype)
         self.chosen = torch.zeros(b, self.heads, dtype=torch.long, device=self.device)
+        # A chunk of frames: audio contributions, noise and codes, and the frame being stepped.
+        g, layer_count = CHUNK, len(self.dilations)
+        self.chunk_pre = torch.zeros(b, g, layer_count, w, **zeros)
+        self.chunk_noise = torch.zeros(b, g, self.heads * c, device=self.device,
+                                       dtype=self.noise_dtype)  # fmt: skip
+        self.chunk_codes = torch.zeros(b, g, self.heads, dtype=torch.long, device=self.device)
+        self.frame_index = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.frame_noise = torch.zeros_like(self.chunk_noise[:, :1])
+        self.drawn = torch.empty(0, device=self.device, dtype=self.noise_dtype)
+        # Far taps: their products for the steps t..t+d-1.
+        self.far_out = {i: torch.zeros(b, self.dilations[i], w, **zeros) for i in self.far}
         k = self.per_head[0][1]
         flat = [h.view(b, -1) for h in self.history]
         self.views = []
@@ -413,6 +466,8 @@ class PriorSampler:
                     # The logits' rows are those of the heads drawn in this round.
                     n, weight = last - first, weights[-1]
                     rows = slice(first * c, last * c)
+                    scores = torch.zeros(b, n * c, device=self.device, dtype=self.noise_dtype)
+                    partial = torch.zeros(b, n * c, **zeros)
                     draw = (
                         self.top[:, : self._read(weight)],
                         weight,
@@ -423,6 +478,7 @@ class PriorSampler:
                         torch.zeros(b, n, w, **zeros),
                         torch.zeros(b, w, **zeros),
                         (self.biases[-1][rows].expand(b, -1), self.logits[:, rows]),
+                        (scores, partial),
                     )
                 rounds.append((embedding, products, draw))
             self.views.append(rounds)
@@ -446,48 +502,70 @@ class PriorSampler:
             pre = self.constant.expand(b * n, -1)
         else:
             pre = torch.addmm(self.constant, audio_code.reshape(b * n, -1), self.audio_weight)
-        pre = pre.reshape(b, n, len(self.history), self.width).to(self.dtype).clone()
-        # Far taps computed by an earlier push for these frames.
-        for index, rest in enumerate(self.pending):
-            if rest is not None:
-                pre[:, : rest.shape[1], index] += rest[:, :n]
-                self.pending[index] = rest[:, n:] if rest.shape[1] > n else None
-        noise = None
+        pre = pre.reshape(b, n, len(self.history), self.width).to(self.dtype)
         if not self.argmax:
             # Gumbel noise -log(-log(u)), times the temperature: argmax(l + T g) = argmax(l/T + g).
             noise = torch.rand(
                 b, n, self.heads * self.classes, generator=self.generator,
-                device=self.device, dtype=self.noise_dtype,
+                device=self.device, dtype=self.noise_dtype, out=self.drawn,
             )  # fmt: skip
             noise.log_().neg_().log_().neg_()
             if self.temperature != 1:
                 noise *= self.temperature
         codes = torch.empty(b, n, self.heads, dtype=torch.long, device=self.device)
-        for t in range(n):
-            self._far_taps(pre, t)
-            self.context.copy_(pre[:, t])
-            if noise is not None:
-                torch.add(noise[:, t], self.biases[-1], out=self.noise)
-            self._step()
-            codes[:, t] = self.chosen
+        for first in range(0, n, CHUNK):
+            last = min(n, first + CHUNK)
+            self.chunk_pre[:, : last - first].copy_(pre[:, first:last])
+            if not self.argmax:
+                self.chunk_noise[:, : last - first].copy_(noise[:, first:last])
+            self.frame_index.zero_()
+            for _ in range(first, last):
+                phase = self.step % self.phases
+                if self.graphs is not None:
+                    self.graphs[phase].replay()
+                else:
+                    self._frame(self.step)
+                if self.record_logits:
+                    self.recorded.append(self.logits.view(b, self.heads, self.classes).clone())
+                self.step += 1
+            codes[:, first:last] = self.chunk_codes[:, : last - first]
         return codes
 
-    def _far_taps(self, pre: torch.Tensor, t: int) -> None:
-        """Every d steps: the far taps of the next d steps into `pre` (the rest kept for later)."""
-        step, phase, n = self.step, self.step % self.phases, pre.shape[1]
+    def _frame(self, step: int) -> None:
+        """One frame (the `frame_index`-th of the chunk) at step `step`; fills `chosen`, writes
+        the codes into `chunk_codes` and advances `frame_index`. Capturable: no allocation, no
+        host synchronisation, no branch on values; what it does depends on the step's phase
+        (and the far taps' step % d) only, so a graph per phase replays any step of it when
+        every dilation divides the number of phases."""
+        b, phase = self.batch, step % self.phases
+        context = self.context.view(b, 1, *self.context.shape[1:])
+        torch.index_select(self.chunk_pre, 1, self.frame_index, out=context)
+        # Every d steps the far taps of the next d steps (one product); each step adds its own.
         for index, weight in self.far.items():
             d = self.dilations[index]
-            if step % d:
-                continue
-            start = self.reach + phase - 1 - d  # slot of step - 1 - d
-            far = self._matmul(self.history[index][:, start : start + d], weight)
-            use = min(d, n - t)
-            pre[:, t : t + use, index] += far[:, :use]
-            self.pending[index] = far[:, use:] if use < d else None
+            if step % d == 0:
+                start = self.reach + phase - 1 - d  # slot of step - 1 - d
+                source = self.history[index][:, start : start + d]
+                self._far_product(source, weight, self.far_out[index])
+            self.context[:, index] += self.far_out[index][:, step % d]
+        if not self.argmax:
+            torch.index_select(self.chunk_noise, 1, self.frame_index, out=self.frame_noise)
+            torch.add(self.frame_noise.view(b, -1), self.biases[-1], out=self.noise)
+        self._step(phase)
+        self.chunk_codes.index_copy_(1, self.frame_index, self.chosen.view(b, 1, -1))
+        self.frame_index += 1
 
-    def _step(self) -> None:
-        """One frame from `context` (audio, biases, far taps) and `noise`; fills `chosen`."""
-        slope, phase, product = self.slope, self.step % self.phases, self._product
+    def _far_product(self, source: torch.Tensor, weight, target: torch.Tensor) -> None:
+        """(B, d, in) inputs times a far tap's weight into (B, d, out)."""
+        if self.int8:
+            target.copy_(_int8_matmul(source, weight))
+        else:
+            torch.matmul(source, weight, out=target)
+
+    def _step(self, phase: int) -> None:
+        """One frame's layers from `context` (audio, biases, far taps) and `noise`; fills
+        `chosen` (and with `record_logits`, `logits`)."""
+        slope, product = self.slope, self._product
         leaky_relu, leaky_relu_ = torch._C._nn.leaky_relu, F.leaky_relu_
         embedded, embedding_rows = self.embedded, self.embedding_rows
         input_activation = self.input_activation
@@ -503,8 +581,8 @@ class PriorSampler:
                 leaky_relu_(target, slope)
             if draw is None:
                 continue
-            source, weight, noise, chosen, offsets, index, rows, total, record = draw
-            scores = self._scores(noise, source, weight)
+            source, weight, noise, chosen, offsets, index, rows, total, record, buffers = draw
+            scores = self._scores(noise, source, weight, *buffers)
             torch.argmax(scores.view(chosen.shape[0], chosen.shape[1], -1), dim=-1, out=chosen)
             if self.record_logits:
                 product(record[0], source, weight, record[1])
@@ -513,22 +591,20 @@ class PriorSampler:
             torch.index_select(embedding_rows, 0, index.view(-1), out=rows.view(-1, rows.shape[-1]))
             torch.sum(rows, dim=1, out=total)
             embedded += total
-        if self.record_logits:
-            self.recorded.append(self.logits.view(self.batch, self.heads, self.classes).clone())
         if phase == self.phases - 1:  # the last `reach` steps move to the front
             for history in self.history:
                 history[:, : self.reach] = history[:, self.phases :]
-        self.step += 1
 
-    def _scores(self, noise, source, weight) -> torch.Tensor:
-        """Logits (without their biases, which `noise` holds) plus `noise`."""
+    def _scores(self, noise, source, weight, scores, partial) -> torch.Tensor:
+        """Logits (without their biases, which `noise` holds) plus `noise`, into `scores`."""
         if weight is None:
             return noise
         if self.int8:
-            return torch.add(noise, torch._weight_int8pack_mm(source, *weight))
+            return torch.add(noise, torch._weight_int8pack_mm(source, *weight), out=scores)
         if weight.dtype == noise.dtype:
-            return torch.addmm(noise, source, weight)
-        return torch.add(noise, source @ weight)
+            return torch.addmm(noise, source, weight, out=scores)
+        torch.mm(source, weight, out=partial)
+        return torch.add(noise, partial, out=scores)
 
     def sample(self, audio_code: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """(B, T, audio_dim) audio codes -> (B, T, H) codes, `chunk` frames at a time.
@@ -551,3 +627,86 @@ class PriorSampler:
             for start in range(0, audio_code.shape[1], chunk)
         ]
         return torch.cat(parts, dim=1)
+
+    @torch.inference_mode()
+    def prime(self, codes: torch.Tensor, audio_code: torch.Tensor) -> None:
+        """Start the sequence with known codes, drawing nothing: `push` then samples the frames
+        after them, conditioned on them as if they had been drawn (continuing codes that came
+        from elsewhere, e.g. from the encoder).
+
+        The known frames go through the full-sequence layers (`ContextModel.forward`'s), of which
+        only the last frames that the next steps can read are computed; their layer inputs fill
+        the history buffers. With int8 weights, the layers are those of `quantised(model)`.
+
+        Args:
+            codes: (B, n, H) class indices of the first n frames.
+            audio_code: (B, n, audio_dim) audio codes of those frames.
+
+        Raises:
+            ValueError: the sampler has stepped since `reset`, or the shapes do not fit.
+        """
+        if self.step:
+            raise ValueError(f"prime starts a sequence; {self.step} frames were pushed (reset)")
+        if codes.dim() != 3 or codes.shape[0] != self.batch or codes.shape[2] != self.heads:
+            raise ValueError(
+                f"expected ({self.batch}, n, {self.heads}) codes, got {tuple(codes.shape)}"
+            )
+        if audio_code.dim() != 3 or audio_code.shape[:2] != codes.shape[:2]:
+            raise ValueError(
+                f"expected audio codes of {tuple(codes.shape[:2])} frames, got "
+                f"{tuple(audio_code.shape)}"
+            )
+        frames = codes.shape[1]
+        if frames == 0:
+            return
+        if self.int8 and getattr(self, "_primer", None) is None:
+            self._primer = quantised(self.model)
+        model = self._primer if self.int8 else self.model
+        # The next steps read layer inputs back to step n - 2 * max dilation - 1 (the far taps
+        # of the current block), each of which depends on the receptive field before it.
+        keep = min(frames, model.config.receptive_field + 2 * self.reach)
+        first = frames - keep
+        inputs = _layer_inputs(
+            model,
+            codes[:, first:].to(self.device),
+            audio_code[:, first:].to(self.device, self.model_dtype),
+        )
+        phase = frames % self.phases  # step n - j sits in slot reach + phase - j
+        for history, layer_input in zip(self.history, inputs, strict=True):
+            recent = layer_input[:, -self.reach :]
+            count = recent.shape[1]
+            slots = history[:, self.reach + phase - count : self.reach + phase, : self.width]
+            slots.copy_(recent.to(self.dtype))
+        for index, weight in self.far.items():
+            # The block of d steps the next step belongs to began at a multiple of d; its far
+            # products read steps start - 1 - d .. start - 2 (zero before the first).
+            d = self.dilations[index]
+            start = frames - frames % d
+            source = torch.zeros(self.batch, d, self.stored_width, device=self.device,
+                                 dtype=self.dtype)  # fmt: skip
+            for j in range(d):
+                position = start - 1 - d + j - first
+                if position >= 0:
+                    source[:, j, : self.width] = inputs[index][:, position].to(self.dtype)
+            self._far_product(source, weight, self.far_out[index])
+        self.step = frames
+
+
+def _layer_inputs(
+    model: ContextModel, codes: torch.Tensor, audio_code: torch.Tensor
+) -> list[torch.Tensor]:
+    """(B, T, H) codes and (B, T, audio_dim) audio codes -> the input (B, T, H * channels) of each
+    middle layer of `model` at every step, as `ContextModel.forward` computes them."""
+    config = model.config
+    b, t, _ = codes.shape
+    dtype = next(model.parameters()).dtype
+    one_hot = F.one_hot(codes, config.classes).to(dtype).reshape(b, t, -1).transpose(1, 2)
+    audio = audio_code.transpose(1, 2) if config.audio_conditioning else None
+    x = model.embedding(one_hot, None)
+    if config.input_activation:
+        x = F.leaky_relu(x, config.leaky_slope)
+    inputs = []
+    for layer in model.context_layers:
+        inputs.append(x.transpose(1, 2))
+        x = F.leaky_relu(layer(x, audio), config.leaky_slope)
+    return inputs

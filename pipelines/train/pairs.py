@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from meshtalk.models.latent import PARTNER_KEYS
+from meshtalk.pipelines.data.resident import ResidentBatches, ResidentSegments
 from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset
 from meshtalk.pipelines.train.validation import validation_split
 
@@ -25,17 +26,52 @@ class PairedSegments(Dataset):
         return len(self.segments)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item = self.segments[index]
-        rng = np.random.default_rng([self.segments.seed, self.segments.epoch, index, 1])
-        choice, start = self.segments.draw(rng)
-        if len(self.segments.segments) > 1:
-            while choice == int(item["segment"]):
-                choice, start = self.segments.draw(rng)
-        partner = self.segments.item(choice, start)
+        (_, choice, start, partner_choice, partner_start), gumbel = self.draws(index)
+        item = self.segments.item(choice, start)
+        item["index"] = torch.tensor(index)
+        partner = self.segments.item(partner_choice, partner_start)
         for key in PARTNER_KEYS:
             item[f"partner_{key}"] = partner[key]
-        item["gumbel"] = torch.from_numpy(rng.gumbel(size=self.noise_shape).astype(np.float32))
+        item["gumbel"] = torch.from_numpy(gumbel)
         return item
+
+    def draws(self, index: int) -> tuple[list[int], np.ndarray]:
+        """Item `index`'s random draws: [index, segment, start, partner segment, partner start]
+        and its Gumbel noise (3, F, H, C) float32 (what `__getitem__` and the resident path use)."""
+        segments = self.segments
+        choice, start = segments.draw(np.random.default_rng([segments.seed, segments.epoch, index]))
+        rng = np.random.default_rng([segments.seed, segments.epoch, index, 1])
+        partner = segments.draw(rng)
+        if len(segments.segments) > 1:
+            while partner[0] == choice:
+                partner = segments.draw(rng)
+        gumbel = rng.gumbel(size=self.noise_shape).astype(np.float32)
+        return [index, choice, start, *partner], gumbel
+
+    def resident(self, indices, device: torch.device, pin: bool = False) -> ResidentBatches:
+        """This dataset's batches of `indices` (a `StepBatches`) gathered from its segments held
+        on `device` (`pin`: in pinned host memory, gathered there and copied)."""
+        segments = self.segments
+        arrays = ResidentSegments(
+            segments.store, segments.segments, segments.frames, segments.starts, device, pin
+        )
+
+        def gather(numbers: torch.Tensor, noise: torch.Tensor | None) -> dict[str, torch.Tensor]:
+            batch = arrays.items(numbers[:, 1], numbers[:, 2])
+            batch["index"] = numbers[:, 0]
+            partner = arrays.items(numbers[:, 3], numbers[:, 4])
+            for key in PARTNER_KEYS:
+                batch[f"partner_{key}"] = partner[key]
+            batch["gumbel"] = noise
+            return batch
+
+        return ResidentBatches(
+            indices, self.draws, gather, device, self.noise_shape, host_gather=pin
+        )
+
+    def resident_bytes(self) -> int:
+        """Bytes `resident` holds (vertices, mel and templates of the training segments)."""
+        return ResidentSegments.nbytes(self.segments.store, self.segments.segments)
 
 
 def validation_batches(

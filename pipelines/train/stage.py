@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from meshtalk.pipelines import checkpoint as ckpt
+from meshtalk.pipelines.data.resident import MODES, placement
 from meshtalk.pipelines.data.store import PreparedStore
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.train.loop import (
@@ -98,6 +99,14 @@ class StageRunConfig:
     """Continue the stage in `output` from its checkpoint if it has one (else start it)."""
     progress: bool = True
     """Show progress bars."""
+    data_on_device: str = "auto"
+    """Training data held where training runs (`pipelines.data.resident`): auto (on CUDA, in
+    device memory when it fits, else pinned host memory; elsewhere the memory-mapped store), yes
+    (also on the CPU or MPS), no (the memory-mapped store read by DataLoader workers). The
+    batches are the same either way."""
+    bf16: bool | None = None
+    """bf16 autocast: None follows the training settings' `bf16` (used on CUDA only); True asks
+    for it (refused on a device other than CUDA); False turns it off."""
 
 
 class Stage(ABC):
@@ -176,6 +185,12 @@ class Stage(ABC):
         output, training, dist = self.output, self.training, self.dist
         if output.exists() and not output.is_dir():
             raise MeshtalkError(output, "is a file, not a run directory (choose another -o)")
+        if self.config.data_on_device not in MODES:
+            raise MeshtalkError(
+                None,
+                f"--data-on-device must be one of {', '.join(MODES)}, "
+                f"got '{self.config.data_on_device}'",
+            )
         self.store = self.prepare()
         self.device = resolve_device(self.config.device, dist.local_rank)
         dist.start(self.device)
@@ -207,16 +222,11 @@ class Stage(ABC):
             output / self.metrics_file, resume_from=start_step, enabled=dist.is_main
         )
         self.trained = dist.wrap(self.model, self.device)
-        self.autocast = bf16_autocast(self.device, training.bf16)
-        loader = DataLoader(
-            self.train_set(),
-            batch_sampler=StepBatches(
-                start_step, training.steps, training.batch_size, dist.rank, dist.world_size
-            ),
-            num_workers=training.loader_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+        self.autocast = bf16_autocast(self.device, self._bf16())
+        indices = StepBatches(
+            start_step, training.steps, training.batch_size, dist.rank, dist.world_size
         )
+        loader = self._batches(self.train_set(), indices)
 
         def save(step: int) -> None:
             if dist.is_main:
@@ -235,6 +245,37 @@ class Stage(ABC):
             self.metrics.plot(output / self.loss_curve)
             self.pictures()
         return output
+
+    def _bf16(self) -> bool:
+        if self.config.bf16 is None:
+            return self.training.bf16
+        if self.config.bf16 and self.device.type != "cuda":
+            raise MeshtalkError(None, f"--bf16 is for CUDA; this run is on {self.device.type}")
+        return self.config.bf16
+
+    def _batches(self, train_set, indices: StepBatches):
+        """The steps' batches: gathered from the data held on the device, or a DataLoader."""
+        mode = self.config.data_on_device
+        where = placement(mode, self.device, train_set.resident_bytes())
+        if where is not None:
+            try:
+                batches = train_set.resident(indices, self.device, pin=where == "pinned")
+            except ValueError as error:
+                if mode == "yes":
+                    raise MeshtalkError(self.store.root, f"--data-on-device yes: {error}") from None
+                log.info("data stays memory-mapped: %s", error)
+            else:
+                memory = "pinned host memory" if where == "pinned" else f"{self.device} memory"
+                log.info("training data held in %s (%.0f MiB)", memory,
+                         train_set.resident_bytes() / 2**20)  # fmt: skip
+                return batches
+        return DataLoader(
+            train_set,
+            batch_sampler=indices,
+            num_workers=self.training.loader_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def _validate(self, step: int) -> None:
         if self.dist.is_main:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from meshtalk.models.latent import LatentAutoencoder
 from meshtalk.pipelines import checkpoint as ckpt
+from meshtalk.pipelines.data.resident import ResidentBatches, ResidentSegments
 from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset, SegmentRef
 from meshtalk.pipelines.io.atomic import atomic_path
 from meshtalk.pipelines.train.loop import store_digest
@@ -139,13 +140,41 @@ class CodeWindows(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        choice, start = self.windows.draw(np.random.default_rng([self.seed, index, 2]))
+        (choice, start), _ = self.draws(index)
         key = segment_key(self.windows.segments[choice])
         span = slice(start, start + self.frames)
         return {
             "codes": self.targets[f"{key}/codes"][span],
             "audio": self.targets[f"{key}/audio"][span],
         }
+
+    def draws(self, index: int) -> tuple[list[int], None]:
+        """Item `index`'s random draws: [segment, start] (no noise)."""
+        return list(self.windows.draw(np.random.default_rng([self.seed, index, 2]))), None
+
+    def resident(self, indices, device: torch.device, pin: bool = False) -> ResidentBatches:
+        """This dataset's batches of `indices` (a `StepBatches`), gathered from the codes of its
+        segments held on `device` (`pin`: in pinned host memory, gathered there and copied)."""
+        windows = self.windows
+        keys = [segment_key(s) for s in windows.segments]
+        codes = torch.cat([self.targets[f"{k}/codes"] for k in keys])
+        audio = torch.cat([self.targets[f"{k}/audio"] for k in keys])
+        rows = ResidentSegments(
+            windows.store, windows.segments, self.frames, windows.starts, device, pin, False
+        )
+        codes, audio = (t.pin_memory() if pin else t.to(device) for t in (codes, audio))
+
+        def gather(numbers: torch.Tensor, noise: None) -> dict[str, torch.Tensor]:
+            at = rows.rows(numbers[:, 0], numbers[:, 1])
+            return {"codes": codes[at], "audio": audio[at]}
+
+        return ResidentBatches(indices, self.draws, gather, device, host_gather=pin)
+
+    def resident_bytes(self) -> int:
+        """Bytes `resident` holds (the cached codes of the training segments)."""
+        keys = [segment_key(s) for s in self.windows.segments]
+        tensors = [self.targets[f"{k}/{kind}"] for k in keys for kind in ("codes", "audio")]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def sequences(
