@@ -80,6 +80,9 @@ class MelConfig:
 
 
 EXPRESSION_INPUTS = ("offset", "mesh")
+FUSION_INPUTS = ("both", "expression")
+"""What the fusion model reads: both codes (the method), or the expression code alone (the
+paper's expression-only ablation: the audio code is replaced by zeros, its weights unused)."""
 DECODER_FUSIONS = ("template_first", "codes_first")
 """Orders of the decoder's fusion input: the release's [template code, one-hot codes], or the
 other way round (models trained here before the release's order was known)."""
@@ -123,6 +126,10 @@ class LatentModelConfig:
     swamp the expression (a blink moves an eyelid by a fraction of how much eyelids differ between
     faces) and the expression path learns nothing in a CPU-sized run. 'mesh': (mesh - mean) / std,
     what the authors' release encodes (use it with their weights)."""
+    fusion_input: str = "both"
+    """What the fusion model reads: 'both', the expression and audio codes (the method);
+    'expression', the expression code alone, the audio code zeroed (the paper's Table 1 ablation
+    in which the encoder sees only the meshes; for comparison)."""
     expression_hidden: int = 256
     """Width of the expression encoder's first layer."""
     fusion_hidden: int = 256
@@ -155,6 +162,10 @@ class LatentModelConfig:
             problems.append(
                 f"expression_input must be one of {', '.join(EXPRESSION_INPUTS)}, got "
                 f"{self.expression_input!r}"
+            )
+        if self.fusion_input not in FUSION_INPUTS:
+            problems.append(
+                f"fusion_input must be one of {', '.join(FUSION_INPUTS)}, got {self.fusion_input!r}"
             )
         if self.decoder_fusion not in DECODER_FUSIONS:
             problems.append(

@@ -156,10 +156,17 @@ class FusionModel(nn.Module):
     """(expression code, audio code) -> per-head log-probabilities over the classes."""
 
     def __init__(
-        self, *, code_dim: int, hidden: int, heads: int, classes: int, slope: float
+        self,
+        *,
+        code_dim: int,
+        hidden: int,
+        heads: int,
+        classes: int,
+        slope: float,
+        audio: bool = True,
     ) -> None:
         super().__init__()
-        self.heads, self.classes = heads, classes
+        self.heads, self.classes, self.audio = heads, classes, audio
         self.mlp = nn.Sequential(
             nn.Linear(2 * code_dim, hidden),
             nn.LeakyReLU(slope),
@@ -169,7 +176,12 @@ class FusionModel(nn.Module):
         )
 
     def forward(self, expression_code: torch.Tensor, audio_code: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) and (B, T, D) -> (B, T, H, C) log-softmax over C."""
+        """(B, T, D) and (B, T, D) -> (B, T, H, C) log-softmax over C.
+
+        Without `audio` (expression-only input), the audio code is read as zeros.
+        """
+        if not self.audio:
+            audio_code = torch.zeros_like(audio_code)
         logits = self.mlp(torch.cat([expression_code, audio_code], dim=-1))
         logits = logits.view(*logits.shape[:-1], self.heads, self.classes)
         return F.log_softmax(logits, dim=-1)
@@ -206,6 +218,7 @@ class LatentEncoder(nn.Module):
             heads=config.heads,
             classes=config.classes,
             slope=config.leaky_slope,
+            audio=config.fusion_input == "both",
         )
 
     def forward(
