@@ -628,6 +628,8 @@ def test_masks_and_template_go_into_the_run_topology(imported, tmp_path):
     written = read_mesh(tmp_path / "topology" / importer.TEMPLATE_FILE).vertices
     np.testing.assert_array_equal(run.template, written)
     np.testing.assert_allclose(written, vertices, atol=1e-6)  # OBJ keeps 6 decimals
+    # Its triangles too: `animate` onto a mesh of another topology needs them.
+    np.testing.assert_array_equal(np.load(tmp_path / "model" / "topology" / "faces.npy"), faces)
     # A template of another vertex count is refused, naming both counts.
     write_mesh(tmp_path / "small.obj", Mesh(vertices[:10], faces))
     result = invoke(

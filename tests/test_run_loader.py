@@ -13,10 +13,13 @@ import torch.nn.functional as F
 
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.data.store import PreparedStore
+from meshtalk.pipelines.data.synth.face import builtin_vertex_count
 from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.io.mesh import read_mesh
 from meshtalk.pipelines.train.latent import LatentStage
 from meshtalk.pipelines.train.prior import PriorStage
 from meshtalk.pipelines.train.targets import TARGETS_FILE, segment_key
+from meshtalk.pipelines.transfer.source import run_template_mesh
 from tests.test_train_latent import tiny_run
 from tests.test_train_prior import prior_run
 
@@ -48,10 +51,10 @@ def segment_inputs(store: PreparedStore) -> tuple[str, dict[str, torch.Tensor]]:
 
 
 @torch.no_grad()
-def test_a_loaded_run_computes_what_training_computed(trained, tiny_store):
+def test_a_loaded_run_computes_what_training_computed(trained, tiny_store, tiny_dataset):
     out, latent, prior = trained
     run = ckpt.load_run(out)
-    assert run.folder == out and run.num_vertices == 24 * 24
+    assert run.folder == out and run.num_vertices == builtin_vertex_count(24)
     assert {name: stage.step for name, stage in run.stages.items()} == {"latent": 3, "prior": 3}
     assert run.stages["prior"].record["settings"]["latent"]["path"] == str(out / "latent")
     store = PreparedStore(tiny_store)
@@ -59,6 +62,10 @@ def test_a_loaded_run_computes_what_training_computed(trained, tiny_store):
     assert np.array_equal(run.template, store.template(store.split("train")[0].identity))
     assert run.masks.keys() == store.masks.keys()
     assert all(np.array_equal(run.masks[name], store.masks[name]) for name in store.masks)
+    # The triangles of synth's topology/template.ply travel prep -> store -> run (for transfers).
+    faces = read_mesh(tiny_dataset / "topology" / "template.ply").faces
+    assert np.array_equal(store.faces, faces) and len(faces) > 0
+    assert np.array_equal(run_template_mesh(run, out).faces, faces)
     key, inputs = segment_inputs(store)
     expression, audio = run.latent.codes(*inputs.values())
     # The audio codes and argmax codes stage-2 training cached, computed again by the loaded run.

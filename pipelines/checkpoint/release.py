@@ -367,7 +367,8 @@ def _topology(config: ImportConfig, num_vertices: int):
             raise MeshtalkError(
                 config.masks, f"has no {TEMPLATE_FILE}; give the template with --template"
             )
-    vertices = read_mesh(template_path).vertices
+    mesh = read_mesh(template_path)
+    vertices = mesh.vertices
     if len(vertices) != num_vertices:
         raise MeshtalkError(
             template_path,
@@ -377,7 +378,7 @@ def _topology(config: ImportConfig, num_vertices: int):
     record = {"template": {"file": template_path.name, "sha256": file_sha256(template_path)}}
     if config.masks is not None:
         record["masks"] = str(Path(config.masks).resolve())
-    return masks, vertices, record
+    return masks, vertices, record, mesh.faces
 
 
 def run(config: ImportConfig) -> Path:
@@ -437,7 +438,7 @@ def run(config: ImportConfig) -> Path:
             trainer = {"stage": stage, "step": 0, "source": SOURCE}
             write_checkpoint(tmp / stage, parts, None, trainer)
         if topology is not None:
-            save_topology(tmp, topology[0], topology[1], identity=SOURCE)
+            save_topology(tmp, topology[0], topology[1], identity=SOURCE, faces=topology[3])
         (tmp / IMPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         atomic.replace_dir(tmp, output)
     except BaseException:

@@ -98,12 +98,18 @@ def resume_stage(
 
 
 def save_topology(
-    run_dir: Path, masks: dict[str, np.ndarray], template: np.ndarray, identity: str
+    run_dir: Path,
+    masks: dict[str, np.ndarray],
+    template: np.ndarray,
+    identity: str,
+    faces: np.ndarray | None = None,
 ) -> None:
-    """Write `RUN/topology/` atomically: region masks (V,), a (V, 3) template and what they are.
+    """Write `RUN/topology/` atomically: region masks (V,), a (V, 3) template, the triangles when
+    known (`faces.npy`, (F, 3)) and what they are.
 
     Inference reads them back through `load_run` (`run.masks`, `run.template`): the forehead and
-    neck masks drive the temporal smoothing of SPEC section 6.
+    neck masks drive the temporal smoothing of SPEC section 6; the triangles let `animate` and
+    `retarget` transfer onto meshes of another topology.
     """
     template = np.asarray(template, dtype=np.float32)
     vertices = template.shape[0]
@@ -118,6 +124,11 @@ def save_topology(
         for name, mask in masks.items():
             np.save(tmp / "masks" / f"{name}.npy", np.asarray(mask, dtype=np.float32))
         np.save(tmp / "template.npy", template)
+        if faces is not None and len(faces):
+            faces = np.asarray(faces)
+            if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= vertices:
+                raise ValueError(f"faces must be (F, 3) indices below {vertices}")
+            np.save(tmp / "faces.npy", faces.astype(np.int32))
         record = {"num_vertices": vertices, "masks": list(masks), "identity": identity}
         (tmp / TOPOLOGY_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         atomic.replace_dir(tmp, folder)

@@ -16,6 +16,10 @@ from torch.utils.data import Dataset
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.frontend import AudioFrontEnd
 
+FACES_FILE = "topology/faces.npy"
+"""Optional: (F, 3) triangles of the topology (the `topology` folder is always made, so that
+replacing a store with triangles by one without leaves none behind)."""
+
 
 @dataclass(frozen=True)
 class SegmentRef:
@@ -74,6 +78,25 @@ class PreparedStore:
             name: _load(self.root / "masks" / f"{name}.npy", (self.num_vertices,))
             for name in self.manifest["masks"]
         }
+
+    @cached_property
+    def faces(self) -> np.ndarray | None:
+        """(F, 3) triangles of the topology (from the dataset's own `topology/template.*`), or
+        None for a store made without them (Multiface's meshes carry no triangles)."""
+        path = self.root / FACES_FILE
+        if not path.is_file():
+            return None
+        faces = np.load(path, allow_pickle=False)
+        if (
+            faces.ndim != 2
+            or faces.shape[1] != 3
+            or not np.issubdtype(faces.dtype, np.integer)
+            or (faces.size and (faces.min() < 0 or faces.max() >= self.num_vertices))
+        ):
+            raise MeshtalkError(
+                path, f"holds {faces.dtype} {faces.shape}, expected (F, 3) vertex indices"
+            )
+        return faces.astype(np.int64, copy=False)
 
     def mel_statistics(self, split: str) -> tuple[float, float]:
         """Mean and standard deviation of every log-mel value of a split's segments."""

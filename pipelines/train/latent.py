@@ -146,7 +146,9 @@ class LatentStage(Stage):
         if self.dist.is_main:
             identity = self.store.split("train")[0].identity
             template = self.store.template(identity)
-            ckpt.save_topology(self.output, self.store.masks, template, identity)
+            ckpt.save_topology(
+                self.output, self.store.masks, template, identity, faces=self.store.faces
+            )
 
     def train_set(self) -> PairedSegments:
         return self.paired

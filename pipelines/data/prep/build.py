@@ -30,6 +30,7 @@ from meshtalk.pipelines.data.prep.config import (
 )
 from meshtalk.pipelines.data.prep.discover import Identity, choose_topology, discover
 from meshtalk.pipelines.data.prep.report import show_report
+from meshtalk.pipelines.data.store import FACES_FILE
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.io.atomic import atomic_path, write_text_atomic
 from meshtalk.pipelines.io.lock import exclusive
@@ -328,11 +329,31 @@ def _finish(
         with atomic_path(partial / "masks" / f"{name}.npy", suffix=".npy") as tmp:
             np.save(tmp, values)
     save_vertex_maps(partial / "masks.png", template, masks)
+    faces = _topology_faces(config, len(template))
+    (partial / FACES_FILE).parent.mkdir(exist_ok=True)
+    if faces is not None:
+        with atomic_path(partial / FACES_FILE, suffix=".npy") as tmp:
+            np.save(tmp, faces)
     manifest = _manifest(config, records, assignment, problems, int(count), next(iter(sizes)))
     write_text_atomic(partial / MANIFEST, json.dumps(manifest, indent=1))
     output.swap_in(config.output)
     show_report(problems, records, config, time.perf_counter() - started)
     return config.output
+
+
+def _topology_faces(config: PrepConfig, num_vertices: int) -> np.ndarray | None:
+    """Triangles of the dataset's own `topology/template.ply` when it has the prepared meshes'
+    vertex count (they let a trained run animate meshes of other topologies); else None."""
+    from meshtalk.pipelines.data.layout import TOPOLOGY_DIR, TOPOLOGY_TEMPLATE
+    from meshtalk.pipelines.io.mesh import read_mesh
+
+    path = Path(config.root) / TOPOLOGY_DIR / TOPOLOGY_TEMPLATE
+    if not path.is_file():
+        return None
+    mesh = read_mesh(path)
+    if len(mesh.vertices) != num_vertices or len(mesh.faces) == 0:
+        return None
+    return np.asarray(mesh.faces, dtype=np.int32)
 
 
 def _make_masks(config: PrepConfig, template: np.ndarray) -> dict[str, np.ndarray]:

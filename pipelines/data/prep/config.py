@@ -21,7 +21,7 @@ AUDIO_LENGTH_TOLERANCE_S = 1.0
 """Audio longer than its frames by more than this is trimmed, with a warning."""
 
 MANIFEST = "manifest.json"
-STORE_ENTRIES = ("identities", "masks", "mean.npy", "std.npy", "masks.png")
+STORE_ENTRIES = ("identities", "masks", "topology", "mean.npy", "std.npy", "masks.png")
 """What prep puts in a store besides the manifest: all that `--force` replaces."""
 PARTIAL = ".partial"
 """Inside the output: the store being built."""

@@ -1,0 +1,261 @@
+"""Transfer onto meshes of another topology, against ground truth (issue 18)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from meshtalk.pipelines.data.masks import build_masks, load_landmarks
+from meshtalk.pipelines.data.synth.face import identity_face, motion_basis
+from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.io.mesh import Mesh, read_mesh, write_mesh
+from meshtalk.pipelines.transfer import (
+    Registration,
+    bind,
+    load_transfer,
+    make_transfer,
+    read_landmark_pairs,
+    read_target,
+    save_transfer,
+)
+
+FRAMES = 48
+
+
+@pytest.fixture(scope="module")
+def source(reference_topology) -> dict:
+    """The MeshTalk template, its masks and an animation of jaw, lips, blinks and brows."""
+    mesh = read_mesh(reference_topology / "face_template.obj")
+    landmarks = load_landmarks("meshtalk", len(mesh.vertices))
+    masks = build_masks(mesh.vertices, landmarks)
+    basis = motion_basis(mesh.vertices, masks)
+    t = np.linspace(0, 4 * np.pi, FRAMES)
+    params = np.zeros((FRAMES, len(basis.names)), dtype=np.float32)
+    params[:, basis.names.index("jaw")] = np.clip(np.sin(t), 0, None)
+    params[:, basis.names.index("round")] = 0.5 * np.cos(1.3 * t)
+    params[:, basis.names.index("blink")] = np.sin(3 * t) > 0.8
+    params[:, basis.names.index("brow")] = 0.5 + 0.5 * np.sin(0.7 * t)
+    lips = landmarks["lip_outer"]
+    height = mesh.vertices[lips, 1]
+    return {
+        "mesh": mesh,
+        "masks": masks,
+        "frames": basis.apply(mesh.vertices, params),
+        "upper_lip": int(lips[np.argmax(height)]),
+        "lower_lip": int(lips[np.argmin(height)]),
+    }
+
+
+def ground_truth(source: dict, target: Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Each target vertex's true motion (barycentric interpolation of the source's motion at its
+    closest point on the source) and whether it lies on the lips."""
+    mesh = source["mesh"]
+    surface = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    closest, _, triangle = trimesh.proximity.closest_point(surface, target.vertices)
+    corners = mesh.faces[triangle]
+    weights = trimesh.triangles.points_to_barycentric(
+        mesh.vertices[corners].astype(np.float64), closest
+    )
+    motion = source["frames"] - mesh.vertices
+    truth = target.vertices + np.einsum("nk,tnkc->tnc", weights, motion[:, corners])
+    lips = np.einsum("nk,nk->n", weights, source["masks"]["mouth"][corners]) > 0.5
+    return truth, lips
+
+
+def remeshed(mesh: Mesh, how: str) -> Mesh:
+    import fast_simplification
+
+    if how == "decimated":
+        vertices, faces = fast_simplification.simplify(
+            mesh.vertices, mesh.faces.astype(np.int32), target_reduction=0.5
+        )
+    else:
+        vertices, faces = trimesh.remesh.subdivide(mesh.vertices, mesh.faces)
+    return Mesh(vertices=vertices.astype(np.float32), faces=faces.astype(np.int64))
+
+
+@pytest.fixture(scope="module", params=["decimated", "subdivided"])
+def remeshed_case(request, source) -> dict:
+    target = remeshed(source["mesh"], request.param)
+    transfer = make_transfer(source["mesh"], target)
+    return {"how": request.param, "target": target, "transfer": transfer}
+
+
+def test_remeshed_template_moves_as_the_barycentric_ground_truth(source, remeshed_case):
+    target, transfer = remeshed_case["target"], remeshed_case["transfer"]
+    n = len(source["mesh"].vertices)
+    assert (len(target.vertices) < 0.6 * n) == (remeshed_case["how"] == "decimated")
+    truth, lips = ground_truth(source, target)
+    moved = transfer.apply(source["frames"], source["mesh"].vertices)
+    error = np.linalg.norm(moved - truth, axis=-1)
+    motion = np.linalg.norm(truth - target.vertices, axis=-1)
+    assert motion[:, lips].max() > 5.0  # the lips really move (mm)
+    assert error.mean() <= 0.1
+    assert error[:, lips].max() <= 0.5
+
+
+def test_another_shape_and_topology_follows_the_mouth(source):
+    """A wider, bent, re-meshed face, turned on its side and shifted: found automatically."""
+    mesh = source["mesh"]
+    shape = identity_face(mesh.vertices * np.float32([1.15, 0.95, 1.05]), np.random.default_rng(3))
+    target = remeshed(Mesh(vertices=shape, faces=mesh.faces), "decimated")
+    turn = trimesh.transformations.rotation_matrix(np.pi / 2, [0, 0, 1])
+    turn[:3, 3] = [40.0, -300.0, 12.0]
+    target.vertices = trimesh.transform_points(target.vertices, turn).astype(np.float32)
+    a, b = target.faces[0, :2]
+    target.faces = np.concatenate([target.faces, [[a, b, b]]])  # a zero-area face: no harm
+    transfer = make_transfer(mesh, target)
+    moved = transfer.apply(source["frames"], mesh.vertices)
+
+    def nearest(index: int) -> int:
+        where = trimesh.transform_points(shape[index][None], turn)[0]
+        return int(np.argmin(np.linalg.norm(target.vertices - where, axis=1)))
+
+    upper, lower = nearest(source["upper_lip"]), nearest(source["lower_lip"])
+    opening_target = np.linalg.norm(moved[:, upper] - moved[:, lower], axis=1)
+    frames = source["frames"]
+    opening_source = np.linalg.norm(
+        frames[:, source["upper_lip"]] - frames[:, source["lower_lip"]], axis=1
+    )
+    assert np.corrcoef(opening_source, opening_target)[0, 1] >= 0.9
+    assert np.isfinite(moved).all()
+    assert transfer.info["scale"] == pytest.approx(1.05, abs=0.1)
+
+
+def test_vertex_order_and_faces_of_the_target_are_kept(source, remeshed_case, tmp_path):
+    target = remeshed_case["target"]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(target.vertices))
+    inverse = np.argsort(order)
+    shuffled = Mesh(vertices=target.vertices[order], faces=inverse[target.faces])
+    path = tmp_path / "head.ply"
+    write_mesh(path, shuffled)
+    read = read_target(path)
+    np.testing.assert_array_equal(read.vertices, shuffled.vertices)
+    np.testing.assert_array_equal(read.faces, shuffled.faces)
+    made = remeshed_case["transfer"]
+    registration = Registration(made.similarity, 1.0, made.fitted.astype(np.float64), False)
+    transfer = bind(registration, source["mesh"], read)
+    moved = transfer.apply(source["frames"][:5], source["mesh"].vertices)
+    reference = made.apply(source["frames"][:5], source["mesh"].vertices)
+    assert moved.shape == (5, len(read.vertices), 3)
+    np.testing.assert_allclose(moved, reference[:, order], atol=1e-4)  # each kept its motion
+
+
+def test_a_saved_transfer_is_reused_and_refused_for_another_mesh(source, remeshed_case, tmp_path):
+    mesh, target, transfer = source["mesh"], remeshed_case["target"], remeshed_case["transfer"]
+    path = tmp_path / "transfer.npz"
+    save_transfer(path, transfer)
+    again = load_transfer(path, mesh, target)
+    frames = source["frames"][:4]
+    np.testing.assert_array_equal(
+        again.apply(frames, mesh.vertices), transfer.apply(frames, mesh.vertices)
+    )
+    other = Mesh(vertices=target.vertices * 1.01, faces=target.faces)
+    with pytest.raises(MeshtalkError, match="another target mesh"):
+        load_transfer(path, mesh, other)
+    with pytest.raises(MeshtalkError, match="another model template"):
+        load_transfer(path, Mesh(vertices=mesh.vertices + 1, faces=mesh.faces), target)
+    with np.load(path) as archive:
+        members = {name: archive[name] for name in archive.files if name != "corners"}
+    np.savez(tmp_path / "broken.npz", **members)
+    with pytest.raises(MeshtalkError, match="missing corners"):
+        load_transfer(tmp_path / "broken.npz", mesh, target)
+    members["format_version"] = np.asarray(99)
+    members["corners"] = again.corners
+    np.savez(tmp_path / "future.npz", **members)
+    with pytest.raises(MeshtalkError, match="v99"):
+        load_transfer(tmp_path / "future.npz", mesh, target)
+
+
+def test_landmarks_give_the_similarity(source, tmp_path):
+    """Landmark pairs align a template given far away and turned; 'source'/'target' YAML."""
+    mesh = source["mesh"]
+    turn = trimesh.transformations.rotation_matrix(2.5, [1, 1, 0])
+    turn[:3, :3] *= 0.001  # millimetres to metres
+    turn[:3, 3] = [1.0, 2.0, 3.0]
+    target = Mesh(
+        vertices=trimesh.transform_points(mesh.vertices, turn).astype(np.float32), faces=mesh.faces
+    )
+    points = [source["upper_lip"], source["lower_lip"], 1399, 4443, 4477, 1572, 15, 3985]
+    file = tmp_path / "landmarks.yaml"
+    file.write_text(f"source: {points}\ntarget: {points}\n")
+    pairs = read_landmark_pairs(file, len(mesh.vertices), len(target.vertices))
+    transfer = make_transfer(mesh, target, pairs, file)
+    np.testing.assert_allclose(transfer.similarity, turn, atol=1e-5)
+    moved = transfer.apply(source["frames"], mesh.vertices)
+    truth = trimesh.transform_points(source["frames"].reshape(-1, 3), turn).reshape(moved.shape)
+    assert np.abs(moved - truth).max() < 0.5 * 0.001
+
+
+def write_target(folder: Path, name: str, mesh: Mesh) -> Path:
+    path = folder / name
+    write_mesh(path, mesh)
+    return path
+
+
+def test_bad_targets_and_landmark_files_are_one_line(source, tmp_path, caplog):
+    mesh = source["mesh"]
+    cloud = tmp_path / "cloud.obj"
+    cloud.write_text("".join(f"v {x} {y} {z}\n" for x, y, z in mesh.vertices[:50]))
+    with pytest.raises(MeshtalkError, match="no faces") as error:
+        read_target(cloud)
+    assert "\n" not in str(error.value) and str(cloud) in str(error.value)
+    flat = write_target(
+        tmp_path,
+        "flat.obj",
+        Mesh(vertices=np.zeros((3, 3), np.float32), faces=np.array([[0, 1, 2]])),
+    )
+    with pytest.raises(MeshtalkError, match="degenerate"):
+        read_target(flat)
+
+    # two copies side by side, one face shared by three: warned about, still read
+    doubled = np.concatenate([mesh.vertices, mesh.vertices + [300, 0, 0]]).astype(np.float32)
+    faces = np.concatenate([mesh.faces, mesh.faces + len(mesh.vertices)])
+    faces = np.concatenate([faces, mesh.faces[:1]])  # face 0 twice: its edges have 3 faces
+    odd = write_target(tmp_path, "odd.obj", Mesh(vertices=doubled, faces=faces))
+    with caplog.at_level(logging.WARNING):
+        read = read_target(odd)
+    assert len(read.vertices) == len(doubled)
+    assert "disconnected" in caplog.text and "not manifold" in caplog.text
+
+    n, m = len(mesh.vertices), 100
+    cases = {
+        "bad.yaml": ("source: [1, 2, 3]\ntarget: [1, 2, 300]\n", "target indices must be in"),
+        "short.yaml": ("source: [1, 2]\ntarget: [1, 2]\n", "at least 3"),
+        "uneven.yaml": ("source: [1, 2, 3, 4]\ntarget: [1, 2, 3]\n", "has 4 indices"),
+        "named.yaml": ("lip_outer: [1, 2]\n", "'lip_outer' must be a list of 16"),
+        "unknown.yaml": ("nose: [1, 2, 3]\n", "unknown landmark set"),
+        "pairs.txt": ("1 2\n3 x\n", "line 2"),
+        "far.txt": ("1 2\n3 4\n99999 5\n", "source indices must be in"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(MeshtalkError, match=message) as error:
+            read_landmark_pairs(path, n, m)
+        assert "\n" not in str(error.value) and name in str(error.value)
+    good = tmp_path / "good.txt"
+    good.write_text("# source target\n1 2\n3 4\n5 6  # chin\n")
+    source_ids, target_ids = read_landmark_pairs(good, n, m)
+    assert source_ids.tolist() == [1, 3, 5] and target_ids.tolist() == [2, 4, 6]
+    line = tmp_path / "line.yaml"
+    line.write_text("source: [0, 0, 0]\ntarget: [0, 1, 2]\n")
+    target = Mesh(vertices=mesh.vertices[:100], faces=mesh.faces[:10] % 100)
+    pairs = read_landmark_pairs(line, n, 100)
+    with pytest.raises(MeshtalkError, match="one line"):
+        make_transfer(mesh, target, pairs, line)
+
+
+def test_transfer_is_vectorised(source, remeshed_case):
+    """Every frame of a chunk is moved by one sparse product; a single frame works too."""
+    transfer, mesh = remeshed_case["transfer"], source["mesh"]
+    chunk = transfer.apply(source["frames"][:8], mesh.vertices)
+    single = transfer.apply(source["frames"][3], mesh.vertices)
+    np.testing.assert_allclose(chunk[3], single, atol=1e-5)
+    rest = transfer.apply(np.repeat(mesh.vertices[None], 2, 0), mesh.vertices)
+    np.testing.assert_allclose(rest[0], remeshed_case["target"].vertices, atol=1e-5)
