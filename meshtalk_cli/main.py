@@ -80,7 +80,16 @@ def synth(
             help="Write 7306-vertex Multiface meshes (needs the 6172-vertex MeshTalk template)."
         ),
     ] = False,
-    grid: Annotated[int, typer.Option(help="Resolution of the built-in face (grid x grid).")] = 48,
+    grid: Annotated[
+        int, typer.Option(help="Resolution of the built-in head (48: 4.7k vertices).")
+    ] = 48,
+    voice: Annotated[
+        str | None,
+        typer.Option(
+            help="espeak (eSpeak NG reads English; its phoneme timings drive the mouth) or "
+            "formant (pseudo-words, built-in synthesiser); default: espeak if it loads."
+        ),
+    ] = None,
     neutral_frames: Annotated[int, typer.Option(help="Frames of the neutral segment.")] = 30,
     drop_rate: Annotated[
         float, typer.Option(help="Fraction of frames whose mesh is missing.")
@@ -106,6 +115,7 @@ def synth(
             masks=masks,
             multiface_topology=multiface_topology,
             grid=grid,
+            voice=voice,
             neutral_frames=neutral_frames,
             drop_rate=drop_rate,
             blinks_per_minute=blinks_per_minute,
@@ -222,6 +232,22 @@ StepsOption = Annotated[
     int | None, typer.Option(help="Train this many steps in all (overrides the preset).")
 ]
 ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
+DataOnDeviceOption = Annotated[
+    str,
+    typer.Option(
+        help="Hold the training data where training runs: auto (on CUDA: GPU memory when it "
+        "fits, else pinned host memory), yes (also on the CPU), no (memory-mapped store). "
+        "Same batches either way."
+    ),
+]
+Bf16Option = Annotated[
+    bool | None,
+    typer.Option(
+        "--bf16/--no-bf16",
+        help="bf16 autocast, for CUDA (default: the config's train.bf16, used on CUDA only).",
+        show_default=False,
+    ),
+]
 
 
 def _train(stage: str, preset: str | None, config: Path | None, steps: int | None, **run) -> None:
@@ -256,12 +282,15 @@ def train_latent(
     resume: ResumeOption = False,
     steps: StepsOption = None,
     progress: ProgressOption = True,
+    data_on_device: DataOnDeviceOption = "auto",
+    bf16: Bf16Option = None,
 ) -> None:
     """Stage 1: encoders, Gumbel quantiser and vertex decoder with the cross-modality loss.
 
     Several GPUs: torchrun --nproc-per-node N --no-python meshtalk train latent ...
     """
-    options = dict(device=device, resume=resume, progress=progress)
+    options = dict(device=device, resume=resume, progress=progress, bf16=bf16)
+    options["data_on_device"] = data_on_device
     _train("latent", preset, config, steps, data=data, output=output, **options)
 
 
@@ -278,26 +307,50 @@ def train_prior(
     resume: ResumeOption = False,
     steps: StepsOption = None,
     progress: ProgressOption = True,
+    data_on_device: DataOnDeviceOption = "auto",
+    bf16: Bf16Option = None,
 ) -> None:
     """Stage 2: the audio-conditioned autoregressive prior over the frozen stage-1 codes.
 
     Several GPUs: torchrun --nproc-per-node N --no-python meshtalk train prior ...
     """
-    options = dict(device=device, resume=resume, progress=progress)
+    options = dict(device=device, resume=resume, progress=progress, bf16=bf16)
+    options["data_on_device"] = data_on_device
     _train("prior", preset, config, steps, latent=latent, data=data, output=output, **options)
 
 
 @app.command()
 def animate(
-    speech: Annotated[
-        Path, typer.Argument(help="Speech audio (any common format, rate, channels).")
-    ],
-    template: Annotated[
-        Path,
-        typer.Argument(help="Template mesh (PLY/OBJ) of the model's topology, vertex order kept."),
-    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
-    model: Annotated[Path, typer.Option(help="Trained run folder with a prior (stage 2).")],
+    speech: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Speech audio (any common format, rate, channels).", show_default=False
+        ),
+    ] = None,
+    template: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Face mesh (PLY/OBJ) to animate, vertex order kept: of the model's topology, or "
+            "any other (a head of your own: the model's template is animated and its motion "
+            "transferred onto it). Default: the bundled model's head.",
+            show_default=False,
+        ),
+    ] = None,
+    example: Annotated[
+        bool,
+        typer.Option(
+            "--example", help="Animate the bundled clip (a sentence spoken by eSpeak NG)."
+        ),
+    ] = False,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Trained run folder with a prior (stage 2). Default: the bundled model, trained "
+            "on synthetic speech of a procedural head, for trying the toolkit.",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler (same seed, same animation).")] = 0,
     temperature: Annotated[
         float, typer.Option(help="Divide the prior's logits by this before drawing.")
@@ -342,6 +395,25 @@ def animate(
         ),
     ] = False,
     progress: ProgressOption = True,
+    transfer: Annotated[
+        Path | None,
+        typer.Option(
+            help="Reuse OUT/transfer.npz of an earlier run onto the same mesh (another topology).",
+            show_default=False,
+        ),
+    ] = None,
+    landmarks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Landmark pairs for registering the model's template onto a mesh of another "
+            "topology (see meshtalk retarget --help). Default: aligned automatically.",
+            show_default=False,
+        ),
+    ] = None,
+    no_transfer: Annotated[
+        bool,
+        typer.Option("--no-transfer", help="Refuse a mesh of another topology than the model's."),
+    ] = False,
 ) -> None:
     """Animate a face from speech: animation.npz, animation.pc2, the template and an mp4."""
     from meshtalk.pipelines.inference.animate import AnimateConfig
@@ -351,6 +423,7 @@ def animate(
     def make_config():
         return AnimateConfig(
             speech=speech,
+            example=example,
             template=template,
             output=output,
             model=model,
@@ -367,6 +440,9 @@ def animate(
             size=parse_size(size),
             force=force,
             progress=progress,
+            allow_transfer=not no_transfer,
+            transfer=transfer,
+            landmarks=landmarks,
         )
 
     _call(pipeline, make_config)
@@ -445,6 +521,295 @@ def import_weights(
         importer.run,
         lambda: importer.ImportConfig(
             release=release, output=output, masks=masks, template=template, force=force
+        ),
+    )
+
+
+@app.command()
+def retarget(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Animation npz (animate's, or any with vertices (T, V, 3), template (V, 3) and "
+            "fps; faces for another topology; audio and audio_rate or --speech for the same).",
+            show_default=False,
+        ),
+    ],
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="Face mesh (PLY/OBJ) at rest. Of the source's topology: the model re-encodes "
+            "the performance and decodes it onto this face. Of another: the motion is "
+            "transferred (vertices, order and faces kept).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Trained run for the same topology (default: the bundled model).",
+            show_default=False,
+        ),
+    ] = None,
+    speech: Annotated[
+        Path | None,
+        typer.Option(
+            help="The source's speech, when its npz holds none (same topology).",
+            show_default=False,
+        ),
+    ] = None,
+    transfer: Annotated[
+        Path | None,
+        typer.Option(
+            help="Reuse OUT/transfer.npz of an earlier run onto the same mesh (another topology).",
+            show_default=False,
+        ),
+    ] = None,
+    landmarks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Landmark pairs (another topology): YAML 'source: [...]' and 'target: [...]' "
+            "vertex indices, or the MeshTalk preset's sets (lip_outer, brows, ...) on the target, "
+            "or text lines 'SOURCE TARGET'. Default: aligned automatically.",
+            show_default=False,
+        ),
+    ] = None,
+    device: DeviceOption = "auto",
+    frames: Annotated[
+        str | None, typer.Option(help="Also write one mesh per frame: ply or obj.")
+    ] = None,
+    no_video: Annotated[
+        bool, typer.Option("--no-video", help="Skip the video (animation.mp4).")
+    ] = False,
+    scale: Annotated[
+        float, typer.Option(help="Multiply the PC2, template and per-frame exports.")
+    ] = 1.0,
+    size: Annotated[str, typer.Option(help="Video size, WIDTHxHEIGHT.")] = "640x480",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Write into a non-empty folder, replacing only retarget's own files."
+        ),
+    ] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Put an animation onto another face: same topology re-encoded, any other transferred."""
+    from meshtalk.pipelines.inference.retarget import RetargetConfig
+    from meshtalk.pipelines.inference.retarget import run as pipeline
+    from meshtalk.pipelines.render.pipeline import parse_size
+
+    _call(
+        pipeline,
+        lambda: RetargetConfig(
+            source=source,
+            target=target,
+            output=output,
+            model=model,
+            speech=speech,
+            transfer=transfer,
+            landmarks=landmarks,
+            device=device,
+            frames=frames,
+            video=not no_video,
+            scale=scale,
+            size=parse_size(size),
+            force=force,
+            progress=progress,
+        ),
+    )
+
+
+@app.command(
+    help="New speech on an existing performance: the lips follow SPEECH, eyes and brows stay. "
+    "The dub lasts as long as SPEECH: a shorter speech ends the animation with it; after the "
+    "original's end the frames are continued by the prior (stage 2), sampled from the new speech "
+    "and conditioned on the dubbed frames before them. Writes animation.npz, animation.pc2, "
+    "template.ply and animation.mp4 with the new speech, as animate does."
+)
+def dub(
+    original: Annotated[
+        Path,
+        typer.Argument(
+            help="The performance: an animation npz (animate's, or any with vertices (T, V, 3) "
+            "of the model's topology, template (V, 3) and fps; faces for the video). Another "
+            "frame rate than the model's is resampled.",
+            show_default=False,
+        ),
+    ],
+    speech: Annotated[
+        Path,
+        typer.Argument(
+            help="The new speech (any common format, rate, channels).", show_default=False
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    model: Annotated[
+        Path, typer.Option(help="Trained run of the original's topology.", show_default=False)
+    ],
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            help="Draw the codes with the log-probabilities divided by this. Default: the most "
+            "likely codes (and the prior's continuation at 1).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the drawn codes.")] = 0,
+    compare: Annotated[
+        bool,
+        typer.Option("--compare", help="Also render compare.mp4: original | dubbed | distance."),
+    ] = False,
+    no_video: Annotated[
+        bool, typer.Option("--no-video", help="Skip the video (animation.mp4).")
+    ] = False,
+    smooth: Annotated[
+        bool | None,
+        typer.Option(
+            "--smooth/--no-smooth",
+            help="Smooth forehead and neck over time (default: when the run stores their masks).",
+            show_default=False,
+        ),
+    ] = None,
+    size: Annotated[str, typer.Option(help="Video size, WIDTHxHEIGHT.")] = "640x480",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Write into a non-empty folder, replacing only dub's own files."
+        ),
+    ] = False,
+    device: DeviceOption = "auto",
+    progress: ProgressOption = True,
+) -> None:
+    """Dub ORIGINAL with SPEECH (see the command's help)."""
+    from meshtalk.pipelines.inference.dub import DubConfig
+    from meshtalk.pipelines.inference.dub import run as pipeline
+    from meshtalk.pipelines.render.pipeline import parse_size
+
+    _call(
+        pipeline,
+        lambda: DubConfig(
+            original=original,
+            speech=speech,
+            output=output,
+            model=model,
+            temperature=temperature,
+            seed=seed,
+            compare=compare,
+            video=not no_video,
+            smooth=smooth,
+            size=parse_size(size),
+            force=force,
+            device=device,
+            progress=progress,
+        ),
+    )
+
+
+EVAL_HELP = """Animate every segment of a split from its audio; score it against the tracked meshes.
+
+Rows: samples (the prior's codes drawn from the audio, --takes of them, decoded as animate does
+without smoothing), stage1 reconstruction (the encoder sees the true meshes and audio), static
+template (no motion), data. p, g: predicted and tracked vertex positions (mm); L: lip vertices
+(mouth mask > 0.5, listed in the JSON); U: upper-face mask weights; s(v): std of vertex v's
+position over a segment's frames, sqrt(mean_t |x(t,v) - mean_t x(t,v)|^2).
+
+- lip vertex error (mm, MeshTalk paper): mean_t max_(v in L) |p(t,v) - g(t,v)|
+
+- lip vertex error squared (mm^2, FaceFormer/CodeTalker scripts, torchmetrics):
+  mean_t max_(v in L) |p(t,v) - g(t,v)|^2
+
+- lip vertex error centred (mm, the authors' snippet): the same as the first after subtracting
+  each frame's lip-region mean from p and from g
+
+- mean vertex error (mm): mean_(t,v) |p(t,v) - g(t,v)|
+
+- upper-face motion std (mm, the paper's Figure 6): sum_v U(v) s(v) / sum_v U(v)
+
+- upper-face dynamics deviation (mm): sum_v U(v) (s_p(v) - s_g(v)) / sum_v U(v); negative: a
+  stiller upper face than the data's; and its absolute variant with |s_p(v) - s_g(v)|
+
+- blinks per minute: eyelid gap = mean |x(upper) - x(lower)| over facing eyelid vertex pairs;
+  a blink starts when the gap closes past 50% of the template's, and counts again once it has
+  reopened to within 25%
+
+- prior perplexity: exp of the mean -log p of the true codes (the encoder's on the true meshes
+  and audio) under the prior, teacher forced (the class count for a uniform prior)
+
+Segments are weighted by their frames; takes are averaged. Writes with -o: metrics.json,
+error_map.png, motion_std.png and worst_segment.mp4 (the samples' worst lip vertex error, beside
+the data)."""
+
+
+@app.command("eval", help=EVAL_HELP)
+def evaluate(
+    run: Annotated[
+        Path, typer.Argument(help="Trained run folder with a prior (stage 2).", show_default=False)
+    ],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Prepared store (meshtalk prep) of the run's topology.", show_default=False
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="Segments to score: train, val or test.")] = "test",
+    takes: Annotated[int, typer.Option(help="Samples per segment (figures averaged).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler (segment k: seed + k).")] = 0,
+    temperature: Annotated[
+        float, typer.Option(help="Divide the prior's logits by this before drawing.")
+    ] = 1.0,
+    json_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", help="Also write the results to this JSON file.", show_default=False
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder for metrics.json, the heat maps and the worst segment's video.",
+            show_default=False,
+        ),
+    ] = None,
+    no_video: Annotated[bool, typer.Option("--no-video", help="Skip worst_segment.mp4.")] = False,
+    mesh: Annotated[
+        Path | None,
+        typer.Option(
+            help="Mesh (PLY/OBJ) of the topology whose faces the video uses (default: the store's "
+            "source dataset's topology/template.ply).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Write into a non-empty folder, replacing only eval's own files."
+        ),
+    ] = False,
+    device: DeviceOption = "auto",
+    progress: ProgressOption = True,
+) -> None:
+    from meshtalk.pipelines.eval.evaluate import EvalConfig
+    from meshtalk.pipelines.eval.evaluate import run as pipeline
+
+    _call(
+        pipeline,
+        lambda: EvalConfig(
+            run=run,
+            data=data,
+            split=split,
+            takes=takes,
+            seed=seed,
+            temperature=temperature,
+            json=json_file,
+            output=output,
+            video=not no_video,
+            mesh=mesh,
+            force=force,
+            device=device,
+            progress=progress,
         ),
     )
 

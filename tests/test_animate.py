@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from meshtalk.cli.main import app
+from meshtalk.pipelines.data.synth.face import builtin_vertex_count
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export import (
     FrameMeshWriter,
@@ -93,7 +94,7 @@ def test_animate_writes_npz_pc2_template_and_a_video_with_the_speech(inputs, tmp
     assert set(npz) == NPZ_KEYS
     speech_16k = 24000  # 1.5 s at 16 kHz
     t, v = npz["vertices"].shape[:2]
-    assert t == 45 and v == 24 * 24 and npz["vertices"].shape == (t, v, 3)
+    assert t == 45 and v == builtin_vertex_count(24) and npz["vertices"].shape == (t, v, 3)
     assert npz["vertices"].dtype == np.float32 and np.isfinite(npz["vertices"]).all()
     assert npz["codes"].shape == (t, 4) and npz["codes"].dtype == np.int64
     assert npz["codes"].min() >= 0 and npz["codes"].max() < 16
@@ -399,7 +400,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(inputs, tmp_path, case):
     }.get(case, Path(given["speech"]).name)
     assert named in errors[0]
     if case == "wrong topology":
-        assert f"{24 * 24}" in errors[0]  # both counts
+        assert f"{builtin_vertex_count(24)}" in errors[0]  # both counts
     if case == "output is a file":
         assert out.read_text() == "keep me"
     else:

@@ -14,9 +14,13 @@ from meshtalk.cli.main import app
 from meshtalk.pipelines.data.prep import run as prep
 from meshtalk.pipelines.data.synth import SynthConfig
 from meshtalk.pipelines.data.synth import run as synth
+from meshtalk.pipelines.data.synth.face import builtin_vertex_count
 from meshtalk.pipelines.errors import MeshtalkError
 
 from .conftest import builtin_prep_config
+
+SMALL_V = builtin_vertex_count(16)
+"""Vertices of the grid-16 built-in head the small dataset is made of."""
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +68,10 @@ def test_missing_audio(dataset, tmp_path):
 @pytest.mark.parametrize(
     ("corrupt", "message"),
     [
-        (lambda p: p.write_bytes(p.read_bytes()[:-12]), "expected 256"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-12]), f"expected {SMALL_V}"),
         (lambda p: p.write_bytes(p.read_bytes()[:-5]), "truncated mesh"),
         (lambda p: p.write_bytes(b""), "mesh file is empty"),
-        (lambda p: p.write_bytes(np.full(256 * 3, np.nan, "<f4").tobytes()), "NaN"),
+        (lambda p: p.write_bytes(np.full(SMALL_V * 3, np.nan, "<f4").tobytes()), "NaN"),
     ],
 )
 def test_bad_frames_are_skipped_and_named(dataset, tmp_path, corrupt, message):
@@ -214,7 +218,7 @@ def test_vert_mean_of_another_vertex_count_skips_the_identity(dataset, tmp_path)
     identity = _identity(dataset, 1)
     (identity / "vert_mean.bin").write_bytes(np.zeros((100, 3), "<f4").tobytes())
     problems = _problems(dataset, tmp_path)
-    segment = _find(problems, "has 256 vertices, expected 100")  # one line per segment
+    segment = _find(problems, f"has {SMALL_V} vertices, expected 100")  # one line per segment
     assert (
         segment["action"] == "segment skipped"
         and "no readable frames: each of its" in segment["message"]

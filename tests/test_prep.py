@@ -20,6 +20,7 @@ from meshtalk.pipelines.data.prep.discover import choose_topology
 from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset
 from meshtalk.pipelines.data.synth import SynthConfig
 from meshtalk.pipelines.data.synth import run as synth
+from meshtalk.pipelines.data.synth.face import builtin_vertex_count
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.frontend import AudioFrontEnd
 from meshtalk.pipelines.io.audio import load_audio
@@ -33,7 +34,7 @@ def test_dataset_batch_shapes(tiny_store):
     dataset = SegmentDataset(store, split="train", frames=8, length=6, seed=1)
     batch = next(iter(DataLoader(dataset, batch_size=3, num_workers=0)))
     v = store.num_vertices
-    assert v == 24 * 24
+    assert v == builtin_vertex_count(24)
     assert batch["template"].shape == (3, v, 3)
     assert batch["vertices"].shape == (3, 8, v, 3)
     assert batch["mel"].shape == (3, store.span_length(8), 80)

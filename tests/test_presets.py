@@ -42,9 +42,9 @@ def test_shipped_example_files_are_the_presets(name, stage):
     assert stage_settings(stage, None, EXAMPLES / f"{stage}-{name}.yaml") == PRESETS[name].stage(
         stage
     )
-    # Only the tiny demo raises the upper face's weight (the method's weights are equal).
+    # Only the CPU demos raise the upper face's weight (the method's weights are equal).
     if stage == "latent":
-        expected = 3.0 if name == "tiny" else 1.0
+        expected = {"tiny": 3.0, "default": 6.0}.get(name, 1.0)
         assert PRESETS[name].latent_training.upper_face_weight == expected
 
 

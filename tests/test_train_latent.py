@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from meshtalk.cli.main import app
 from meshtalk.models.config import latent_preset
 from meshtalk.pipelines import checkpoint as ckpt
+from meshtalk.pipelines.data.synth.face import builtin_vertex_count
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.train.latent import (
     LatentTrainingConfig,
@@ -68,7 +69,8 @@ def test_a_run_writes_checkpoint_metrics_pictures_and_record(tiny_store, tmp_pat
     for component in ("encoder", "decoder"):
         assert (out / "latent" / component / "model.safetensors").is_file()
         config = json.loads((out / "latent" / component / "config.json").read_text())
-        assert config["model"]["num_vertices"] == 24 * 24 and config["model"]["heads"] == 4
+        assert config["model"]["num_vertices"] == builtin_vertex_count(24)
+        assert config["model"]["heads"] == 4
     assert json.loads((out / "latent" / "trainer.json").read_text())["step"] == 4
     names = {row["name"] for row in MetricsLog.read(out / "metrics.csv")}
     assert {"train/reconstruction", "train/eyelids", "train/mouth_from_audio"} <= names

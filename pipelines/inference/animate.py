@@ -58,14 +58,18 @@ VIDEO_SIZE = (640, 480)
 class AnimateConfig:
     """One `meshtalk animate` run."""
 
-    speech: Path
-    """Audio file of any common format, rate and channel count."""
-    template: Path
-    """PLY or OBJ mesh of the model's topology (vertex order as trained); its faces are used."""
+    speech: Path | None = None
+    """Audio file of any common format, rate and channel count (None with `example`)."""
+    example: bool = False
+    """Animate the bundled speech clip (a sentence spoken by eSpeak NG) instead of `speech`."""
     output: Path
     """Output folder (created; see the module docstring for what it holds)."""
-    model: Path
-    """A trained run folder with a prior (stage 2)."""
+    template: Path | None = None
+    """PLY or OBJ mesh of the model's topology (vertex order as trained); its faces are used.
+    None: the bundled default model's head (only with the bundled model)."""
+    model: Path | None = None
+    """A trained run folder with a prior (stage 2). None: the bundled default model (trained on
+    synthetic speech of the built-in head, for trying the toolkit)."""
     seed: int = 0
     """Seed of the sampler's noise: the same seed gives the same animation on the same device."""
     temperature: float = 1.0
@@ -96,11 +100,33 @@ class AnimateConfig:
     """Show progress bars."""
     chunk_frames: int = CHUNK_FRAMES
     """Frames processed at a time."""
+    allow_transfer: bool = True
+    """A template of another topology than the model's: animate the model's own template and
+    transfer the motion onto it (False: refuse it, as before)."""
+    transfer: Path | None = None
+    """A transfer.npz of an earlier run onto the same mesh, reused instead of registering again."""
+    landmarks: Path | None = None
+    """Landmark pairs (model template, mesh) for the registration (see `meshtalk retarget`)."""
 
     def __post_init__(self) -> None:
+        from meshtalk.pipelines.data.resources import default_model
+
+        problems = []
+        if self.example:
+            if self.speech is not None:
+                problems.append("give either SPEECH or --example, not both")
+            self.speech = default_model.example_path()
+        elif self.speech is None:
+            raise MeshtalkError(None, "give a SPEECH file to animate (or --example)")
+        if self.model is None:
+            self.model = default_model.run_path()
+            if self.template is None:
+                self.template = default_model.template_path()
+        elif self.template is None:
+            problems.append("give the template mesh of --model's topology (TEMPLATE)")
+            self.template = Path()
         self.speech, self.template = Path(self.speech), Path(self.template)
         self.output, self.model = Path(self.output), Path(self.model)
-        problems = []
         if not (isinstance(self.temperature, int | float) and self.temperature > 0):
             problems.append(f"--temperature must be positive, got {self.temperature}")
         elif not math.isfinite(self.temperature):
@@ -115,6 +141,8 @@ class AnimateConfig:
             problems.append(f"--scale must be a positive number, got {self.scale}")
         if self.chunk_frames < 1:
             problems.append(f"chunk_frames must be at least 1, got {self.chunk_frames}")
+        if not self.allow_transfer and (self.transfer is not None or self.landmarks is not None):
+            problems.append("--transfer and --landmarks go without --no-transfer")
         width, height = self.size
         if width < 2 or height < 2 or width % 2 or height % 2:
             problems.append(f"the video size must be even and positive, got {width}x{height}")
@@ -168,12 +196,7 @@ def animate(config: AnimateConfig) -> AnimateResult:
         raise MeshtalkError(
             config.model, "has no prior (stage 2): train one with meshtalk train prior"
         )
-    if len(template.vertices) != run.num_vertices:
-        raise MeshtalkError(
-            config.template,
-            f"has {len(template.vertices)} vertices but the model's topology has "
-            f"{run.num_vertices} ({config.model}); use a template of the model's topology",
-        )
+    template, mapping, transfer = _model_template(config, run, template)
     samples = _speech(config.speech, run.front_end)
     seconds["load"] = time.perf_counter() - started
     smoother_masks = _smoothing_masks(config, run)
@@ -189,6 +212,8 @@ def animate(config: AnimateConfig) -> AnimateResult:
         config.takes,
     )
     provenance = _provenance(config, run)
+    if transfer is not None:
+        provenance["transfer"] = transfer.transfer.info
     with out.writing() as partial, torch.inference_mode():
         folders = (
             [partial] if config.takes == 1 else [partial / f"take_{i}" for i in range(config.takes)]
@@ -202,8 +227,11 @@ def animate(config: AnimateConfig) -> AnimateResult:
                 f"the audio front end gave {audio_codes.shape[1]} frames where {total} were due",
             )
         suffix = config.template.suffix.lower()
+        target = template if transfer is None else transfer.mesh
+        if transfer is not None:
+            transfer.save(partial)
         writers = [
-            TakeWriter(folder, template, suffix, total, config.frames, config.scale)
+            TakeWriter(folder, target, suffix, total, config.frames, config.scale, mapping)
             for folder in folders
         ]
         smoothers = [RegionSmoother(smoother_masks) for _ in folders] if smoother_masks else None
@@ -399,6 +427,8 @@ class TakeWriter:
         total: T, frames the take will have.
         frames: 'ply' or 'obj' to write one mesh per frame, or None.
         scale: multiplies the PC2, template and per-frame exports.
+        mapping: turns each chunk of frames given to `write` into frames of `template` (a
+            transfer from another topology); None: the frames are `template`'s already.
     """
 
     def __init__(
@@ -409,9 +439,11 @@ class TakeWriter:
         total: int,
         frames: str | None,
         scale: float,
+        mapping=None,
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.template, self.total, self.scale = folder, template, total, scale
+        self.mapping = mapping
         self.suffix = suffix
         num_vertices = len(template.vertices)
         self.npz_path = folder / "animation.npz"
@@ -429,6 +461,8 @@ class TakeWriter:
         """(n, V, 3) frames, in the template's units."""
         if len(frames) == 0:
             return
+        if self.mapping is not None:
+            frames = self.mapping(frames)
         self.vertices.write(frames)
         self.pc2.write(frames)
         if self.meshes is not None:
@@ -441,7 +475,8 @@ class TakeWriter:
         npz = self.npz
         npz.add("faces", self.template.faces.astype(np.int32))
         npz.add("template", self.template.vertices.astype(np.float32))
-        npz.add("codes", np.concatenate(self.codes).astype(np.int64))
+        if self.codes:
+            npz.add("codes", np.concatenate(self.codes).astype(np.int64))
         for name, value in members.items():
             npz.add(name, np.asarray(value))
         npz.close()
@@ -472,6 +507,49 @@ class TakeWriter:
             total=self.total,
             progress=progress,
         )
+
+
+def _model_template(config: AnimateConfig, run, template: Mesh):
+    """(mesh to animate, frame mapping or None, `PreparedTransfer` or None) for `template`.
+
+    A template of the model's topology is animated directly. Another mesh (with transfer
+    allowed) is reached through the run's own template: it is animated and each chunk of
+    frames is transferred onto the mesh before it is written.
+    """
+    if len(template.vertices) == run.num_vertices and config.transfer is None:
+        return template, None, None
+    if not config.allow_transfer:
+        raise MeshtalkError(
+            config.template,
+            f"has {len(template.vertices)} vertices but the model's topology has "
+            f"{run.num_vertices} ({config.model}); use a template of the model's topology",
+        )
+    from meshtalk.pipelines.transfer.source import prepare_transfer
+
+    try:
+        prepared = prepare_transfer(
+            run,
+            config.model,
+            config.template,
+            transfer_file=config.transfer,
+            landmarks=config.landmarks,
+        )
+    except MeshtalkError as error:
+        if error.path != config.template:
+            raise
+        raise MeshtalkError(
+            config.template,
+            f"has {len(template.vertices)} vertices, not the {run.num_vertices} of the model's "
+            f"topology, and cannot take its motion by transfer: {error.problem}",
+        ) from None
+    log.info(
+        "%s is not of the model's topology (%d vertices, the model's %d): animating the model's "
+        "template and transferring the motion onto it",
+        config.template,
+        len(template.vertices),
+        run.num_vertices,
+    )
+    return prepared.source, prepared.mapping, prepared
 
 
 def _speech(path: Path, front_end) -> np.ndarray:

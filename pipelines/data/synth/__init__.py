@@ -1,17 +1,23 @@
 """`meshtalk synth`: a procedural talking-face dataset in the exact Multiface layout.
 
-Every sentence is a sequence of phones (vowels with formants, plosives, fricatives, pauses).
-The same phone timeline drives both the audio (a formant synthesiser) and the mouth (jaw
-opening, lip rounding, spreading and closure), so lips are a deterministic function of the audio.
+Every sentence is a timeline of phones (vowels, plosives, fricatives, pauses). With the default
+`espeak` voice, eSpeak NG reads English sentences and its phoneme events time the phones; with the
+`formant` voice, pseudo-words are timed here and a formant synthesiser speaks them. Either way the
+same timeline drives the mouth (jaw opening, lip rounding, spreading and closure), so lips are a
+deterministic function of the audio.
 Blinks and brow raises are Poisson events independent of the audio, and a mild head motion goes
 into the `_transform.txt` head poses. Ground truth is written to `OUT/ground_truth/`.
 
 Faces are a template plus a weighted sum of motion fields (`MotionBasis`): one field per
 articulation parameter, built from the region masks of the topology.
 
-Laid out by part: `face` (the built-in face, motion fields, identity shapes), `speech` (phones,
-articulation, audio), `events` (blinks, brows, drift, head poses), `writer` (the settings and the
-dataset's files).
+The built-in face is a procedural head (`face.builtin_head`): closed lips that part along a mouth
+cut, eyelids that close over two eyeballs, brows, nose, cheeks and chin; 4.7k vertices at the
+default `--grid 48`.
+
+Laid out by part: `face` (the built-in head, motion fields, identity shapes), `speech` (phones,
+articulation, formant audio), `espeak` (eSpeak NG through ctypes), `events` (blinks, brows,
+drift, head poses), `writer` (the settings and the dataset's files).
 """
 
 from meshtalk.pipelines.data.synth.writer import SynthConfig, run

@@ -56,6 +56,34 @@ def sentence_words(rng: np.random.Generator, min_words: int, max_words: int) -> 
     return words
 
 
+_WORD_TEXT = """
+a about after all also and any apple are around as at away back bad ball be because bed been
+before big bird black blue boat book both box boy bring brown but by call came can car cat
+chair child city cold come could cup day did do dog door down each early eat eight even every
+eye face fall far farm fast father feel few find fine fire fish five floor food foot for four
+friend from full game girl give go good green hand happy has have he head hear help her here
+high him his home horse hot house how I if in is it just keep kind know lady large last late
+leave left light like line little live long look love made make man many may me mean might
+milk money moon more morning most mother move much music must my name near never new next nice
+night nine no not now number of off often oh old on one only open or other our out over page
+paper park people pick place play please point put quick rain read red right river road room
+round run said same saw say school sea see seven she ship shoe short should show side sing sit
+six sleep slow small so some soon spoon stand start stay still stop story street sun table take
+talk tell ten than thank that the their them then there these they thing think this those three
+through time to today together too took top town tree try two under up us very walk wall want
+warm was watch water way we week well went were what when where which white who why will wind
+window with woman wood word work world would write year yellow yes you young your zoo
+"""
+ENGLISH_WORDS = tuple(_WORD_TEXT.split())
+"""Everyday English words the espeak voice reads in random order (a sentence per segment)."""
+
+
+def english_words(rng: np.random.Generator, min_words: int, max_words: int) -> list[str]:
+    """A random sentence of everyday English words (for the espeak voice)."""
+    count = int(rng.integers(min_words, max_words + 1))
+    return [str(word) for word in rng.choice(ENGLISH_WORDS, size=count)]
+
+
 def phone_timeline(
     words: list[str], rate: float, rng: np.random.Generator
 ) -> tuple[list[Phone], float]:

@@ -30,7 +30,8 @@ from meshtalk.pipelines.data.synth.face import (
     BLINK,
     BROW,
     MOUTH_PARAMS,
-    builtin_face,
+    FaceRig,
+    builtin_head,
     identity_face,
     motion_basis,
 )
@@ -39,6 +40,7 @@ from meshtalk.pipelines.data.synth.speech import (
     CONTROL_RATE,
     Phone,
     articulation,
+    english_words,
     phone_timeline,
     sentence_words,
     synthesise_audio,
@@ -55,6 +57,11 @@ from meshtalk.pipelines.io.audio import write_wav
 from meshtalk.pipelines.io.mesh import Mesh, read_mesh, write_bin, write_mesh, write_transform
 
 log = logging.getLogger(__name__)
+
+
+VOICES = ("espeak", "formant")
+ESPEAK_VARIANTS = ("m1", "f2", "m3", "f1", "m2", "f4", "m4", "f3", "m5", "f5")
+"""espeak voice variants, one per identity in turn."""
 
 
 @dataclass
@@ -76,7 +83,10 @@ class SynthConfig:
     multiface_topology: bool = False
     """Write 7306-vertex Multiface meshes that the 'meshtalk' crop turns back into the template."""
     grid: int = 48
-    """Resolution of the built-in face (grid x grid vertices)."""
+    """Resolution of the built-in head (48: 4744 vertices, 24: 1198, 16: 594)."""
+    voice: str | None = None
+    """'espeak' (eSpeak NG reads English sentences; its phoneme timings drive the mouth) or
+    'formant' (pseudo-words from the built-in formant synthesiser); None: espeak if it loads."""
     neutral_frames: int = 30
     """Frames in the neutral segment."""
     min_words: int = 4
@@ -114,6 +124,12 @@ class SynthConfig:
             problems.append(f"--expression-drift must be in [0, 1], got {self.expression_drift}")
         if self.grid < 16:
             problems.append(f"--grid must be at least 16, got {self.grid}")
+        if self.voice is None:
+            from meshtalk.pipelines.data.synth.espeak import available
+
+            self.voice = "espeak" if available() else "formant"
+        elif self.voice not in VOICES:
+            problems.append(f"--voice must be one of {', '.join(VOICES)}, got '{self.voice}'")
         if self.min_words < 1 or self.max_words < self.min_words:
             problems.append(f"words per sentence {self.min_words}..{self.max_words} is empty")
         if problems:
@@ -148,7 +164,7 @@ def run(config: SynthConfig) -> Path:
     """Write the dataset; returns the output directory."""
     from meshtalk.pipelines.io.progress import progress_bar
 
-    base, masks, landmarks, kept = _topology(config)
+    base, masks, landmarks, kept, rig = _topology(config)
     out = config.output
     if out.exists() and not out.is_dir():
         raise MeshtalkError(out, "exists and is not a folder (synth writes a dataset folder)")
@@ -156,8 +172,9 @@ def run(config: SynthConfig) -> Path:
     _write_topology(out / TOPOLOGY_DIR, base, masks, landmarks)
 
     sentence_rng = np.random.default_rng([config.seed, 1])
+    make_words = english_words if config.voice == "espeak" else sentence_words
     sentences = [
-        sentence_words(sentence_rng, config.min_words, config.max_words)
+        make_words(sentence_rng, config.min_words, config.max_words)
         for _ in range(config.sentences)
     ]
     segment_names = [
@@ -174,6 +191,7 @@ def run(config: SynthConfig) -> Path:
                 masks,
                 list(zip(segment_names, sentences)),
                 kept,
+                rig,
                 advance=lambda: progress.advance(task),
             )
     log.info("wrote %d identities x %d sentences to %s", config.identities, config.sentences, out)
@@ -182,15 +200,19 @@ def run(config: SynthConfig) -> Path:
 
 def _topology(
     config: SynthConfig,
-) -> tuple[Mesh, dict[str, np.ndarray], dict[str, list[int]] | None, np.ndarray | None]:
-    """The face to animate, its masks, its landmarks (built-in face only), and the vertices the
-    'meshtalk' crop keeps (with --multiface-topology)."""
+) -> tuple[
+    Mesh, dict[str, np.ndarray], dict[str, list[int]] | None, np.ndarray | None, FaceRig | None
+]:
+    """The face to animate, its masks, its landmarks and rig (built-in head only), and the
+    vertices the 'meshtalk' crop keeps (with --multiface-topology)."""
+    rig = None
     if config.template is not None:
         base = read_mesh(config.template)
         masks = read_mask_dir(config.masks, len(base.vertices))
         landmarks = None
     else:
-        base, landmarks = builtin_face(config.grid)
+        head = builtin_head(config.grid)
+        base, landmarks, rig = head.mesh, head.landmarks, head.rig
         masks = build_masks(base.vertices, {k: np.asarray(v) for k, v in landmarks.items()})
     kept = None
     if config.multiface_topology:
@@ -201,7 +223,7 @@ def _topology(
                 f"this template has {len(base.vertices)} vertices",
             )
         kept = kept_vertices("meshtalk", MULTIFACE_NUM_VERTICES)
-    return base, masks, landmarks, kept
+    return base, masks, landmarks, kept, rig
 
 
 def _write_topology(
@@ -228,6 +250,7 @@ def _write_identity(
     masks: dict[str, np.ndarray],
     sentences: list[tuple[str, list[str]]],
     kept: np.ndarray | None,
+    rig: FaceRig | None,
     advance: Callable[[], None],
 ) -> None:
     """One identity: its face, its neutral segment, its (name, words) sentences, its frame list
@@ -238,7 +261,7 @@ def _write_identity(
     identity_dir = out / name
     # Identity 0 keeps the template's own shape, so prep can be checked against it exactly.
     template = base.vertices if identity == 0 else identity_face(base.vertices, rng)
-    basis = motion_basis(template, masks)
+    basis = motion_basis(template, masks, rig)
     f0 = rng.uniform(95, 230)
     rate = rng.uniform(0.9, 1.15)
     frame_list: list[str] = []
@@ -264,11 +287,14 @@ def _write_identity(
     advance()
 
     for segment, words in sentences:
-        phones, duration = phone_timeline(
-            words, rate, np.random.default_rng([config.seed, 3, identity, len(frame_list)])
-        )
-        curves = articulation(phones, duration)
-        audio = synthesise_audio(curves, duration, f0, rng)
+        timing_rng = np.random.default_rng([config.seed, 3, identity, len(frame_list)])
+        if config.voice == "espeak":
+            phones, duration, audio = _espeak_sentence(words, identity, f0, rate, timing_rng)
+            curves = articulation(phones, duration)
+        else:
+            phones, duration = phone_timeline(words, rate, timing_rng)
+            curves = articulation(phones, duration)
+            audio = synthesise_audio(curves, duration, f0, rng)
         write_wav(identity_dir / "audio" / f"{segment}.wav", audio, AUDIO_RATE)
         n_frames = int(duration * FPS)
         ids = [next_id + i * config.frame_step for i in range(n_frames)]
@@ -341,6 +367,39 @@ def _write_identity(
     write_bin(identity_dir / "vert_mean.bin", mean)
     write_text_atomic(identity_dir / "vert_var.txt", f"{float(stacked.var()):.6f}\n")
     write_text_atomic(identity_dir / "frame_list.txt", "\n".join(frame_list) + "\n")
+
+
+def _espeak_sentence(
+    words: list[str], identity: int, f0: float, rate: float, rng: np.random.Generator
+) -> tuple[list[Phone], float, np.ndarray]:
+    """One sentence read by eSpeak NG in the identity's voice: its phones on the articulation
+    classes (timed from espeak's phoneme events, after a short silence), its length in seconds,
+    and the audio at AUDIO_RATE with the same silences around it."""
+    from scipy.signal import lfilter, resample_poly
+
+    from meshtalk.pipelines.data.synth.espeak import speak, to_phones
+
+    variant = ESPEAK_VARIANTS[identity % len(ESPEAK_VARIANTS)]
+    pitch = int(np.clip(35 + (f0 - 95) / 135 * 40, 0, 100))
+    spoken = speak(" ".join(words), f"en-us+{variant}", rate_wpm=int(160 * rate), pitch=pitch)
+    lead, tail = rng.uniform(0.25, 0.4), rng.uniform(0.3, 0.45)
+    speech = resample_poly(spoken.samples.astype(np.float64), AUDIO_RATE, spoken.rate)
+    peak = float(np.abs(speech).max()) or 1.0
+    gain = rng.uniform(0.25, 0.6)
+    audio = np.concatenate(
+        [np.zeros(int(lead * AUDIO_RATE)), gain * speech / peak, np.zeros(int(tail * AUDIO_RATE))]
+    )
+    # A room's noise floor, -60 to -34 dB and more or less muffled, as in real recordings (the
+    # model must keep the mouth shut through it).
+    pole = rng.uniform(0.0, 0.95)
+    noise = lfilter([1 - pole], [1, -pole], rng.standard_normal(len(audio)))
+    audio += 10 ** rng.uniform(-3.0, -1.7) * noise / noise.std()
+    phones = [
+        Phone(symbol, lead + start, length)
+        for symbol, start, length in to_phones(spoken)
+        if symbol != " "
+    ]
+    return phones, len(audio) / AUDIO_RATE, audio.astype(np.float32)
 
 
 def _write_ground_truth(
