@@ -645,8 +645,12 @@ def dub(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
     model: Annotated[
-        Path, typer.Option(help="Trained run of the original's topology.", show_default=False)
-    ],
+        Path | None,
+        typer.Option(
+            help="Trained run of the original's topology (default: the bundled model).",
+            show_default=False,
+        ),
+    ] = None,
     temperature: Annotated[
         float | None,
         typer.Option(

@@ -67,8 +67,9 @@ class DubConfig:
     """The new speech: an audio file of any common format, rate and channel count."""
     output: Path
     """Output folder (created; see the module docstring for what it holds)."""
-    model: Path
-    """A trained run folder (stage 1; stage 2 too where the speech outlasts the original)."""
+    model: Path | None = None
+    """A trained run folder (stage 1; stage 2 too where the speech outlasts the original); None:
+    the bundled default model (for performances on its head)."""
     temperature: float | None = None
     """None: the fusion's most likely codes (deterministic), and the prior's continuation drawn at
     temperature 1. A number: both drawn with the log-probabilities divided by it."""
@@ -93,6 +94,10 @@ class DubConfig:
 
     def __post_init__(self) -> None:
         self.original, self.speech = Path(self.original), Path(self.speech)
+        if self.model is None:
+            from meshtalk.pipelines.data.resources import default_model
+
+            self.model = default_model.run_path()
         self.output, self.model = Path(self.output), Path(self.model)
         problems = []
         if self.temperature is not None and not (
