@@ -68,6 +68,10 @@ def inputs(tiny_dataset, tiny_trained_run, tmp_path_factory) -> dict:
     run = folder / "run"
     shutil.copytree(tiny_trained_run, run)
     np.save(run / "topology" / "faces.npy", head.faces)
+    # A run saved before runs stored their triangles.
+    bare_run = folder / "bare_run"
+    shutil.copytree(tiny_trained_run, bare_run)
+    (bare_run / "topology" / "faces.npy").unlink()
     return {
         "head": head,
         "frames": frames,
@@ -75,7 +79,7 @@ def inputs(tiny_dataset, tiny_trained_run, tmp_path_factory) -> dict:
         "neutral": folder / "neutral.ply",
         "remeshed": folder / "remeshed.ply",
         "run": run,
-        "bare_run": tiny_trained_run,
+        "bare_run": bare_run,
         "speech": speech_file,
         "folder": folder,
     }
