@@ -91,7 +91,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "default": Preset(
         name="default",
-        summary="the bundled default model: tiny sizes, 8 heads, trained longer (2 cores: ~25 min)",
+        summary="the bundled default model: tiny sizes, 8 heads, trained longer (2 cores: ~30 min)",
         # A narrower first decoder layer than 'tiny' keeps a 4.7k-vertex run under 20 MB.
         # 8 heads and a heavier upper face: with 4 heads and weight 3 the expression path went
         # unused (blinks lost in samples); validation error rose after ~3000 steps at lr 6e-4.
