@@ -27,6 +27,22 @@ class AudioEncoder(nn.Module):
     frame's window from it; `forward` runs it on every window separately (the reference).
     """
 
+    @classmethod
+    def of(cls, config: LatentModelConfig) -> AudioEncoder:
+        """The audio encoder of a stage-1 model's config."""
+        return cls(
+            mel=config.mel,
+            channels=config.audio_channels,
+            kernel=config.audio_kernel,
+            dilations=config.audio_dilations,
+            code_dim=config.code_dim,
+            dropout=config.audio_dropout,
+            slope=config.leaky_slope,
+            window=config.audio_window_frames,
+            mel_mean=0.0 if config.mel_mean is None else config.mel_mean,
+            mel_std=1.0 if config.mel_std is None else config.mel_std,
+        )
+
     def __init__(
         self,
         *,
@@ -193,18 +209,7 @@ class LatentEncoder(nn.Module):
     def __init__(self, config: LatentModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.audio_encoder = AudioEncoder(
-            mel=config.mel,
-            channels=config.audio_channels,
-            kernel=config.audio_kernel,
-            dilations=config.audio_dilations,
-            code_dim=config.code_dim,
-            dropout=config.audio_dropout,
-            slope=config.leaky_slope,
-            window=config.audio_window_frames,
-            mel_mean=0.0 if config.mel_mean is None else config.mel_mean,
-            mel_std=1.0 if config.mel_std is None else config.mel_std,
-        )
+        self.audio_encoder = AudioEncoder.of(config)
         self.expression_encoder = ExpressionEncoder(
             num_vertices=config.num_vertices,
             hidden=config.expression_hidden,

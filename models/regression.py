@@ -28,18 +28,7 @@ class AudioRegression(nn.Module):
     def __init__(self, config: LatentModelConfig, hidden: int = 128) -> None:
         super().__init__()
         self.config = config
-        self.audio_encoder = AudioEncoder(
-            mel=config.mel,
-            channels=config.audio_channels,
-            kernel=config.audio_kernel,
-            dilations=config.audio_dilations,
-            code_dim=config.code_dim,
-            dropout=config.audio_dropout,
-            slope=config.leaky_slope,
-            window=config.audio_window_frames,
-            mel_mean=0.0 if config.mel_mean is None else config.mel_mean,
-            mel_std=1.0 if config.mel_std is None else config.mel_std,
-        )
+        self.audio_encoder = AudioEncoder.of(config)
         self.head = nn.Sequential(
             nn.Linear(config.code_dim, hidden),
             nn.LeakyReLU(config.leaky_slope),

@@ -191,6 +191,26 @@ CHUNK = 64
 """Frames whose audio contributions and noise the step's static buffers hold at once."""
 
 
+def sample_in_chunks(push, audio_code: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(B, T, audio_dim) audio codes -> (B, T, H) codes through `push`, `chunk` frames at a time.
+
+    Raises ValueError for T = 0 (audio shorter than one frame) or chunk < 1.
+    """
+    if audio_code.dim() != 3:
+        raise ValueError(f"expected (B, T, audio_dim) audio codes, got {tuple(audio_code.shape)}")
+    if audio_code.shape[1] == 0:
+        raise ValueError(
+            f"no frames to sample: audio codes of shape {tuple(audio_code.shape)} "
+            "(audio shorter than one frame has none)"
+        )
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1 frame, got {chunk}")
+    parts = [
+        push(audio_code[:, start : start + chunk]) for start in range(0, audio_code.shape[1], chunk)
+    ]
+    return torch.cat(parts, dim=1)
+
+
 class PriorSampler:
     """Draws codes from a `ContextModel`, step by step, for a batch of B sequences.
 
@@ -611,22 +631,7 @@ class PriorSampler:
 
         Raises ValueError for T = 0 (audio shorter than one frame) or chunk < 1.
         """
-        if audio_code.dim() != 3:
-            raise ValueError(
-                f"expected (B, T, audio_dim) audio codes, got {tuple(audio_code.shape)}"
-            )
-        if audio_code.shape[1] == 0:
-            raise ValueError(
-                f"no frames to sample: audio codes of shape {tuple(audio_code.shape)} "
-                "(audio shorter than one frame has none)"
-            )
-        if chunk < 1:
-            raise ValueError(f"chunk must be at least 1 frame, got {chunk}")
-        parts = [
-            self.push(audio_code[:, start : start + chunk])
-            for start in range(0, audio_code.shape[1], chunk)
-        ]
-        return torch.cat(parts, dim=1)
+        return sample_in_chunks(self.push, audio_code, chunk)
 
     @torch.inference_mode()
     def prime(self, codes: torch.Tensor, audio_code: torch.Tensor) -> None:

@@ -35,7 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from meshtalk.models.prior import ContextModel, PriorModelConfig
-from meshtalk.models.sampler import INT8_INNER, WEIGHTS, schedule, step_weights
+from meshtalk.models.sampler import (
+    INT8_INNER,
+    WEIGHTS,
+    sample_in_chunks,
+    schedule,
+    step_weights,
+)
 
 
 def _pad_columns(x: torch.Tensor, columns: int) -> torch.Tensor:
@@ -258,22 +264,7 @@ class SpeculativeSampler:
 
     def sample(self, audio_code: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """(B, T, audio_dim) audio codes -> (B, T, H) codes, `chunk` frames at a time."""
-        if audio_code.dim() != 3:
-            raise ValueError(
-                f"expected (B, T, audio_dim) audio codes, got {tuple(audio_code.shape)}"
-            )
-        if audio_code.shape[1] == 0:
-            raise ValueError(
-                f"no frames to sample: audio codes of shape {tuple(audio_code.shape)} "
-                "(audio shorter than one frame has none)"
-            )
-        if chunk < 1:
-            raise ValueError(f"chunk must be at least 1 frame, got {chunk}")
-        parts = [
-            self.push(audio_code[:, start : start + chunk])
-            for start in range(0, audio_code.shape[1], chunk)
-        ]
-        return torch.cat(parts, dim=1)
+        return sample_in_chunks(self.push, audio_code, chunk)
 
     @torch.inference_mode()
     def push(self, audio_code: torch.Tensor) -> torch.Tensor:

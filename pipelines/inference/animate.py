@@ -32,14 +32,13 @@ import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export import (
-    FRAME_FORMATS,
     FrameMeshWriter,
     NpzWriter,
     PC2Header,
     PC2Writer,
     iter_rows,
 )
-from meshtalk.pipelines.inference.output import OutputFolder
+from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.inference.smoothing import SMOOTHED_REGIONS, RegionSmoother
 from meshtalk.pipelines.io.mesh import Mesh, read_mesh, write_mesh
 
@@ -133,19 +132,9 @@ class AnimateConfig:
             problems.append(f"--temperature must be finite, got {self.temperature}")
         if not 1 <= self.takes <= MAX_TAKES:
             problems.append(f"--takes must be between 1 and {MAX_TAKES}, got {self.takes}")
-        if self.frames is not None and self.frames not in FRAME_FORMATS:
-            problems.append(
-                f"--frames must be one of {', '.join(FRAME_FORMATS)}, got {self.frames}"
-            )
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            problems.append(f"--scale must be a positive number, got {self.scale}")
-        if self.chunk_frames < 1:
-            problems.append(f"chunk_frames must be at least 1, got {self.chunk_frames}")
+        problems += export_problems(self.size, self.chunk_frames, self.frames, self.scale)
         if not self.allow_transfer and (self.transfer is not None or self.landmarks is not None):
             problems.append("--transfer and --landmarks go without --no-transfer")
-        width, height = self.size
-        if width < 2 or height < 2 or width % 2 or height % 2:
-            problems.append(f"the video size must be even and positive, got {width}x{height}")
         if not 0 <= self.seed < 2**63:
             problems.append(f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
         if problems:

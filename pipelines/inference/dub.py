@@ -46,7 +46,7 @@ from meshtalk.pipelines.inference.animate import (
     _smoothing_masks,
     _speech,
 )
-from meshtalk.pipelines.inference.output import OutputFolder
+from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.inference.smoothing import RegionSmoother
 from meshtalk.pipelines.io.mesh import Mesh
 
@@ -108,11 +108,7 @@ class DubConfig:
             problems.append(f"--temperature must be positive and finite, got {self.temperature}")
         if not 0 <= self.seed < 2**63:
             problems.append(f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
-        if self.chunk_frames < 1:
-            problems.append(f"chunk_frames must be at least 1, got {self.chunk_frames}")
-        width, height = self.size
-        if width < 2 or height < 2 or width % 2 or height % 2:
-            problems.append(f"the video size must be even and positive, got {width}x{height}")
+        problems += export_problems(self.size, self.chunk_frames)
         if self.compare and not self.video:
             problems.append("--compare renders a video: it goes without --no-video")
         if problems:

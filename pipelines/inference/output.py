@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,6 +20,28 @@ from pathlib import Path
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.io import lock
 from meshtalk.pipelines.io.atomic import follow_umask, write_text_atomic
+
+
+def export_problems(
+    size: tuple[int, int],
+    chunk_frames: int,
+    frames: str | None = None,
+    scale: float = 1.0,
+) -> list[str]:
+    """What is wrong with the export settings animate, dub and retarget share (one entry each)."""
+    from meshtalk.pipelines.export import FRAME_FORMATS
+
+    problems = []
+    if frames is not None and frames not in FRAME_FORMATS:
+        problems.append(f"--frames must be one of {', '.join(FRAME_FORMATS)}, got {frames}")
+    if not (math.isfinite(scale) and scale > 0):
+        problems.append(f"--scale must be a positive number, got {scale}")
+    if chunk_frames < 1:
+        problems.append(f"chunk_frames must be at least 1, got {chunk_frames}")
+    width, height = size
+    if width < 2 or height < 2 or width % 2 or height % 2:
+        problems.append(f"the video size must be even and positive, got {width}x{height}")
+    return problems
 
 
 class OutputFolder:

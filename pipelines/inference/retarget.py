@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -30,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.export import FRAME_FORMATS, iter_rows, member_shape
+from meshtalk.pipelines.export import iter_rows, member_shape
 from meshtalk.pipelines.inference.animate import VIDEO_SIZE, TakeWriter
-from meshtalk.pipelines.inference.output import OutputFolder
+from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.io.mesh import Mesh
 
 log = logging.getLogger(__name__)
@@ -86,17 +85,7 @@ class RetargetConfig:
             Path(self.output),
         )
         problems = []
-        if self.frames is not None and self.frames not in FRAME_FORMATS:
-            problems.append(
-                f"--frames must be one of {', '.join(FRAME_FORMATS)}, got {self.frames}"
-            )
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            problems.append(f"--scale must be a positive number, got {self.scale}")
-        if self.chunk_frames < 1:
-            problems.append(f"chunk_frames must be at least 1, got {self.chunk_frames}")
-        width, height = self.size
-        if width < 2 or height < 2 or width % 2 or height % 2:
-            problems.append(f"the video size must be even and positive, got {width}x{height}")
+        problems += export_problems(self.size, self.chunk_frames, self.frames, self.scale)
         if self.transfer is not None and self.landmarks is not None:
             problems.append("--landmarks makes a new registration; it goes without --transfer")
         if problems:
