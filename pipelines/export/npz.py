@@ -121,6 +121,18 @@ def iter_rows(path: str | Path, name: str, rows: int = 256) -> Iterator[np.ndarr
             yield np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:])
 
 
+def load_npz(path: str | Path) -> np.lib.npyio.NpzFile:
+    """`np.load` of an `.npz` archive with no pickles; a file that is not one is a one-line error
+    (numpy alone calls any non-zip file "pickled data")."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise MeshtalkError(path, "not a readable .npz archive (not a zip file)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise MeshtalkError(path, f"not a readable .npz archive ({error})") from None
+
+
 def member_shape(path: str | Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) of an `.npz` member, read from its header only."""
     path = Path(path)

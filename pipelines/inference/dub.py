@@ -37,7 +37,7 @@ import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export import iter_rows
-from meshtalk.pipelines.export.npz import member_shape
+from meshtalk.pipelines.export.npz import load_npz, member_shape
 from meshtalk.pipelines.inference.animate import (
     CHUNK_FRAMES,
     VIDEO_SIZE,
@@ -164,7 +164,7 @@ def read_original(path: Path, num_vertices: int) -> Original:
     if not path.is_file():
         raise MeshtalkError(path, "original animation not found")
     try:
-        with np.load(path, allow_pickle=False, mmap_mode=None) as archive:
+        with load_npz(path) as archive:
             names = set(archive.files)
             missing = [name for name in REQUIRED if name not in names]
             if missing:

@@ -30,6 +30,7 @@ import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export import iter_rows, member_shape
+from meshtalk.pipelines.export.npz import load_npz
 from meshtalk.pipelines.inference.animate import VIDEO_SIZE, TakeWriter
 from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.io.mesh import Mesh
@@ -129,11 +130,7 @@ def read_source(path: Path) -> SourceAnimation:
     path = Path(path)
     if not path.is_file():
         raise MeshtalkError(path, "source animation not found")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise MeshtalkError(path, f"not a readable .npz file ({error})") from None
-    with archive:
+    with load_npz(path) as archive:
         missing = [name for name in REQUIRED if name not in archive.files]
         if missing:
             raise MeshtalkError(
