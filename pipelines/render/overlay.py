@@ -115,7 +115,7 @@ def colour_bar(height: int, maximum: float, unit: str = "mm") -> np.ndarray:
     for fraction in (0.0, 0.5, 1.0):
         value = maximum * fraction
         y = bottom - fraction * (bottom - top)
-        label = f"{value:g}"
+        label = f"{value:.3g}"  # 3 digits fit beside the bar
         draw.line([(bar_right, y), (bar_right + 3, y)], fill=TEXT_COLOUR)
         draw.text((bar_right + 5, y - 6), label, fill=TEXT_COLOUR, font=font)
     draw.text((bar_left, max(top - 18, 0)), unit, fill=TEXT_COLOUR, font=font)
