@@ -113,6 +113,13 @@ def test_perplexity_of_a_uniform_prior_is_the_class_count():
     assert metrics.perplexity(0.0, codes) == 1.0
 
 
+def test_perplexity_of_a_diverged_prior_is_infinite_not_an_overflow():
+    # A prior fed audio codes of 5e4 (a stage-1 run whose audio code blew up on the silence
+    # padding) scored a mean cross-entropy past 709 nats: validation must report it, not crash.
+    assert metrics.perplexity(800.0 * 1000, 1000) == math.inf
+    assert metrics.perplexity(700.0, 1) == pytest.approx(math.exp(700.0))
+
+
 def test_blink_onsets_count_each_closure_once():
     open_gap = 8.0
     closure = np.zeros(60)

@@ -8,6 +8,9 @@ weights (the `upper_face` mask), T frames.
 
 from __future__ import annotations
 
+import math
+import sys
+
 import numpy as np
 import torch
 
@@ -209,7 +212,13 @@ def blinks_per_minute(blinks: int, seconds: float) -> float:
     return 60.0 * blinks / seconds if seconds > 0 else 0.0
 
 
+MAX_EXPONENT = math.log(sys.float_info.max)
+"""The largest x whose exp(x) is a finite float."""
+
+
 def perplexity(negative_log_likelihood: float, count: int) -> float:
     """exp(sum of -log p over `count` codes / count): the prior's perplexity of the true codes
-    (C, the number of classes, for a uniform prior; 1 for a certain one)."""
-    return float(np.exp(negative_log_likelihood / max(count, 1)))
+    (C, the number of classes, for a uniform prior; 1 for a certain one); infinite for a mean
+    past what a float holds (a diverged prior), not an overflow error."""
+    mean = negative_log_likelihood / max(count, 1)
+    return math.exp(mean) if mean < MAX_EXPONENT else math.inf

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -12,7 +11,12 @@ import torch.nn.functional as F
 from meshtalk.models.latent import LatentAutoencoder, partner_inputs
 from meshtalk.models.prior import ContextModel
 from meshtalk.pipelines.data.store import PreparedStore
-from meshtalk.pipelines.eval.metrics import lip_vertex_errors, mean_vertex_error, weighted_mean
+from meshtalk.pipelines.eval.metrics import (
+    lip_vertex_errors,
+    mean_vertex_error,
+    perplexity,
+    weighted_mean,
+)
 from meshtalk.pipelines.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -128,7 +132,7 @@ def prior_figures(
         count += codes.numel()
     count = max(count, 1)
     return {
-        "perplexity": math.exp(nll / count),
+        "perplexity": perplexity(nll, count),
         "cross_entropy": nll / count,
         "accuracy": correct / count,
     }
