@@ -149,7 +149,9 @@ def test_vertex_order_and_faces_of_the_target_are_kept(source, remeshed_case, tm
     moved = transfer.apply(source["frames"][:5], source["mesh"].vertices)
     reference = made.apply(source["frames"][:5], source["mesh"].vertices)
     assert moved.shape == (5, len(read.vertices), 3)
-    np.testing.assert_allclose(moved, reference[:, order], atol=1e-4)  # each kept its motion
+    # Each vertex kept its own motion (motions differ by millimetres), up to float32 rounding of
+    # another summation order: 1e-4 mm was once exceeded by 1.7e-4 at a coordinate of 36.6 mm.
+    np.testing.assert_allclose(moved, reference[:, order], atol=1e-3)
 
 
 def test_a_saved_transfer_is_reused_and_refused_for_another_mesh(source, remeshed_case, tmp_path):
