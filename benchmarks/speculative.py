@@ -23,7 +23,7 @@ does not depend on their values) and weights of the prior (float, int8), on the 
    and on synthetic speech (eSpeak NG, as `meshtalk synth` makes it), with frames per pass of
    the prior; and the int8 prior as the draft of the float one (1 - total variation per code,
    at release sizes with weights scaled to a trained prior's peakedness, and on the trained
-   default prior).
+   default prior), and a draft that costs nothing: the previous frame's codes again.
 
     python benchmarks/speculative.py [--json results.json]
 """
@@ -237,6 +237,18 @@ def trained_acceptance(console: Console) -> list[dict]:
         rows.append(
             {
                 "prior": "bundled default (trained, H=8, C=16)",
+                "draft": "free: the previous frame's codes again",
+                "audio": name,
+                "audio_seconds": frames / FPS,
+                "block": None,
+                "acceptance_rate": repeat_acceptance(prior, sampled, codes),
+                "frames_per_prior_pass": None,
+                "speedup_measured": None,
+            }
+        )
+        rows.append(
+            {
+                "prior": "bundled default (trained, H=8, C=16)",
                 "draft": "the int8 prior",
                 "audio": name,
                 "audio_seconds": frames / FPS,
@@ -247,6 +259,15 @@ def trained_acceptance(console: Console) -> list[dict]:
             }
         )
     return rows
+
+
+def repeat_acceptance(prior, codes: torch.Tensor, audio: torch.Tensor) -> float:
+    """Mean over (t > 0, h) of p(c[t - 1, h]): the acceptance rate of a draft that costs nothing
+    and proposes the previous frame's codes again (at the prior's own samples)."""
+    with torch.no_grad():
+        one_hot = F.one_hot(codes, prior.config.classes).float()
+        p = torch.softmax(prior(one_hot, audio).float(), dim=-1)
+    return float(p[:, 1:].gather(-1, codes[:, :-1, :, None]).mean())
 
 
 def int8_acceptance(prior, rounded, codes: torch.Tensor, audio: torch.Tensor) -> float:

@@ -7,8 +7,11 @@ synthesises; `to_phones` maps those phonemes onto the articulation classes of
 The library is driven through ctypes with `AUDIO_OUTPUT_SYNCHRONOUS` and a synth callback that
 collects the samples and the phoneme events (espeak's `audio_position`, in milliseconds). espeak
 carries state from one utterance to the next (the same text comes out a few milliseconds longer or
-shorter depending on what was said before), so every utterance is spoken in a fresh child process:
-the same text and voice always give the same samples.
+shorter depending on what was said before), so every utterance is spoken in a fresh child process.
+The breathy variants (f1 ... f5) add noise from espeak's own random numbers, which it seeds with
+the clock when it starts; the child seeds them again from what is said (text, voice, rate, pitch)
+just before speaking (`espeak_ng_SetRandSeed`). So the same text and voice always give the same
+samples.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import json
 import multiprocessing
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -223,6 +227,7 @@ def _speak_here(text: str, voice: str, rate_wpm: int, pitch: int) -> Utterance:
 
     callback = _CALLBACK(collect)
     encoded = text.encode("utf-8") + b"\0"
+    _seed_noise(library, f"{voice}|{rate_wpm}|{pitch}|{text}")
     library.espeak_SetSynthCallback(callback)
     if library.espeak_SetVoiceByName(voice.encode()) != 0:
         raise MeshtalkError(None, f"espeak has no voice '{voice}'")
@@ -235,6 +240,13 @@ def _speak_here(text: str, voice: str, rate_wpm: int, pitch: int) -> Utterance:
         raise MeshtalkError(None, f"espeak could not synthesise the text (status {status})")
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return Utterance(samples, sample_rate, phonemes, words)
+
+
+def _seed_noise(library: ctypes.CDLL, what: str) -> None:
+    """Seed espeak's own random numbers (its breath noise) from `what`: it seeds them with the
+    clock when it initialises, which made the breathy voices differ from one run to the next."""
+    library.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    library.espeak_ng_SetRandSeed(zlib.crc32(what.encode("utf-8")))
 
 
 def to_phones(utterance: Utterance) -> list[tuple[str, float, float]]:
