@@ -124,6 +124,7 @@ def _library() -> tuple[ctypes.CDLL, int]:
     library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     library.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     library.espeak_SetSynthCallback.argtypes = [_CALLBACK]
+    library.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
     library.espeak_Synth.argtypes = [
         ctypes.c_void_p,
         ctypes.c_size_t,
@@ -227,7 +228,10 @@ def _speak_here(text: str, voice: str, rate_wpm: int, pitch: int) -> Utterance:
 
     callback = _CALLBACK(collect)
     encoded = text.encode("utf-8") + b"\0"
-    _seed_noise(library, f"{voice}|{rate_wpm}|{pitch}|{text}")
+    # espeak seeds its random numbers (the breath noise of the f1-f5 variants) with the clock when
+    # it initialises: seeded again from what is said, the same call gives the same samples.
+    seed = zlib.crc32(f"{voice}|{rate_wpm}|{pitch}|{text}".encode())
+    library.espeak_ng_SetRandSeed(seed)
     library.espeak_SetSynthCallback(callback)
     if library.espeak_SetVoiceByName(voice.encode()) != 0:
         raise MeshtalkError(None, f"espeak has no voice '{voice}'")
@@ -240,13 +244,6 @@ def _speak_here(text: str, voice: str, rate_wpm: int, pitch: int) -> Utterance:
         raise MeshtalkError(None, f"espeak could not synthesise the text (status {status})")
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return Utterance(samples, sample_rate, phonemes, words)
-
-
-def _seed_noise(library: ctypes.CDLL, what: str) -> None:
-    """Seed espeak's own random numbers (its breath noise) from `what`: it seeds them with the
-    clock when it initialises, which made the breathy voices differ from one run to the next."""
-    library.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-    library.espeak_ng_SetRandSeed(zlib.crc32(what.encode("utf-8")))
 
 
 def to_phones(utterance: Utterance) -> list[tuple[str, float, float]]:
