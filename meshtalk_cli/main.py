@@ -469,6 +469,10 @@ def render(
     antialias: Annotated[
         int, typer.Option(help="Multisample anti-aliasing samples (0: off; 4: smoother, slower).")
     ] = 0,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an existing video at -o if meshtalk wrote it."),
+    ] = False,
     progress: ProgressOption = True,
 ) -> None:
     """Render an animation to a video with its speech (headless OpenGL, H.264 + AAC)."""
@@ -485,6 +489,7 @@ def render(
             size=pipeline.parse_size(size),
             antialias=antialias,
             progress=progress,
+            force=force,
         ),
     )
 
@@ -765,7 +770,10 @@ def evaluate(
     json_file: Annotated[
         Path | None,
         typer.Option(
-            "--json", help="Also write the results to this JSON file.", show_default=False
+            "--json",
+            help="Also write the results to this JSON file (an existing one only with --force, "
+            "and only if meshtalk eval wrote it).",
+            show_default=False,
         ),
     ] = None,
     output: Annotated[

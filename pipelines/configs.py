@@ -70,19 +70,31 @@ def load_overrides(
     model_type: type,
     training_type: type[T],
     preset: str | None = None,
+    stage: str | None = None,
 ) -> tuple[Any, T]:
     """A preset's (model, training) with a YAML file's `model:` and `train:` fields replaced.
 
     The file may name its preset (`preset: tiny`, or `model: {preset: tiny}` as files written
     before presets lived in code do); `preset` (from --preset) wins when the file names none and
-    must agree with it otherwise. Every bad section, key or value is one part of one error.
+    must agree with it otherwise. A file that names its stage (`stage: prior`) is refused for
+    another `stage` at once, before its fields are read. Every bad section, key or value is one
+    part of one error.
     """
     data = read_yaml(path)
+    named_stage = data.get("stage")
+    if stage is not None and named_stage is not None and named_stage != stage:
+        raise MeshtalkError(
+            path,
+            f"is a config for the {named_stage} stage (stage: {named_stage}); "
+            f"train {stage} takes one for the {stage} stage",
+        )
     problems = [
-        f"{key}: unknown section (known: preset, model, train)"
+        f"{key}: unknown section (known: preset, stage, model, train)"
         for key in data
-        if key not in ("preset", "model", "train")
+        if key not in ("preset", "stage", "model", "train")
     ]
+    if named_stage is not None and named_stage not in ("latent", "prior"):
+        problems.append(f"stage: must be latent or prior, got {named_stage!r}")
     model_values = data.get("model") or {}
     if not isinstance(model_values, dict):
         problems.append(f"model: must be a mapping, got {model_values!r}")

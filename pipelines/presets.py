@@ -147,7 +147,7 @@ def stage_settings(
         model, training = PRESETS[preset or "release"].stage(stage)
     else:
         model, training = load_overrides(
-            config, stage_presets(stage), model_type, training_type, preset
+            config, stage_presets(stage), model_type, training_type, preset, stage
         )
     if steps is not None:
         training = with_steps(training, steps)

@@ -31,6 +31,7 @@ from meshtalk.pipelines.eval.evaluate import (
     segments,
 )
 from meshtalk.pipelines.eval.scores import METRIC_DESCRIPTIONS, per_vertex
+from meshtalk.pipelines.io.owned import check_new_file, json_written_by
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ SHORT = {
 }
 """Column headings of the table."""
 VIDEO_FILE = "worst_segment.mp4"
+WRITTEN_BY = "meshtalk eval"
+"""The `written_by` of the results document: what `--force` may replace."""
 
 
 def check_outputs(config: EvalConfig) -> np.ndarray | None:
@@ -71,6 +74,8 @@ def check_outputs(config: EvalConfig) -> np.ndarray | None:
         raise MeshtalkError(config.json.parent, "no such folder for --json")
     if config.json is not None and config.json.is_dir():
         raise MeshtalkError(config.json, "is a folder; --json names a file")
+    if config.json is not None:
+        check_new_file(config.json, config.force, WRITTEN_BY, json_written_by(WRITTEN_BY))
     if config.output is None:
         return None
     OutputFolder(config.output, "eval", force=config.force).check()
@@ -108,6 +113,7 @@ def to_json(results: EvalResults) -> dict:
     methods = results.methods
     worst = results.worst() if SAMPLES in methods else None
     document = {
+        "written_by": WRITTEN_BY,
         "split": results.split,
         "takes": results.takes,
         **results.settings,

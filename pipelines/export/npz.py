@@ -8,6 +8,7 @@ rows follow as they are computed. `np.load` reads the result like any `.npz`.
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,10 @@ from meshtalk.pipelines.errors import MeshtalkError
 class ArrayStream:
     """One member of an `NpzWriter` being written: rows along its first axis, in order."""
 
-    def __init__(self, handle, path: Path, name: str, shape: tuple[int, ...], dtype) -> None:
-        self.handle, self.path, self.name = handle, path, name
+    def __init__(
+        self, handle, path: Path, name: str, shape: tuple[int, ...], dtype, owner=None
+    ) -> None:
+        self.handle, self.path, self.name, self.owner = handle, path, name, owner
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.rows = 0
         header = {
@@ -29,7 +32,8 @@ class ArrayStream:
             "fortran_order": False,
             "shape": self.shape,
         }
-        np.lib.format.write_array_header_1_0(handle, header)
+        with _failing(owner):
+            np.lib.format.write_array_header_1_0(handle, header)
 
     def write(self, rows: np.ndarray) -> None:
         """Append rows (n, *shape[1:]) of the member."""
@@ -40,12 +44,14 @@ class ArrayStream:
             )
         if self.rows + len(rows) > self.shape[0]:
             raise ValueError(f"{self.name}: more than the {self.shape[0]} rows announced")
-        self.handle.write(memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B"))
+        with _failing(self.owner):
+            self.handle.write(memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B"))
         self.rows += len(rows)
 
     def close(self) -> None:
         """Finish the member; a ValueError if fewer rows came than announced."""
-        self.handle.close()
+        with _failing(self.owner):
+            self.handle.close()
         if self.rows != self.shape[0]:
             raise ValueError(
                 f"{self.name}: {self.rows} rows written of the {self.shape[0]} announced"
@@ -76,16 +82,28 @@ class NpzWriter:
     def add(self, name: str, array) -> None:
         """Write a whole array as member `name` (no pickled objects)."""
         array = np.asanyarray(array)
-        with self._member(name) as handle:
+        with _failing(self), self._member(name) as handle:
             np.lib.format.write_array(handle, array, allow_pickle=False)
 
     def stream(self, name: str, shape: tuple[int, ...], dtype) -> ArrayStream:
         """Open member `name` of a known final shape; write its rows, then close it."""
-        self.open_stream = ArrayStream(self._member(name), self.path, name, shape, dtype)
+        with _failing(self):
+            handle = self._member(name)
+        self.open_stream = ArrayStream(handle, self.path, name, shape, dtype, owner=self)
         return self.open_stream
 
     def close(self) -> None:
-        self.zip.close()
+        with _failing(self):
+            self.zip.close()
+
+    def abort(self) -> None:
+        """Give up the archive after a failed write (a full disk, say): close what is open,
+        quietly, so that nothing tries to finish it later (the caller discards the file)."""
+        if self.open_stream is not None:
+            with contextlib.suppress(Exception):
+                self.open_stream.handle.close()
+        with contextlib.suppress(Exception):
+            self.zip.close()
 
     def __enter__(self) -> NpzWriter:
         return self
@@ -94,6 +112,20 @@ class NpzWriter:
         if self.open_stream is not None and not self.open_stream.handle.closed:
             self.open_stream.handle.close()  # an unfinished member: the caller discards the file
         self.close()
+
+
+@contextlib.contextmanager
+def _failing(writer: NpzWriter | None) -> Iterator[None]:
+    """An OSError inside aborts the archive and names its file (zipfile's errors name none)."""
+    try:
+        yield
+    except OSError as error:
+        if writer is None:
+            raise
+        writer.abort()
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(writer.path)) from None
+        raise
 
 
 def iter_rows(path: str | Path, name: str, rows: int = 256) -> Iterator[np.ndarray]:
@@ -115,10 +147,28 @@ def iter_rows(path: str | Path, name: str, rows: int = 256) -> Iterator[np.ndarr
         row_bytes = dtype.itemsize * int(np.prod(shape[1:]))
         for first in range(0, shape[0], rows):
             count = min(rows, shape[0] - first)
-            data = handle.read(count * row_bytes)
+            try:
+                data = handle.read(count * row_bytes)
+            except (zipfile.BadZipFile, OSError, EOFError) as error:  # a failed CRC, say
+                raise MeshtalkError(path, f"member {name} is damaged ({error})") from None
             if len(data) != count * row_bytes:
                 raise MeshtalkError(path, f"member {name} is truncated")
             yield np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:])
+
+
+def first_nonfinite_row(path: str | Path, name: str, rows: int = 256) -> int | None:
+    """Index of the first row of member `name` holding NaN or infinity (None: all finite).
+
+    Read a chunk at a time, so checking a long animation before any work costs no memory.
+    """
+    first = 0
+    for chunk in iter_rows(path, name, rows):
+        if chunk.dtype.kind == "f":
+            finite = np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
+            if not finite.all():
+                return first + int(np.argmin(finite))
+        first += len(chunk)
+    return None
 
 
 def load_npz(path: str | Path) -> np.lib.npyio.NpzFile:

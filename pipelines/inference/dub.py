@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export import iter_rows
-from meshtalk.pipelines.export.npz import load_npz, member_shape
+from meshtalk.pipelines.export.npz import first_nonfinite_row, load_npz, member_shape
 from meshtalk.pipelines.inference.animate import (
     CHUNK_FRAMES,
     VIDEO_SIZE,
@@ -48,7 +49,7 @@ from meshtalk.pipelines.inference.animate import (
 )
 from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.inference.smoothing import RegionSmoother
-from meshtalk.pipelines.io.mesh import Mesh
+from meshtalk.pipelines.io.mesh import Mesh, surface_problem
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def read_original(path: Path, num_vertices: int) -> Original:
             faces = np.asarray(archive["faces"]) if "faces" in names else None
     except MeshtalkError:
         raise
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise MeshtalkError(path, f"not a readable .npz archive ({error})") from None
     shape, dtype = member_shape(path, "vertices")
     if len(shape) != 3 or shape[2] != 3 or dtype.kind not in "fiu":
@@ -193,6 +194,9 @@ def read_original(path: Path, num_vertices: int) -> Original:
         raise MeshtalkError(path, f"template must be ({num_vertices}, 3), got {template.shape}")
     if not np.isfinite(template).all():
         raise MeshtalkError(path, "template holds NaN or infinite values")
+    bad = first_nonfinite_row(path, "vertices")
+    if bad is not None:
+        raise MeshtalkError(path, f"vertices of frame {bad} hold NaN or infinite values")
     rate = float(fps.reshape(-1)[0]) if fps.size == 1 and fps.dtype.kind in "fiu" else math.nan
     if not (math.isfinite(rate) and rate > 0):
         raise MeshtalkError(path, f"fps must be one positive number, got {fps.tolist()!r}")
@@ -233,6 +237,10 @@ def dub(config: DubConfig) -> DubResult:
         raise MeshtalkError(
             config.original, "has no faces, which the video needs (--no-video writes the rest)"
         )
+    if original.faces is not None and (config.video or len(original.faces)):
+        problem = surface_problem(Mesh(vertices=original.template, faces=original.faces))
+        if problem is not None:
+            raise MeshtalkError(config.original, problem)
     front_end = run_.front_end
     samples = _speech(config.speech, front_end)
     fps = _frame_rate(front_end)

@@ -44,6 +44,10 @@ def export_problems(
     return problems
 
 
+MAX_MARKER_BYTES = 1 << 20
+"""A command's record of its files is a short JSON list; a larger file is not one."""
+
+
 class OutputFolder:
     """OUT of one command run (`command`: 'animate', ...).
 
@@ -68,6 +72,12 @@ class OutputFolder:
             return
         own = {lock.LOCK_FILE, self.partial.name, self.old.name}
         others = sorted(entry.name for entry in out.iterdir() if entry.name not in own)
+        if os.path.lexists(self.marker) and self._record() is None:
+            raise MeshtalkError(
+                self.marker,
+                f"exists and was not written by meshtalk {self.command} (it is the name of its "
+                "record of what it wrote); it is kept: choose another -o",
+            )
         if not others or self.force:
             return
         if self.marker.is_file():
@@ -97,28 +107,49 @@ class OutputFolder:
             ) from None
         if created:
             follow_umask(self.path, directory=True)
-        try:
-            with lock.exclusive(self.path, f"meshtalk {self.command}"):
+        # Refused (another process holds OUT): nothing is touched, not even a folder this run
+        # created, since the holder writes into it. Cleaning up is the holder's right alone.
+        with lock.exclusive(self.path, f"meshtalk {self.command}"):
+            try:
                 self._recover()
                 self.partial.mkdir()
                 yield self.partial
                 self._swap_in()
-        except BaseException:
-            shutil.rmtree(self.partial, ignore_errors=True)
-            if created:
-                shutil.rmtree(self.path, ignore_errors=True)
-            raise
+            except BaseException:
+                shutil.rmtree(self.partial, ignore_errors=True)
+                if created:
+                    shutil.rmtree(self.path, ignore_errors=True)
+                raise
+
+    def _record(self) -> dict | None:
+        """The marker's record if this command wrote it, else None (a user's file of that name).
+
+        A record is `{"written_by": "meshtalk COMMAND", "files": [...]}`; one of only `files`
+        is what earlier versions wrote.
+        """
+        try:
+            if not self.marker.is_file() or self.marker.stat().st_size > MAX_MARKER_BYTES:
+                return None
+            record = json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("files"), list):
+            return None
+        written_by = record.get("written_by", f"meshtalk {self.command}")
+        if written_by != f"meshtalk {self.command}" or set(record) - {"files", "written_by"}:
+            return None
+        return record
 
     def _earlier(self) -> list[str]:
         """The entries an earlier run of the command wrote (its marker's list)."""
-        try:
-            record = json.loads(self.marker.read_text())
-        except (OSError, ValueError):
+        record = self._record()
+        if record is None:
             return []
-        files = record.get("files") if isinstance(record, dict) else None
-        if not isinstance(files, list):
-            return []
-        return [name for name in files if isinstance(name, str) and "/" not in name and name]
+        return [
+            name
+            for name in record["files"]
+            if isinstance(name, str) and "/" not in name and name not in {"", ".", ".."}
+        ]
 
     def _recover(self) -> None:
         """Undo what an interrupted run left: its partial folder; put back what it moved aside."""
@@ -133,6 +164,10 @@ class OutputFolder:
 
     def _swap_in(self) -> None:
         new = sorted(entry.name for entry in self.partial.iterdir())
+        if os.path.lexists(self.marker) and self._record() is None:  # appeared meanwhile
+            raise MeshtalkError(
+                self.marker, f"exists and was not written by meshtalk {self.command}; it is kept"
+            )
         earlier = set(self._earlier())
         theirs = [n for n in new if os.path.lexists(self.path / n) and n not in earlier]
         if theirs:  # --force replaces only this command's files, never a user's (an input, say)
@@ -152,6 +187,7 @@ class OutputFolder:
                 os.replace(target, self.old / name)
         for name in new:
             os.replace(self.partial / name, self.path / name)
-        write_text_atomic(self.marker, json.dumps({"files": new}, indent=2) + "\n")
+        record = {"written_by": f"meshtalk {self.command}", "files": new}
+        write_text_atomic(self.marker, json.dumps(record, indent=2) + "\n")
         shutil.rmtree(self.old, ignore_errors=True)
         self.partial.rmdir()

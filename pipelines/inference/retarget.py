@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export import iter_rows, member_shape
-from meshtalk.pipelines.export.npz import load_npz
+from meshtalk.pipelines.export.npz import first_nonfinite_row, load_npz
 from meshtalk.pipelines.inference.animate import VIDEO_SIZE, TakeWriter
 from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.io.mesh import Mesh
@@ -145,7 +146,7 @@ def read_source(path: Path) -> SourceAnimation:
                 get("audio_rate"),
                 get("codes"),
             )
-        except ValueError as error:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise MeshtalkError(path, f"holds an unreadable member ({error})") from None
     shape, dtype = member_shape(path, "vertices")
     problems = []
@@ -168,6 +169,9 @@ def read_source(path: Path) -> SourceAnimation:
         problems.append("audio and audio_rate go together")
     if problems:
         raise MeshtalkError(path, "; ".join(problems))
+    bad = first_nonfinite_row(path, "vertices")
+    if bad is not None:
+        raise MeshtalkError(path, f"vertices of frame {bad} hold NaN or infinite values")
     frames = shape[0]
     if times is None or np.shape(times) != (frames,):
         times = np.arange(frames) / float(fps)

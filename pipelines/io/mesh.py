@@ -55,6 +55,25 @@ def read_mesh(path: str | Path) -> Mesh:
     return mesh
 
 
+def surface_problem(mesh: Mesh) -> str | None:
+    """Why a mesh cannot be drawn (no faces, or every face of zero area), or None.
+
+    The threshold is relative to the mesh's size, as the transfer's: a face counts if its area
+    exceeds 1e-12 of the squared bounding-box diagonal.
+    """
+    if len(mesh.faces) == 0:
+        return "has no faces (a point cloud), which the video needs: give a mesh, or --no-video"
+    corners = np.asarray(mesh.vertices, dtype=np.float64)[mesh.faces]
+    doubled = np.linalg.norm(
+        np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
+    )
+    extent = np.ptp(np.asarray(mesh.vertices, dtype=np.float64), axis=0)
+    size = float(np.linalg.norm(extent))
+    if not (0.5 * doubled > 1e-12 * size * size).any():
+        return "every face is degenerate (zero area): nothing to draw or animate"
+    return None
+
+
 def write_mesh(path: str | Path, mesh: Mesh) -> None:
     """Write a mesh as PLY or OBJ (chosen by suffix), atomically, keeping vertex order."""
     path = Path(path)
@@ -86,9 +105,18 @@ def _read_obj(path: Path) -> Mesh:
                     continue
                 tag = parts[0]
                 if tag == "v":
+                    if len(parts) < 4:
+                        raise ValueError(
+                            f"line {line_number}: a vertex needs 3 coordinates, got "
+                            f"{len(parts) - 1}"
+                        )
                     vertices.append([float(x) for x in parts[1:4]])
                 elif tag == "vt":
-                    uvs.append([float(x) for x in parts[1:3]])
+                    if len(parts) < 2:
+                        raise ValueError(f"line {line_number}: a texture coordinate needs u")
+                    uvs.append(
+                        [float(x) for x in (parts[1:3] if len(parts) > 2 else [parts[1], 0])]
+                    )
                 elif tag == "f":
                     corners = [c.split("/") for c in parts[1:]]
                     if len(corners) < 3:

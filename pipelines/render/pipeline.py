@@ -19,6 +19,8 @@ import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export.npz import iter_rows, member_shape
+from meshtalk.pipelines.io.mesh import Mesh, surface_problem
+from meshtalk.pipelines.io.owned import check_new_file, video_written_by_meshtalk
 from meshtalk.pipelines.io.video import check_output
 from meshtalk.pipelines.render.clip import render_video
 from meshtalk.pipelines.render.overlay import nice_maximum
@@ -55,6 +57,8 @@ class RenderConfig:
     """Multisample anti-aliasing samples (0: off; 4 is smoother and about half as fast)."""
     progress: bool = True
     """Show a progress bar over frames."""
+    force: bool = False
+    """Replace an existing video at `output` if meshtalk wrote it (a user's file is kept)."""
 
     def __post_init__(self) -> None:
         self.animation, self.output = Path(self.animation), Path(self.output)
@@ -132,6 +136,9 @@ def open_animation(path: Path) -> Animation:
         raise MeshtalkError(
             path, f"template is {template.shape}, the vertices have {num_vertices} per frame"
         )
+    problem = surface_problem(Mesh(vertices=template, faces=faces))
+    if problem is not None:
+        raise MeshtalkError(path, problem)
     fps = _scalar(path, small["fps"], "fps")
     audio, audio_rate = None, DEFAULT_AUDIO_RATE
     if "audio_rate" in small:
@@ -195,6 +202,7 @@ def _check_compare(first: Animation, second: Animation) -> None:
 def run(config: RenderConfig) -> Path:
     """Render `config.animation` to `config.output`; returns the video's path."""
     check_output(config.output, config.size)
+    check_new_file(config.output, config.force, "meshtalk", video_written_by_meshtalk)
     animation = open_animation(config.animation)
     audio, audio_rate = animation.audio, animation.audio_rate
     if config.audio is not None:

@@ -213,6 +213,8 @@ class MeshRenderer:
         bounds_vertices = np.asarray(bounds_vertices, dtype=np.float32)
         if faces.ndim != 2 or faces.shape[1] != 3:
             raise ValueError(f"faces must be (F, 3), got {faces.shape}")
+        if not len(faces):
+            raise MeshtalkError(None, "the mesh has no faces to draw (give a mesh, or --no-video)")
         if bounds_vertices.ndim != 2 or bounds_vertices.shape[1] != 3:
             raise ValueError(f"bounds_vertices must be (V, 3), got {bounds_vertices.shape}")
         if faces.size and (faces.min() < 0 or faces.max() >= len(bounds_vertices)):

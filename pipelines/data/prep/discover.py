@@ -4,6 +4,7 @@ a dataset is prepared with."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,26 @@ def _identity_folders(root: Path) -> list[Path]:
     return folders
 
 
+def _unreadable_mesh_folders(root: Path) -> list[Problem]:
+    """Identities whose tracked_mesh/ exists but cannot be read as a folder (a symlink loop, a
+    broken link, a file): skipped, and said so."""
+    problems = []
+    for folder in sorted(root.iterdir()):
+        meshes = folder / "tracked_mesh"
+        try:
+            if not folder.is_dir() or not os.path.lexists(meshes) or meshes.is_dir():
+                continue
+        except OSError:  # the identity folder itself is a link that cannot be followed
+            continue
+        try:
+            meshes.stat()
+            why = "tracked_mesh is not a folder"
+        except OSError as error:
+            why = f"tracked_mesh/ cannot be read ({error.strerror or error})"
+        problems.append(Problem(str(folder), why, "identity skipped"))
+    return problems
+
+
 def choose_topology(config: PrepConfig) -> tuple[PrepConfig, str]:
     """Fill in the crop and the masks' source that `config` leaves open, from the dataset.
 
@@ -171,7 +192,7 @@ def discover(config: PrepConfig) -> tuple[list[Identity], list[Problem]]:
     root = config.root
     if not root.is_dir():
         raise MeshtalkError(root, "dataset root not found")
-    identities, problems = [], []
+    identities, problems = [], _unreadable_mesh_folders(root)
     for identity_dir in _identity_folders(root):
         if name_problem(identity_dir.name):
             message = f"name {name_problem(identity_dir.name)}"
