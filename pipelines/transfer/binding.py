@@ -1,13 +1,25 @@
 """Where each target vertex sits on the registered template, and moving frames across with it.
 
-Every target vertex is bound to the closest point of the fitted template (a triangle and its
-barycentric coordinates). A frame's displacement from the template (frame - template) is
-interpolated there, turned by the registration's rotation and scale, and added to the target's
-own vertex: the target keeps its shape, vertex order and faces, and moves as the template does.
-Target vertices far from the template (parts it does not cover: the back of a head, shoulders)
-follow less and less, and not at all beyond `FALLOFF_END`.
+Every target vertex is bound to a point of the fitted template (a triangle and its barycentric
+coordinates). A frame's displacement from the template (frame - template) is interpolated there,
+turned by the registration's rotation and scale, and added to the target's own vertex: the target
+keeps its shape, vertex order and faces, and moves as the template does. Target vertices far from
+the template (parts it does not cover: the back of a head, shoulders) follow less and less, and not
+at all beyond `FALLOFF_END`.
 
-Binding and registration are saved together (`save_transfer`, `OUT/transfer.npz`) with the
+Which side of a mouth a vertex is on: the template's lips may meet in a slit of coincident
+vertices, so the closest point alone cannot tell the upper lip from the lower one (both are at
+distance zero) and lips bound that way never part. Each target triangle therefore votes, from its
+centroid (which lies inside one lip, not on the slit), for the template triangle under it, and a
+target vertex is bound to the closest of the triangles its own triangles voted for: a vertex of the
+upper lip is carried by the upper lip. The same holds for eyelids and for targets whose lips meet.
+
+Rigid parts: a separate component of the target that is small beside the largest one (an eyeball,
+teeth, a tongue, lashes) moves as one rigid body, the rotation and shift that best fit the motion
+its vertices are bound to (least squares, per frame), so it never shears.
+
+Closest points come from open3d's BVH (`closest.SurfaceQuery`): memory O(V + F) whatever the
+sizes. Binding and registration are saved together (`save_transfer`, `OUT/transfer.npz`) with the
 digests of both meshes, so that a file made for another mesh is refused (`load_transfer`).
 """
 
@@ -23,16 +35,24 @@ import numpy as np
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.io.atomic import atomic_path
 from meshtalk.pipelines.io.mesh import Mesh
+from meshtalk.pipelines.transfer.closest import SurfaceQuery
 from meshtalk.pipelines.transfer.registration import Registration, mesh_sha256, register
 
 log = logging.getLogger(__name__)
 
 FORMAT = "meshtalk-transfer"
-FORMAT_VERSION = 1
-"""Version of transfer.npz; a file of another version is refused (made again in seconds)."""
+FORMAT_VERSION = 2
+"""Version of transfer.npz; a file of another version is refused (made again in seconds).
+2: the binding knows the sides of a mouth, and rigid parts (`rigid`)."""
 FALLOFF_START, FALLOFF_END = 0.03, 0.08
 """Target vertices farther from the fitted template than the first fraction of the target's
 size follow its motion less, linearly, down to nothing at the second."""
+SLIT = 0.05
+"""Template vertices closer than this fraction of the median edge length to another vertex they
+share no edge with lie on a slit (lips or eyelids meeting in coincident rows)."""
+RIGID_PART = 0.2
+"""A separate component of the target with fewer vertices than this fraction of the largest
+component's moves rigidly (eyeballs, teeth, tongue, lashes)."""
 KEYS = (
     "format",
     "format_version",
@@ -45,6 +65,7 @@ KEYS = (
     "linear",
     "similarity",
     "fitted",
+    "rigid",
     "info",
 )
 """Members of transfer.npz."""
@@ -63,6 +84,7 @@ class Transfer:
         source_sha256, target_sha256: digests of the template and target meshes (`mesh_sha256`).
         target: (Nt, 3) float32 the target's vertices at rest.
         info: what made it (landmarks or automatic, mean fit distance), for people.
+        rigid: (Nt,) int32 the rigid part each target vertex belongs to, -1 for none.
     """
 
     corners: np.ndarray
@@ -74,6 +96,7 @@ class Transfer:
     target_sha256: str
     target: np.ndarray
     info: dict
+    rigid: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         import scipy.sparse
@@ -85,6 +108,11 @@ class Transfer:
         )
         self._linear_t = np.ascontiguousarray(self.linear.T, dtype=np.float32)
         self._target = np.ascontiguousarray(self.target, dtype=np.float32)
+        if self.rigid is None:
+            self.rigid = np.full(len(self.corners), -1, dtype=np.int32)
+        self.rigid = np.asarray(self.rigid, dtype=np.int32)
+        self._parts = [np.flatnonzero(self.rigid == part) for part in np.unique(self.rigid)]
+        self._parts = [part for part in self._parts if self.rigid[part[0]] >= 0]
 
     @property
     def num_source(self) -> int:
@@ -120,23 +148,40 @@ class Transfer:
         columns = np.ascontiguousarray(moved.transpose(1, 0, 2)).reshape(self.num_source, n * 3)
         result = (self._matrix @ columns).reshape(self.num_target, n, 3).transpose(1, 0, 2)
         result = result + self._target
+        for part in self._parts:
+            result[:, part] = _rigid_fit(self._target[part], result[:, part])
         return result[0] if single else result
 
 
-def bind(registration: Registration, source: Mesh, target: Mesh) -> Transfer:
-    """Locate every target vertex on the fitted template (closest point, barycentric)."""
-    import trimesh
+def _rigid_fit(rest: np.ndarray, moved: np.ndarray) -> np.ndarray:
+    """(n, k, 3) the rigid motions of `rest` (k, 3) that best fit each frame of `moved`.
 
-    fitted = trimesh.Trimesh(registration.vertices, source.faces, process=False, validate=False)
+    The least-squares rotation (Kabsch, no reflection) and shift, for all frames at once.
+    """
+    rest = rest.astype(np.float64)
+    moved = moved.astype(np.float64)
+    rest_centre = rest.mean(axis=0)
+    moved_centre = moved.mean(axis=1, keepdims=True)
+    covariance = np.einsum("kc,nkd->ncd", rest - rest_centre, moved - moved_centre)
+    u, _, vt = np.linalg.svd(covariance)
+    flip = np.sign(np.linalg.det(u @ vt))
+    u[:, :, 2] *= flip[:, None]
+    rotation = u @ vt  # rest @ rotation (row vectors)
+    fitted = (rest - rest_centre) @ rotation + moved_centre
+    return fitted.astype(np.float32)
+
+
+def bind(registration: Registration, source: Mesh, target: Mesh) -> Transfer:
+    """Locate every target vertex on the fitted template (see the module docstring)."""
+    # Bound on the fitted template as it is saved (float32), so that a saved transfer and one
+    # bound again from it place every vertex alike.
+    fitted = np.asarray(registration.vertices, dtype=np.float32).astype(np.float64)
+    query = SurfaceQuery(fitted, source.faces)
     points = target.vertices.astype(np.float64)
-    closest, distance, triangle = trimesh.proximity.closest_point(fitted, points)
-    corners = source.faces[triangle].astype(np.int64)
-    barycentric = trimesh.triangles.points_to_barycentric(
-        registration.vertices[corners], closest, method="cramer"
+    triangle, barycentric, distance = _sided_closest(
+        query, points, target.faces, slit_triangles(source)
     )
-    barycentric = np.nan_to_num(barycentric, nan=1.0 / 3.0)  # degenerate template triangles
-    barycentric = np.clip(barycentric, 0.0, None)
-    barycentric /= barycentric.sum(1, keepdims=True)
+    corners = source.faces[triangle].astype(np.int64)
     size = float(np.linalg.norm(points.max(0) - points.min(0)))
     start, end = FALLOFF_START * size, FALLOFF_END * size
     falloff = np.clip((end - distance) / (end - start), 0.0, 1.0)
@@ -145,22 +190,136 @@ def bind(registration: Registration, source: Mesh, target: Mesh) -> Transfer:
             "%d target vertices lie away from the face the model animates; they move less",
             int((falloff < 1).sum()),
         )
+    rigid = rigid_parts(target)
+    info = {
+        "alignment": "landmarks" if registration.landmarks else "automatic",
+        "scale": registration.scale,
+        "mean_distance": float(distance.mean()),
+        "max_distance": float(distance.max()),
+        "rigid_parts": int(rigid.max(initial=-1) + 1),
+        "rigid_vertices": int((rigid >= 0).sum()),
+        "vertices_moving_less": int((falloff < 1).sum()),
+    }
     return Transfer(
         corners=corners,
         weights=(barycentric * falloff[:, None]).astype(np.float32),
         linear=registration.similarity[:3, :3].astype(np.float64),
         similarity=registration.similarity,
-        fitted=registration.vertices.astype(np.float32),
+        fitted=fitted.astype(np.float32),
         source_sha256=mesh_sha256(source),
         target_sha256=mesh_sha256(target),
         target=target.vertices.astype(np.float32),
-        info={
-            "alignment": "landmarks" if registration.landmarks else "automatic",
-            "scale": registration.scale,
-            "mean_distance": float(distance.mean()),
-            "max_distance": float(distance.max()),
-        },
+        info=info,
+        rigid=rigid,
     )
+
+
+def _sided_closest(
+    query: SurfaceQuery, points: np.ndarray, faces: np.ndarray, slit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(template triangle, barycentric weights, distance) of every target vertex.
+
+    A vertex whose closest triangle touches the template's slit (`slit`: per template triangle)
+    and was voted for by none of its own target triangles goes to the nearest triangle they did
+    vote for: the other side of the slit is not its side. Everywhere else the closest triangle
+    stands (a coarse target triangle may span a mouth; its vote proves nothing).
+    """
+    # open3d's barycentric weights, not ones recomputed from the point: on a sliver triangle a
+    # corner is also a mix of the other two, and its own motion would be lost.
+    _, triangle, barycentric = query.locate(points)
+    barycentric = barycentric / barycentric.sum(axis=1, keepdims=True)
+    closest = np.einsum("nk,nkc->nc", barycentric, _corners(query, triangle))
+    distance = np.linalg.norm(points - closest, axis=1)
+    faces = np.asarray(faces, dtype=np.int64)
+    if not len(faces) or not slit.any():
+        return triangle, barycentric, distance
+    _, votes, _ = query.locate(points[faces].mean(axis=1))
+    pairs = np.unique(np.stack([faces.ravel(), np.repeat(votes, 3)], axis=1), axis=0)
+    pairs = pairs[slit[triangle[pairs[:, 0]]]]  # vertices at the slit only
+    vertex, voted = pairs[:, 0], pairs[:, 1]
+    own = np.zeros(len(points), dtype=bool)
+    own[vertex[voted == triangle[vertex]]] = True  # their own triangles voted for the closest
+    pairs = pairs[~own[vertex]]
+    if not len(pairs):
+        return triangle, barycentric, distance
+    vertex, voted = pairs[:, 0], pairs[:, 1]
+    on_voted = _on_triangles(query, voted, points[vertex])
+    gap = np.linalg.norm(points[vertex] - on_voted, axis=1)
+    order = np.lexsort((gap, vertex))  # per vertex, the nearest voted triangle first
+    first = order[np.r_[True, vertex[order][1:] != vertex[order][:-1]]]
+    chosen = vertex[first]
+    triangle[chosen], distance[chosen] = voted[first], gap[first]
+    barycentric[chosen] = _barycentric(_corners(query, voted[first]), on_voted[first])
+    return triangle, barycentric, distance
+
+
+def slit_triangles(template: Mesh) -> np.ndarray:
+    """(F,) bool: template triangles touching a slit, a vertex that lies (almost) on another
+    vertex it shares no edge with (lips or eyelids that meet in coincident rows)."""
+    from scipy.spatial import cKDTree
+
+    vertices = np.asarray(template.vertices, dtype=np.float64)
+    faces = np.asarray(template.faces, dtype=np.int64)
+    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    lengths = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
+    reach = SLIT * float(np.median(lengths)) if len(lengths) else 0.0
+    near = cKDTree(vertices).query_pairs(reach, output_type="ndarray") if reach > 0 else []
+    on_slit = np.zeros(len(vertices), dtype=bool)
+    if len(near):
+        near = np.sort(near, axis=1)
+        joined = {(int(a), int(b)) for a, b in edges}
+        apart = np.array([(int(a), int(b)) not in joined for a, b in near], dtype=bool)
+        on_slit[near[apart].ravel()] = True
+    return on_slit[faces].any(axis=1)
+
+
+def _on_triangles(query: SurfaceQuery, triangle: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The closest point to each point on its own triangle (float64)."""
+    import trimesh
+
+    return trimesh.triangles.closest_point(_corners(query, triangle), points)
+
+
+def _corners(query: SurfaceQuery, triangle: np.ndarray) -> np.ndarray:
+    return query.vertices[query.faces[triangle]]
+
+
+def _barycentric(corners: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Barycentric weights of points on triangles, clipped and summing to 1 (degenerate
+    triangles: equal weights)."""
+    import trimesh
+
+    weights = trimesh.triangles.points_to_barycentric(corners, points, method="cramer")
+    weights = np.nan_to_num(weights, nan=1.0 / 3.0)
+    weights = np.clip(weights, 0.0, None)
+    total = weights.sum(1, keepdims=True)
+    return np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / 3.0)
+
+
+def rigid_parts(target: Mesh) -> np.ndarray:
+    """(Nt,) int32 the rigid part of each target vertex (-1: none): separate components of the
+    target's triangles smaller than `RIGID_PART` of the largest one."""
+    import scipy.sparse
+    import scipy.sparse.csgraph
+
+    count = len(target.vertices)
+    labels = np.full(count, -1, dtype=np.int32)
+    faces = np.asarray(target.faces, dtype=np.int64)
+    if not len(faces):
+        return labels
+    edges = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    graph = scipy.sparse.coo_matrix(
+        (np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(count, count)
+    )
+    _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    used = np.zeros(count, dtype=bool)
+    used[faces.ravel()] = True
+    sizes = np.bincount(component[used], minlength=component.max() + 1)
+    largest = sizes.max()
+    small = [c for c in np.flatnonzero(sizes) if 3 <= sizes[c] < RIGID_PART * largest]
+    for part, c in enumerate(small):
+        labels[(component == c) & used] = part
+    return labels
 
 
 def make_transfer(
@@ -188,6 +347,7 @@ def save_transfer(path: str | Path, transfer: Transfer) -> None:
         "linear": transfer.linear.astype(np.float64),
         "similarity": transfer.similarity.astype(np.float64),
         "fitted": transfer.fitted.astype(np.float32),
+        "rigid": np.asarray(transfer.rigid, dtype=np.int32),
         "info": np.asarray(json.dumps(transfer.info, sort_keys=True)),
     }
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as handle:
@@ -236,6 +396,7 @@ def load_transfer(path: str | Path, source: Mesh, target: Mesh) -> Transfer:
         or corners.min(initial=0) < 0
         or corners.max(initial=0) >= vertices
         or not np.isfinite(weights).all()
+        or arrays["rigid"].shape != (count,)
     ):
         raise MeshtalkError(path, "the transfer's arrays do not fit its meshes (damaged file?)")
     return Transfer(
@@ -248,4 +409,5 @@ def load_transfer(path: str | Path, source: Mesh, target: Mesh) -> Transfer:
         target_sha256=str(arrays["target_sha256"]),
         target=target.vertices.astype(np.float32),
         info=json.loads(str(arrays["info"])),
+        rigid=arrays["rigid"].astype(np.int32),
     )
