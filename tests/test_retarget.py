@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import soundfile
 import torch
@@ -165,6 +167,15 @@ def test_another_topology_is_transferred_and_the_registration_reused(inputs, tmp
     source_motion = np.linalg.norm(inputs["frames"] - inputs["head"].vertices, axis=-1).max(1)
     assert np.corrcoef(motion, source_motion)[0, 1] > 0.9
     assert (out / "transfer.npz").is_file()
+    # What was fitted, for a person: the figures and a picture of front and side.
+    figures = json.loads((out / "transfer.json").read_text())
+    assert figures["target_vertices"] == len(target.vertices) and figures["scale"] > 0
+    assert figures["vertices_following_fully"] > 0.5 * len(target.vertices)
+    with PIL.Image.open(out / "transfer.png") as picture:
+        pixels = np.asarray(picture.convert("RGB"))
+    assert pixels.shape[2] == 3 and pixels.std() > 10  # not blank
+    record = json.loads((out / "retarget.json").read_text())
+    assert {"transfer.npz", "transfer.json", "transfer.png"} <= set(record["files"])
 
     again = tmp_path / "again"
     result = cli(
@@ -173,7 +184,7 @@ def test_another_topology_is_transferred_and_the_registration_reused(inputs, tmp
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(arrays(again / "animation.npz")["vertices"], written["vertices"])
-    assert not (again / "transfer.npz").exists()
+    assert not (again / "transfer.npz").exists() and (again / "transfer.png").is_file()
 
     refused = cli(
         "retarget", inputs["source"], inputs["neutral"], "-o", tmp_path / "x", "--transfer",
@@ -203,6 +214,7 @@ def test_animate_onto_a_mesh_of_another_topology(inputs, tmp_path, caplog):
     np.testing.assert_array_equal(written["faces"], target.faces)
     np.testing.assert_array_equal(read_mesh(out / "template.ply").faces, target.faces)
     assert (out / "transfer.npz").is_file() and (out / "animation.pc2").is_file()
+    assert (out / "transfer.json").is_file() and (out / "transfer.png").is_file()
 
     # the same take through the saved registration, and the model's own animation under it
     again = tmp_path / "again"

@@ -267,3 +267,90 @@ def test_transfer_is_vectorised(source, remeshed_case):
     np.testing.assert_allclose(chunk[3], single, atol=1e-5)
     rest = transfer.apply(np.repeat(mesh.vertices[None], 2, 0), mesh.vertices)
     np.testing.assert_allclose(rest[0], remeshed_case["target"].vertices, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bundled_speaking(tmp_path_factory) -> dict:
+    """The bundled model's head and its animation of the real recording in ../shared/reference."""
+    from meshtalk.pipelines.data.resources import default_model
+    from meshtalk.pipelines.inference.animate import AnimateConfig, animate
+
+    speech = Path(__file__).resolve().parents[2] / "shared" / "reference" / "speech"
+    recordings = sorted(speech.glob("*.wav"))
+    if not recordings:
+        pytest.skip("../shared/reference/speech is not beside the project")
+    out = tmp_path_factory.mktemp("bundled") / "out"
+    animate(AnimateConfig(speech=recordings[0], output=out, video=False, argmax=True))
+    with np.load(out / "animation.npz") as archive:
+        frames = archive["vertices"].astype(np.float64)
+    topology = default_model.run_path() / "topology" / "masks"
+    return {
+        "mesh": read_mesh(default_model.template_path()),
+        "frames": frames,
+        "mouth": np.load(topology / "mouth.npy").reshape(-1),
+        "eyelids": np.load(topology / "eyelids.npy").reshape(-1),
+    }
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_lips_of_a_subdivided_head_part_as_the_sources(bundled_speaking, times):
+    """The bundled head's lips meet in a slit of coincident vertices; subdivided, its lips must
+    still part as the source's do (bound by side, not by the closest point alone)."""
+    from tests.transfer_heads import subdivided
+
+    mesh, frames = bundled_speaking["mesh"], bundled_speaking["frames"]
+    # Two extra "frames" carry the mouth and eyelid masks through the subdivision.
+    masks = np.stack([bundled_speaking["mouth"], bundled_speaking["eyelids"]])
+    carried = np.concatenate([frames - mesh.vertices, np.repeat(masks[:, :, None], 3, axis=2)])
+    head = subdivided(mesh, times, carried)
+    truth = head.mesh.vertices + head.motion[: len(frames)]
+    lips, lids = head.motion[-2, :, 0] > 0.5, head.motion[-1, :, 0] > 0.5
+    transfer = make_transfer(mesh, head.mesh)
+    moved = transfer.apply(frames.astype(np.float32), mesh.vertices)
+    error = np.linalg.norm(moved - truth, axis=-1)
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(head.mesh.vertices).query_pairs(1e-4, output_type="ndarray")
+    opening = lambda v: np.linalg.norm(v[:, pairs[:, 0]] - v[:, pairs[:, 1]], axis=-1).max(1)  # noqa: E731
+    source_opening, target_opening = opening(truth), opening(moved)
+    correlation = np.corrcoef(source_opening, target_opening)[0, 1]
+    gain = target_opening.max() / source_opening.max()
+    print(
+        f"bundled head subdivided x{times} ({len(head.mesh.vertices)} vertices): lip max "
+        f"{error[:, lips].max():.3f} mm, eyelid max {error[:, lids].max():.3f} mm, mean "
+        f"{error.mean():.4f} mm; opening up to {source_opening.max():.2f} mm, correlation "
+        f"{correlation:.5f}, gain {gain:.3f}"
+    )
+    assert len(pairs) > 0 and source_opening.max() > 3.0  # a slit, and lips that part
+    assert error[:, lips].max() <= 0.5 and error[:, lids].max() <= 0.5
+    assert error.mean() <= 0.05
+    assert correlation >= 0.99 and abs(gain - 1) <= 0.1
+
+
+def test_rigid_parts_move_rigidly_and_the_face_as_before(source):
+    from meshtalk.pipelines.transfer.binding import _rigid_fit
+    from tests.transfer_heads import subdivided, with_eyes_and_teeth
+
+    mesh = source["mesh"]
+    landmarks = load_landmarks("meshtalk", len(mesh.vertices))
+    head = with_eyes_and_teeth(subdivided(mesh, 0), landmarks)
+    transfer = make_transfer(mesh, head.mesh)
+    moved = transfer.apply(source["frames"], mesh.vertices)
+    rest = head.mesh.vertices
+    parts = [np.flatnonzero(transfer.rigid == part) for part in range(transfer.rigid.max() + 1)]
+    assert len(parts) == 3  # two eyeballs and the teeth
+    for part in parts:
+        refit = _rigid_fit(rest[part], moved[:, part])
+        residual = np.abs(refit - moved[:, part]).max()
+        assert residual <= 0.05, residual
+        # the distances between the part's vertices never change
+        pick = part[:: max(1, len(part) // 40)]
+        distances = np.linalg.norm(rest[pick][:, None] - rest[pick][None], axis=-1)
+        moved_distances = np.linalg.norm(
+            moved[:, pick][:, :, None] - moved[:, pick][:, None], axis=-1
+        )
+        assert np.abs(moved_distances - distances).max() <= 0.05
+    face = np.arange(len(mesh.vertices))
+    error = np.linalg.norm(moved[:, face] - source["frames"], axis=-1)
+    lips = source["masks"]["mouth"] > 0.5
+    assert error[:, lips].max() <= 0.5 and error.mean() <= 0.05

@@ -260,7 +260,8 @@ def retarget(config: RetargetConfig) -> RetargetResult:
 
 def _transfer(config, source, target, make_writer, partial, seconds, provenance):
     """Another topology: register (or read --transfer), then transfer chunk by chunk."""
-    from meshtalk.pipelines.transfer import save_transfer, transfer_for
+    from meshtalk.pipelines.transfer import transfer_for
+    from meshtalk.pipelines.transfer.source import save_transfer_files
 
     if source.faces is None:
         raise MeshtalkError(
@@ -270,8 +271,7 @@ def _transfer(config, source, target, make_writer, partial, seconds, provenance)
     transfer, seconds["registration"] = transfer_for(
         template, target, transfer_file=config.transfer, landmarks=config.landmarks
     )
-    if config.transfer is None:
-        save_transfer(partial / "transfer.npz", transfer)
+    save_transfer_files(partial, transfer, source.faces, target, made=config.transfer is None)
     provenance["transfer"] = transfer.info
     seconds["transfer"] = 0.0
     writer = make_writer()

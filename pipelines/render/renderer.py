@@ -129,15 +129,21 @@ class Camera:
     up: np.ndarray
 
 
-def frame_camera(bounds: np.ndarray, view: str, aspect: float) -> Camera:
+def frame_camera(
+    bounds: np.ndarray, view: str, aspect: float, orientation: np.ndarray | None = None
+) -> Camera:
     """A camera looking at the box around `bounds` from `view`, the box filling the panel.
 
     Args:
         bounds: (N, 3) points whose bounding box must be in view (the template).
         view: "front" or "side".
         aspect: panel width / height.
+        orientation: (3, 3) rotation of the face in these coordinates (its front is
+            orientation @ +Z, its up orientation @ +Y); None: the face is given front +Z, up +Y.
     """
     towards, up_hint = (np.asarray(v, dtype=np.float64) for v in CAMERAS[view])
+    if orientation is not None:
+        towards, up_hint = orientation @ towards, orientation @ up_hint
     low, high = bounds.min(axis=0).astype(np.float64), bounds.max(axis=0).astype(np.float64)
     centre = (low + high) / 2
     right = np.cross(up_hint, towards)
@@ -194,6 +200,10 @@ class MeshRenderer:
         view: "front", "side", or "both" (front and side panels side by side).
         samples: multisample anti-aliasing (0: off). Smoother silhouettes, but on llvmpipe 4
             samples halve the frame rate (about 170 -> 85 frames/s at 640x480 on 2 cores).
+        orientation: (3, 3) rotation of the face in the mesh's coordinates, for a mesh not given
+            front +Z and up +Y (a transfer's registration knows it); None: as given.
+        frame_on: (N, 3) points the camera is framed on instead of `bounds_vertices` (to draw
+            two meshes with one camera).
 
     Raises:
         MeshtalkError: when no OpenGL context can be opened through EGL.
@@ -206,6 +216,8 @@ class MeshRenderer:
         size: tuple[int, int] = (640, 480),
         view: str = "front",
         samples: int = 0,
+        orientation: np.ndarray | None = None,
+        frame_on: np.ndarray | None = None,
     ) -> None:
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
@@ -220,7 +232,12 @@ class MeshRenderer:
         if faces.size and (faces.min() < 0 or faces.max() >= len(bounds_vertices)):
             raise ValueError(f"faces index vertices outside 0..{len(bounds_vertices) - 1}")
         self.faces = faces
-        self.bounds = bounds_vertices
+        self.bounds = bounds_vertices if frame_on is None else np.asarray(frame_on, np.float32)
+        self.orientation = None
+        if orientation is not None:
+            rotation = np.asarray(orientation, dtype=np.float64)
+            u, _, vt = np.linalg.svd(rotation)  # the nearest rotation (drops scale)
+            self.orientation = u @ vt
         self.num_vertices = len(bounds_vertices)
         self.size = (int(size[0]), int(size[1]))
         self.view = view
@@ -268,7 +285,7 @@ class MeshRenderer:
     def _camera(self, view: str, aspect: float) -> Camera:
         key = (view, round(aspect, 6))
         if key not in self._cameras:
-            self._cameras[key] = frame_camera(self.bounds, view, aspect)
+            self._cameras[key] = frame_camera(self.bounds, view, aspect, self.orientation)
         return self._cameras[key]
 
     def render(self, vertices: np.ndarray) -> np.ndarray:

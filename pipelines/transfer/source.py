@@ -126,9 +126,26 @@ class PreparedTransfer:
         return self.transfer.apply(frames, self.source.vertices)
 
     def save(self, folder: Path) -> None:
-        """Write `folder/transfer.npz` when the registration was made now."""
-        if self.made:
-            save_transfer(Path(folder) / TRANSFER_FILE, self.transfer)
+        """Write `folder/transfer.npz` when the registration was made now, and always
+        transfer.json and transfer.png (see `save_transfer_files`)."""
+        save_transfer_files(folder, self.transfer, self.source.faces, self.mesh, self.made)
+
+
+def save_transfer_files(
+    folder: Path, transfer: Transfer, source_faces: np.ndarray, target: Mesh, made: bool
+) -> None:
+    """transfer.npz (when made now), transfer.json (its figures) and transfer.png (the fitted
+    template over the mesh, front and side; skipped with a line where no OpenGL can be opened)."""
+    from meshtalk.pipelines.transfer.picture import save_transfer_json, save_transfer_picture
+
+    folder = Path(folder)
+    if made:
+        save_transfer(folder / TRANSFER_FILE, transfer)
+    save_transfer_json(folder / "transfer.json", transfer)
+    try:
+        save_transfer_picture(folder / "transfer.png", transfer, source_faces, target)
+    except MeshtalkError as error:
+        log.info("transfer.png not drawn: %s", error.problem)
 
 
 def prepare_transfer(
