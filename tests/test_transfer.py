@@ -354,3 +354,24 @@ def test_rigid_parts_move_rigidly_and_the_face_as_before(source):
     error = np.linalg.norm(moved[:, face] - source["frames"], axis=-1)
     lips = source["masks"]["mouth"] > 0.5
     assert error[:, lips].max() <= 0.5 and error.mean() <= 0.05
+
+
+def test_a_uv_seam_does_not_make_a_rigid_part():
+    """Separate components under a fifth of the largest are rigid, but vertices duplicated along
+    a seam (one position, two vertices) keep their island with the rest."""
+    from meshtalk.pipelines.transfer.binding import rigid_parts
+
+    big, small = trimesh.creation.icosphere(4), trimesh.creation.icosphere(2)
+    small.apply_translation([3.0, 0.0, 0.0])
+    vertices = np.concatenate([big.vertices, small.vertices])
+    faces = np.concatenate([big.faces, small.faces + len(big.vertices)])
+    labels = rigid_parts(Mesh(vertices=vertices, faces=faces))
+    assert (labels[len(big.vertices) :] == 0).all() and (labels[: len(big.vertices)] == -1).all()
+    island = big.vertices[big.faces].mean(axis=1)[:, 0] > 0.7  # a cap cut along a seam
+    cut = np.unique(big.faces[island])
+    renumber = np.arange(len(big.vertices))
+    renumber[cut] = len(big.vertices) + np.arange(len(cut))
+    seamed = big.faces.copy()
+    seamed[island] = renumber[big.faces[island]]
+    mesh = Mesh(vertices=np.concatenate([big.vertices, big.vertices[cut]]), faces=seamed)
+    assert (rigid_parts(mesh) == -1).all()

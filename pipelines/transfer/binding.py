@@ -308,6 +308,19 @@ def rigid_parts(target: Mesh) -> np.ndarray:
     if not len(faces):
         return labels
     edges = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    # Vertices at one position (the two sides of a UV seam, saved as separate vertices) belong
+    # together: a seam does not make a part.
+    vertices = np.asarray(target.vertices, dtype=np.float64)
+    size = float(np.linalg.norm(np.ptp(vertices, axis=0))) or 1.0
+    _, same, counts = np.unique(
+        np.round(vertices / (1e-7 * size)), axis=0, return_inverse=True, return_counts=True
+    )
+    same = same.reshape(-1)
+    if (counts > 1).any():
+        first = np.full(len(counts), -1, dtype=np.int64)
+        first[same[::-1]] = np.arange(count)[::-1]  # the first vertex at each position
+        seams = np.stack([np.arange(count), first[same]], axis=1)
+        edges = np.concatenate([edges, seams[seams[:, 0] != seams[:, 1]]])
     graph = scipy.sparse.coo_matrix(
         (np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(count, count)
     )
