@@ -122,3 +122,84 @@ def test_mel_shape_and_window_lengths():
     paper = AudioFrontEnd(window="paper")
     assert (paper.mel_first, paper.window_frames) == (-50, 61)
     assert (front_end.mel_first, front_end.window_frames) == (-50, 101)
+
+
+CUBE_OBJ = """# a user's mesh: materials, texture coordinates, normals (hard edges) and colours
+mtllib cube.mtl
+v 0 0 0 1 0 0
+v 1 0 0 0 1 0
+v 1 1 0 0 0 1
+v 0 1 0 1 1 0
+v 0 0 1 1 0 1
+v 1 0 1 0 1 1
+vt 0 0
+vt 1 0
+vt 1 1
+vt 0 1
+vn 0 0 -1
+vn 0 0 1
+vn 0 -1 0
+usemtl skin
+f 1/1/1 3/3/1 2/2/1
+f 1/1/1 4/4/1 3/3/1
+usemtl lips
+f 5/1/2 6/2/2 3/3/2
+f 1/1/3 2/2/3 6/3/3 5/4/3
+"""
+
+
+def test_a_users_obj_comes_back_with_its_materials_uvs_normals_and_colours(tmp_path):
+    from meshtalk.pipelines.export.frames import FrameMeshWriter
+    from meshtalk.pipelines.io.mesh import copy_materials
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "cube.mtl").write_text("newmtl skin\nmap_Kd skin.png\nnewmtl lips\nKd 1 0 0\n")
+    (folder / "skin.png").write_bytes(b"\x89PNG not really")
+    (folder / "cube.obj").write_text(CUBE_OBJ)
+    mesh = read_mesh(folder / "cube.obj")
+    assert mesh.material_libs == ("cube.mtl",) and mesh.materials == ("skin", "lips")
+    assert mesh.face_materials.tolist() == [0, 0, 1, 1, 1]  # the quad is two triangles
+    assert mesh.normals.shape == (3, 3) and mesh.face_normals[2].tolist() == [1, 1, 1]
+    assert mesh.colours.shape == (6, 3) and mesh.uvs.shape == (4, 2)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    write_mesh(out / "template.obj", mesh)
+    assert copy_materials(mesh, out) == ["cube.mtl", "skin.png"]
+    again = read_mesh(out / "template.obj")
+    for name in ("vertices", "faces", "uvs", "face_uvs", "normals", "face_normals", "colours"):
+        np.testing.assert_allclose(getattr(again, name), getattr(mesh, name), atol=1e-4)
+    assert again.materials == mesh.materials and again.material_libs == mesh.material_libs
+    np.testing.assert_array_equal(again.face_materials, mesh.face_materials)
+
+    # Frames keep it all; normals follow the frame's shape, hard edges stay hard.
+    writer = FrameMeshWriter(out / "frames", mesh.faces, "obj", mesh=mesh)
+    turned = mesh.vertices[:, [0, 2, 1]] * np.float32([1, -1, 1])  # a quarter turn about x
+    writer.write(turned[None])
+    frame = read_mesh(out / "frames" / "frame_000000.obj")
+    np.testing.assert_allclose(frame.vertices, turned, atol=1e-5)
+    assert frame.materials == mesh.materials and (out / "frames" / "skin.png").is_file()
+    np.testing.assert_array_equal(frame.face_normals, mesh.face_normals)
+    np.testing.assert_allclose(frame.normals[0], [0, 1, 0], atol=1e-5)  # was (0, 0, -1)
+    np.testing.assert_allclose(frame.normals[2], [0, 0, -1], atol=1e-5)  # was (0, -1, 0)
+
+    # PLY frames carry the colours and per-vertex normals.
+    ply = FrameMeshWriter(out / "ply", mesh.faces, "ply", mesh=Mesh(
+        vertices=mesh.vertices, faces=mesh.faces, colours=mesh.colours))  # fmt: skip
+    ply.write(mesh.vertices[None])
+    back = read_mesh(out / "ply" / "frame_000000.ply")
+    np.testing.assert_allclose(back.colours, mesh.colours, atol=1 / 255)
+
+
+def test_obj_material_files_outside_the_meshs_folder_are_not_copied(tmp_path):
+    from meshtalk.pipelines.io.mesh import copy_materials
+
+    (tmp_path / "secret.mtl").write_text("newmtl x\n")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "m.obj").write_text("mtllib ../secret.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert copy_materials(read_mesh(folder / "m.obj"), out) == []
+    assert list(out.iterdir()) == []

@@ -6,6 +6,8 @@ correspondence; OBJ files are therefore read and written here, while PLY goes th
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +28,48 @@ class Mesh:
         faces: (F, 3) int64 vertex indices, 0-based.
         uvs: (U, 2) float32 texture coordinates, or None.
         face_uvs: (F, 3) int64 indices into `uvs`, or None.
+        normals: (N, 3) float32 normals (OBJ `vn`, PLY per-vertex normals), or None.
+        face_normals: (F, 3) int64 indices into `normals` of each face's corners, or None.
+        colours: (V, 3) float32 per-vertex colours in [0, 1] (PLY, or OBJ `v x y z r g b`).
+        material_libs: the OBJ's `mtllib` files, as written in it.
+        materials: the names its `usemtl` lines use.
+        face_materials: (F,) int64 index into `materials` of each face (-1: none), or None.
+        folder: where the mesh was read from (its material files are found there).
     """
 
     vertices: np.ndarray
     faces: np.ndarray
     uvs: np.ndarray | None = None
     face_uvs: np.ndarray | None = None
+    normals: np.ndarray | None = None
+    face_normals: np.ndarray | None = None
+    colours: np.ndarray | None = None
+    material_libs: tuple[str, ...] = ()
+    materials: tuple[str, ...] = ()
+    face_materials: np.ndarray | None = None
+    folder: Path | None = None
+
+    def moved(self, vertices: np.ndarray) -> Mesh:
+        """The same mesh (faces, UVs, colours, materials) at other vertex positions; its normals
+        recomputed from them, keeping which corners share a normal (hard edges stay hard)."""
+        vertices = np.asarray(vertices, dtype=np.float32)
+        normals = None if self.normals is None else corner_normals(self, vertices)
+        return dataclasses.replace(self, vertices=vertices, normals=normals)
+
+
+def corner_normals(mesh: Mesh, vertices: np.ndarray) -> np.ndarray:
+    """(N, 3) the mesh's normals recomputed at `vertices`: normal j is the area-weighted sum of
+    the face normals of the corners that use it (`face_normals`), normalised."""
+    corners = np.asarray(vertices, dtype=np.float64)[mesh.faces]
+    face = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    index = np.asarray(mesh.face_normals, dtype=np.int64).ravel()
+    count = len(mesh.normals)
+    summed = np.stack(
+        [np.bincount(index, np.repeat(face[:, axis], 3), count) for axis in range(3)], axis=1
+    )
+    length = np.linalg.norm(summed, axis=1, keepdims=True)
+    fallback = np.asarray(mesh.normals, dtype=np.float64)
+    return np.where(length > 0, summed / np.maximum(length, 1e-300), fallback).astype(np.float32)
 
 
 def read_mesh(path: str | Path) -> Mesh:
@@ -94,9 +132,16 @@ def _parse_index(token: str, count: int) -> int:
 
 def _read_obj(path: Path) -> Mesh:
     vertices: list[list[float]] = []
+    colours: list[list[float]] = []
     uvs: list[list[float]] = []
+    normals: list[list[float]] = []
     faces: list[list[int]] = []
     face_uvs: list[list[int]] = []
+    face_normals: list[list[int]] = []
+    face_materials: list[int] = []
+    libs: list[str] = []
+    materials: dict[str, int] = {}
+    current = -1
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             for line_number, line in enumerate(handle, 1):
@@ -111,45 +156,158 @@ def _read_obj(path: Path) -> Mesh:
                             f"{len(parts) - 1}"
                         )
                     vertices.append([float(x) for x in parts[1:4]])
+                    if len(parts) >= 7:
+                        colours.append([float(x) for x in parts[4:7]])
                 elif tag == "vt":
                     if len(parts) < 2:
                         raise ValueError(f"line {line_number}: a texture coordinate needs u")
                     uvs.append(
                         [float(x) for x in (parts[1:3] if len(parts) > 2 else [parts[1], 0])]
                     )
+                elif tag == "vn":
+                    if len(parts) < 4:
+                        raise ValueError(f"line {line_number}: a normal needs 3 coordinates")
+                    normals.append([float(x) for x in parts[1:4]])
+                elif tag == "mtllib":
+                    libs.append(line.strip()[len("mtllib") :].strip())
+                elif tag == "usemtl":
+                    name = line.strip()[len("usemtl") :].strip()
+                    current = materials.setdefault(name, len(materials))
                 elif tag == "f":
                     corners = [c.split("/") for c in parts[1:]]
                     if len(corners) < 3:
                         raise ValueError(f"line {line_number}: a face needs 3 corners")
                     v_idx = [_parse_index(c[0], len(vertices)) for c in corners]
                     has_uv = all(len(c) > 1 and c[1] for c in corners)
+                    has_n = all(len(c) > 2 and c[2] for c in corners)
                     t_idx = [_parse_index(c[1], len(uvs)) for c in corners] if has_uv else None
+                    n_idx = [_parse_index(c[2], len(normals)) for c in corners] if has_n else None
                     for k in range(1, len(corners) - 1):  # fan-triangulate polygons
                         faces.append([v_idx[0], v_idx[k], v_idx[k + 1]])
+                        face_materials.append(current)
                         if t_idx is not None:
                             face_uvs.append([t_idx[0], t_idx[k], t_idx[k + 1]])
+                        if n_idx is not None:
+                            face_normals.append([n_idx[0], n_idx[k], n_idx[k + 1]])
     except (ValueError, IndexError) as error:
         raise MeshtalkError(path, f"not a valid OBJ file ({error})") from None
     vertex_array = np.asarray(vertices, dtype=np.float32).reshape(-1, 3)
     face_array = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     keep_uvs = len(uvs) > 0 and len(face_uvs) == len(faces)
-    return Mesh(
+    keep_normals = len(normals) > 0 and len(face_normals) == len(faces)
+    mesh = Mesh(
         vertices=vertex_array,
         faces=face_array,
         uvs=np.asarray(uvs, dtype=np.float32).reshape(-1, 2) if keep_uvs else None,
         face_uvs=np.asarray(face_uvs, dtype=np.int64).reshape(-1, 3) if keep_uvs else None,
+        normals=np.asarray(normals, dtype=np.float32).reshape(-1, 3) if keep_normals else None,
+        face_normals=(
+            np.asarray(face_normals, dtype=np.int64).reshape(-1, 3) if keep_normals else None
+        ),
+        colours=(np.asarray(colours, dtype=np.float32) if len(colours) == len(vertices) else None),
+        material_libs=tuple(libs),
+        materials=tuple(materials),
+        face_materials=np.asarray(face_materials, dtype=np.int64) if materials else None,
+        folder=path.parent,
     )
+    for name, indices, table in (
+        ("texture coordinate", mesh.face_uvs, mesh.uvs),
+        ("normal", mesh.face_normals, mesh.normals),
+    ):
+        if (
+            indices is not None
+            and len(indices)
+            and (indices.min() < 0 or indices.max() >= len(table))
+        ):
+            raise MeshtalkError(path, f"a face refers to a {name} that does not exist")
+    return mesh
 
 
 def _write_obj(path: Path, mesh: Mesh) -> None:
-    lines = [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in mesh.vertices.tolist()]
-    if mesh.uvs is not None and mesh.face_uvs is not None:
-        lines += [f"vt {u:.6f} {v:.6f}" for u, v in mesh.uvs.tolist()]
-        for (a, b, c), (ta, tb, tc) in zip(mesh.faces.tolist(), mesh.face_uvs.tolist()):
-            lines.append(f"f {a + 1}/{ta + 1} {b + 1}/{tb + 1} {c + 1}/{tc + 1}")
+    path.write_text(obj_text(mesh, mesh.vertices))
+
+
+def obj_text(mesh: Mesh, vertices: np.ndarray) -> str:
+    """The OBJ of `mesh` at `vertices`: its material libraries, colours, texture coordinates,
+    normals (as given) and faces with their materials, in the order read."""
+    import io
+
+    text = io.StringIO()
+    for lib in mesh.material_libs:
+        text.write(f"mtllib {lib}\n")
+    vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    if mesh.colours is not None and len(mesh.colours) == len(vertices):
+        np.savetxt(text, np.hstack([vertices, mesh.colours]), fmt="v %.6f %.6f %.6f %.4f %.4f %.4f")
     else:
-        lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in mesh.faces.tolist()]
-    path.write_text("\n".join(lines) + "\n")
+        np.savetxt(text, vertices, fmt="v %.6f %.6f %.6f")
+    text.write(obj_faces(mesh))
+    return text.getvalue()
+
+
+def obj_faces(mesh: Mesh, normals: np.ndarray | None = None) -> str:
+    """The texture coordinates, normals (`normals`, default the mesh's) and faces of an OBJ, with
+    `usemtl` wherever the material changes (1-based indices)."""
+    import io
+
+    text = io.StringIO()
+    columns = [mesh.faces + 1]
+    if mesh.uvs is not None and mesh.face_uvs is not None:
+        np.savetxt(text, np.asarray(mesh.uvs, dtype=np.float64).reshape(-1, 2), fmt="vt %.6f %.6f")
+        columns.append(np.asarray(mesh.face_uvs).reshape(-1, 3) + 1)
+    normals = mesh.normals if normals is None else normals
+    if normals is not None and mesh.face_normals is not None:
+        np.savetxt(
+            text, np.asarray(normals, dtype=np.float64).reshape(-1, 3), fmt="vn %.6f %.6f %.6f"
+        )
+        columns.append(np.asarray(mesh.face_normals).reshape(-1, 3) + 1)
+    if len(columns) == 1:
+        corner = "%d"
+    elif len(columns) == 2 and mesh.face_uvs is not None:
+        corner = "%d/%d"
+    elif len(columns) == 2:
+        corner = "%d//%d"
+    else:
+        corner = "%d/%d/%d"
+    table = np.stack(columns, axis=-1).reshape(len(mesh.faces), -1)
+    line = "f " + " ".join([corner] * 3)
+    if mesh.face_materials is None or not mesh.materials:
+        np.savetxt(text, table, fmt=line)
+        return text.getvalue()
+    changes = np.flatnonzero(np.diff(mesh.face_materials, prepend=-2))
+    for start, stop in zip(changes, [*changes[1:], len(table)]):
+        material = int(mesh.face_materials[start])
+        if material >= 0:
+            text.write(f"usemtl {mesh.materials[material]}\n")
+        np.savetxt(text, table[start:stop], fmt=line)
+    return text.getvalue()
+
+
+def copy_materials(mesh: Mesh, folder: Path) -> list[str]:
+    """Copy the mesh's material libraries (and the texture files they name) from where it was
+    read into `folder`, so that its OBJ there shows its materials. Only files inside the mesh's
+    own folder are copied (names that lead outside it are skipped). Returns the names copied."""
+    if mesh.folder is None or not mesh.material_libs:
+        return []
+    root = Path(mesh.folder).resolve()
+    copied = []
+    for lib in mesh.material_libs:
+        source = (root / lib).resolve()
+        if root not in source.parents or not source.is_file():
+            continue
+        names = [lib]
+        for line in source.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if parts and parts[0].startswith("map_") or parts and parts[0] in ("bump", "disp"):
+                names.append(parts[-1])
+        for name in names:
+            found = (root / name).resolve()
+            target = Path(folder) / name
+            if root not in found.parents or not found.is_file() or target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(found, target)
+            copied.append(name)
+    return copied
 
 
 def _read_ply(path: Path) -> Mesh:
@@ -160,7 +318,21 @@ def _read_ply(path: Path) -> Mesh:
     faces = np.asarray(triangle_mesh.triangles, dtype=np.int64).reshape(-1, 3)
     if len(vertices) == 0:  # a PLY holding only points
         vertices = np.asarray(o3d.io.read_point_cloud(str(path)).points, dtype=np.float32)
-    return Mesh(vertices=vertices.reshape(-1, 3), faces=faces)
+        return Mesh(vertices=vertices.reshape(-1, 3), faces=faces, folder=path.parent)
+    colours = None
+    if triangle_mesh.has_vertex_colors():
+        colours = np.asarray(triangle_mesh.vertex_colors, dtype=np.float32)
+    normals = None
+    if triangle_mesh.has_vertex_normals():
+        normals = np.asarray(triangle_mesh.vertex_normals, dtype=np.float32)
+    return Mesh(
+        vertices=vertices.reshape(-1, 3),
+        faces=faces,
+        normals=normals,
+        face_normals=None if normals is None else faces,
+        colours=colours,
+        folder=path.parent,
+    )
 
 
 def _write_ply(path: Path, mesh: Mesh) -> None:
@@ -170,11 +342,16 @@ def _write_ply(path: Path, mesh: Mesh) -> None:
         o3d.utility.Vector3dVector(mesh.vertices.astype(np.float64)),
         o3d.utility.Vector3iVector(mesh.faces.astype(np.int32)),
     )
+    if mesh.colours is not None and len(mesh.colours) == len(mesh.vertices):
+        triangle_mesh.vertex_colors = o3d.utility.Vector3dVector(
+            np.asarray(mesh.colours, dtype=np.float64)[:, :3]
+        )
+    if mesh.normals is not None and len(mesh.normals) == len(mesh.vertices):
+        triangle_mesh.vertex_normals = o3d.utility.Vector3dVector(
+            np.asarray(mesh.normals, dtype=np.float64)
+        )
     if not o3d.io.write_triangle_mesh(str(path), triangle_mesh, write_ascii=False):
         raise MeshtalkError(path, "open3d could not write the PLY file")
-
-
-# --- Multiface tracked meshes -------------------------------------------------------------------
 
 
 def read_bin(path: str | Path, num_vertices: int) -> np.ndarray:
