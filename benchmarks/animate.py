@@ -11,9 +11,12 @@ Side by side in one run, on the CPU:
    and writing overlap in three threads), and the real-time factor with and without video;
 2. render frames per second at 640x480 (MeshRenderer alone) and rendering + H.264 encoding
    (`render_video`, with the speech);
-3. peak resident memory of a child process animating `--long-minutes` of speech with the video.
+3. peak resident memory of a child process (`meshtalk animate --int8`) animating 3 and 30
+   minutes of speech with the video (and 120 minutes with `--hours-long`, with or without the
+   video), each beside its ratio to the 3-minute row: memory must not grow with the length of
+   the speech (target: ratio within 1.2, peak below 1536 MB).
 
-    python benchmarks/animate.py [--long-minutes 10] [--json results.json]
+    python benchmarks/animate.py [--hours-long [--long-no-video]] [--memory-only] [--json FILE]
 """
 
 from __future__ import annotations
@@ -93,15 +96,19 @@ def release_run(folder: Path) -> Path:
 
 
 def speech_file(folder: Path, seconds: float | None) -> Path:
-    """The reference sentence (None), or it repeated to `seconds`, as a 16 kHz WAV."""
+    """The reference sentence (None), or it repeated to `seconds`, as a 16 kHz WAV (written a
+    repeat at a time, so that hours of it cost this process no memory)."""
     if seconds is None:
         return SPEECH
     from meshtalk.pipelines.io.audio import load_audio
 
-    samples = load_audio(SPEECH)
-    samples = np.tile(samples, int(np.ceil(seconds * 16000 / samples.size)))[: int(seconds * 16000)]
+    sentence = load_audio(SPEECH)
     path = folder / f"speech_{seconds:g}s.wav"
-    soundfile.write(path, samples, 16000)
+    remaining = int(seconds * 16000)
+    with soundfile.SoundFile(path, "w", 16000, 1, "PCM_16") as file:
+        while remaining > 0:
+            file.write(sentence[:remaining])
+            remaining -= min(remaining, sentence.size)
     return path
 
 
@@ -165,25 +172,80 @@ def render_rate(frames: int = 300) -> float:
         return frames / (time.perf_counter() - start)
 
 
-def peak_memory(run: Path, speech: Path, out: Path) -> tuple[int, float]:
+def peak_memory(run: Path, speech: Path, out: Path, video: bool) -> tuple[int, float]:
+    """Peak RSS (bytes) and wall seconds of `meshtalk animate --int8` in a child process."""
     command = [
         sys.executable, "-m", "meshtalk.cli.main", "animate", str(speech),
         str(TOPOLOGY / "face_template.obj"), "-o", str(out), "--model", str(run),
         "--int8", "--device", "cpu", "--no-progress", "--force",
     ]  # fmt: skip
+    if not video:
+        command.append("--no-video")
     return peak_tree_rss(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+
+
+def long_speech_rows(tmp: Path, run: Path, lengths: list[tuple[float, bool]]) -> list[dict]:
+    """Peak RSS of animating each (minutes, with video) of speech, beside the first row's with the
+    same video setting."""
+    rows = []
+    for minutes, video in lengths:
+        speech = speech_file(tmp, minutes * 60)
+        peak, wall = peak_memory(run, speech, tmp / "long", video)
+        speech.unlink()
+        rows.append({"speech_minutes": minutes, "with_video": video,
+                     "peak_rss_mb": peak / 2**20, "wall_s": wall})  # fmt: skip
+    for row in rows:
+        first = next(r for r in rows if r["with_video"] == row["with_video"])
+        row["shortest_minutes_alike"] = first["speech_minutes"]
+        row["peak_rss_over_shortest_alike"] = row["peak_rss_mb"] / first["peak_rss_mb"]
+    return rows
+
+
+def print_long_rows(console: Console, rows: list[dict]) -> None:
+    table = Table(title="meshtalk animate --int8 of long speech: peak memory (child process tree)")
+    for column in ("speech", "video", "peak RSS (MB)", "ratio", "wall (s)"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            f"{row['speech_minutes']:g} min", "with video" if row["with_video"] else "no video",
+            f"{row['peak_rss_mb']:.0f}",
+            f"{row['peak_rss_over_shortest_alike']:.3f} of {row['shortest_minutes_alike']:g} min",
+            f"{row['wall_s']:.0f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        "ratio: the peak over the shortest row's with the same video setting; target: every "
+        "ratio within 1.2 and every peak below 1536 MB"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--long-minutes", type=float, default=10.0, help="0: skip the RSS run")
+    parser.add_argument(
+        "--hours-long", action="store_true", help="also 120 minutes of speech (an hour or more)"
+    )
+    parser.add_argument(
+        "--long-no-video", action="store_true", help="the 120-minute row without the video"
+    )
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the long-speech memory rows"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     console = Console()
     figures: dict = {"threads": torch.get_num_threads(), "runs": []}
+    lengths = [(3.0, True), (30.0, True)]
+    if args.hours_long:
+        lengths += [(3.0, False), (120.0, False)] if args.long_no_video else [(120.0, True)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         run = release_run(tmp / "run")
+        figures["long_speech_memory"] = long_speech_rows(tmp, run, lengths)
+        print_long_rows(console, figures["long_speech_memory"])
+        if args.memory_only:
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=2) + "\n")
+            return
         stage_seconds(run, speech_file(tmp, None), tmp / "out", video=False)  # warm up
         for label, seconds in (("sentence", None), ("10 s", 10.0), ("60 s", 60.0)):
             speech = speech_file(tmp, seconds)
@@ -198,11 +260,6 @@ def main() -> None:
         sentence = stage_seconds(run, speech_file(tmp, None), tmp / "out", video=True)
         figures["render_fps"] = render_rate()
         figures["render_encode_fps"] = sentence["frames"] / sentence["video"]
-        if args.long_minutes > 0:
-            speech = speech_file(tmp, args.long_minutes * 60)
-            peak, wall = peak_memory(run, speech, tmp / "long")
-            figures["long"] = {"minutes": args.long_minutes, "peak_rss_mb": peak / 2**20,
-                               "wall_s": wall}  # fmt: skip
     table = Table(title="meshtalk animate, release sizes (random weights), CPU")
     columns = ("speech", "weights", "frames", "sampling alone", "animate", "ratio", *STAGES[:-1])
     for column in (*columns, "RTF", "RTF + video"):
@@ -226,12 +283,7 @@ def main() -> None:
         f"render {figures['render_fps']:.0f} frames/s at 640x480; render + H.264 + AAC "
         f"{figures['render_encode_fps']:.0f} frames/s (target >= 60)"
     )
-    if "long" in figures:
-        long = figures["long"]
-        console.print(
-            f"{long['minutes']:g} min of speech with video: peak RSS {long['peak_rss_mb']:.0f} MB "
-            f"(target < 1536), {long['wall_s']:.0f} s"
-        )
+    print_long_rows(console, figures["long_speech_memory"])
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
@@ -54,6 +54,8 @@ MEL_CHUNK_FRAMES = 3000
 """Mel frames computed at a time (30 s at a 10 ms hop): memory stays flat for long audio."""
 WINDOW_BATCH = 256
 """Frames whose windows the release framing computes and encodes at a time."""
+CODE_CHUNK_FRAMES = 4 * WINDOW_BATCH
+"""Frames whose audio codes `stream_audio_codes` computes at a time (34 s at 30 fps)."""
 
 
 @dataclass(frozen=True)
@@ -273,11 +275,26 @@ class AudioFrontEnd:
         samples = np.asarray(samples)
         if samples.ndim != 1:
             raise MeshtalkError(None, f"audio must be mono (N,) samples, got shape {samples.shape}")
-        if samples.size == 0:
-            raise MeshtalkError(None, "audio holds no samples")
-        if not np.isfinite(samples).all():
+        if samples.size and not np.isfinite(samples).all():
             raise MeshtalkError(None, "audio holds NaN or infinite samples")
-        frames = self.frame_count(samples.size)
+        return self.check_length(samples.size, samples.size > 0 and bool(np.any(samples)))
+
+    def check_length(self, num_samples: int, nonzero: bool) -> int:
+        """`check_waveform` of finite mono audio from two figures of a pass over it.
+
+        Args:
+            num_samples: N, samples of the audio at `sample_rate`.
+            nonzero: whether any sample is not 0.
+
+        Returns:
+            T, the frames the audio covers (at least 1).
+
+        Raises:
+            MeshtalkError: audio empty, shorter than one frame, or silent.
+        """
+        if num_samples == 0:
+            raise MeshtalkError(None, "audio holds no samples")
+        frames = self.frame_count(num_samples)
         if frames == 0:
             if self.framing == "release":  # the first window must end inside the padded audio
                 shortest = f"{2 * (self.window_samples // 2 - self.release_pad) + 1} samples"
@@ -286,16 +303,23 @@ class AudioFrontEnd:
                 shortest = f"{1000 / self.fps:.1f} ms at {self.fps:g} fps"
             raise MeshtalkError(
                 None,
-                f"audio lasts {1000 * samples.size / self.sample_rate:.1f} ms, shorter than one "
+                f"audio lasts {1000 * num_samples / self.sample_rate:.1f} ms, shorter than one "
                 f"frame ({shortest})",
             )
-        if not np.any(samples):
+        if not nonzero:
             raise MeshtalkError(None, "audio is silent (every sample is 0): nothing to animate")
         return frames
 
-    def normalise(self, samples: np.ndarray) -> np.ndarray:
-        """Scale audio to a mean absolute amplitude of `loudness`, as the authors' release does."""
-        level = float(np.abs(samples).mean()) if samples.size else 0.0
+    def normalise(self, samples: np.ndarray, level: float | None = None) -> np.ndarray:
+        """Scale audio to a mean absolute amplitude of `loudness`, as the authors' release does.
+
+        Args:
+            samples: (N,) float32 audio.
+            level: the mean absolute amplitude to scale from; None: that of `samples` (a part of
+                a longer clip is scaled by the whole clip's, `SpeechScan.mean_abs`).
+        """
+        if level is None:
+            level = float(np.abs(samples).mean(dtype=np.float64)) if samples.size else 0.0
         if level == 0.0:
             raise MeshtalkError(None, "audio is silent (every sample is 0): nothing to animate")
         return (self.loudness * samples / level).astype(np.float32)
@@ -309,7 +333,11 @@ class AudioFrontEnd:
 
     def frame_times(self, num_samples: int) -> np.ndarray:
         """(T,) time of each frame of a waveform of `num_samples` samples, in seconds."""
-        k = np.arange(self.frame_count(num_samples))
+        return self._frame_times(0, self.frame_count(num_samples))
+
+    def _frame_times(self, first: int, last: int) -> np.ndarray:
+        """(last - first,) times of frames [first, last), in seconds."""
+        k = np.arange(first, last)
         if self.framing == "release":
             return k * self.step_samples / self.sample_rate
         return k / self.fps
@@ -337,8 +365,6 @@ class AudioFrontEnd:
         Returns:
             (M, n_mels) or (B, M, n_mels) float32, M = 1 + N // hop_length.
         """
-        import torch
-
         signal = np.asarray(signal, dtype=np.float32)
         rows = signal[None] if signal.ndim == 1 else signal
         half, hop, n_fft = self.mel.n_fft // 2, self.mel.hop_length, self.mel.n_fft
@@ -348,13 +374,20 @@ class AudioFrontEnd:
                 f"{n_fft} (needs more than {half})"
             )
         padded = np.pad(rows, ((0, 0), (half, half)), mode="reflect")
-        frames = 1 + rows.shape[-1] // hop
-        mel = np.empty((len(rows), frames, self.mel.n_mels), dtype=np.float32)
+        mel = self._framed_log_mel(padded, 1 + rows.shape[-1] // hop, chunk_frames)
+        return mel[0] if signal.ndim == 1 else mel
+
+    def _framed_log_mel(self, padded: np.ndarray, frames: int, chunk_frames: int) -> np.ndarray:
+        """(B, frames, n_mels) log-mel of (B, L) rows, frame j from [j * hop, j * hop + n_fft)."""
+        import torch
+
+        hop, n_fft = self.mel.hop_length, self.mel.n_fft
+        mel = np.empty((len(padded), frames, self.mel.n_mels), dtype=np.float32)
         transform = _mel_transform(self.mel)
         per_piece = max(1, chunk_frames // frames)  # whole rows at a time when they are short
         step = max(1, chunk_frames)
         with torch.no_grad():
-            for row in range(0, len(rows), per_piece):
+            for row in range(0, len(padded), per_piece):
                 block = slice(row, row + per_piece)
                 for first in range(0, frames, step):
                     last = min(frames, first + step)
@@ -362,7 +395,7 @@ class AudioFrontEnd:
                     power = transform(torch.from_numpy(np.ascontiguousarray(piece)))
                     log = torch.log(power.clamp_min(self.mel.log_floor)).transpose(-1, -2)
                     mel[block, first:last] = log.numpy()
-        return mel[0] if signal.ndim == 1 else mel
+        return mel
 
     def utterance_mel(
         self,
@@ -472,6 +505,110 @@ class AudioFrontEnd:
             return audio_encoder.encode_span(
                 torch.from_numpy(mel).to(device)[None], torch.from_numpy(starts).to(device)[None]
             )
+
+    def stream_audio_codes(
+        self,
+        audio_encoder,
+        read: Callable[[int, int], np.ndarray],
+        num_samples: int,
+        level: float,
+        chunk_frames: int | None = None,
+    ) -> Iterator:
+        """`audio_codes` of an utterance read a range at a time, `chunk_frames` frames at a time.
+
+        Memory stays flat whatever the utterance's length: each chunk reads only the samples its
+        frames' windows span. The chunks put together equal `audio_codes` of the whole utterance
+        to float rounding.
+
+        Args:
+            audio_encoder: as for `audio_codes`.
+            read: read(start, stop) gives the (stop - start,) float32 samples [start, stop) of
+                the utterance at `sample_rate`, zeros outside [0, N) (e.g. a `SampleRange`);
+                starts never decrease from call to call.
+            num_samples: N, samples of the whole utterance.
+            level: mean absolute amplitude of the whole utterance (loudness normalisation is a
+                statistic of the whole clip; `SpeechScan.mean_abs`).
+            chunk_frames: frames per chunk (None: `CODE_CHUNK_FRAMES`; a multiple of
+                `WINDOW_BATCH` keeps the release framing's batches those of `audio_codes`).
+
+        Yields:
+            (1, n, code_dim) tensors on the encoder's device, for frames 0.. T-1 in order.
+        """
+        total = self.frame_count(num_samples)
+        chunk_frames = CODE_CHUNK_FRAMES if chunk_frames is None else chunk_frames
+        for first in range(0, total, chunk_frames):
+            last = min(total, first + chunk_frames)
+            yield self.audio_codes_between(audio_encoder, read, num_samples, level, first, last)
+
+    def audio_codes_between(
+        self,
+        audio_encoder,
+        read: Callable[[int, int], np.ndarray],
+        num_samples: int,
+        level: float,
+        first: int,
+        last: int,
+    ):
+        """Audio codes of frames [first, last) of an utterance, from the samples they span.
+
+        Equal to `audio_codes(audio_encoder, samples)[:, first:last]` to float rounding. See
+        `stream_audio_codes` for the arguments.
+
+        Returns:
+            (1, last - first, code_dim) tensor on the encoder's device.
+        """
+        import torch
+
+        self._check_encoder(audio_encoder)
+        if not 0 <= first < last <= self.frame_count(num_samples):
+            raise ValueError(
+                f"frames [{first}, {last}) are not within the "
+                f"{self.frame_count(num_samples)} frames of {num_samples} samples"
+            )
+        device = next(audio_encoder.parameters()).device
+        with torch.no_grad():
+            if self.framing == "release":
+                step, width, pad = self.step_samples, self.window_samples, self.release_pad
+                segment = read(step * first - pad, step * (last - 1) + width - pad)
+                windows = np.lib.stride_tricks.sliding_window_view(
+                    self.normalise(segment, level), width
+                )[::step]
+                batches = (
+                    self.log_mel(windows[i : i + WINDOW_BATCH]).transpose(0, 2, 1)
+                    for i in range(0, len(windows), WINDOW_BATCH)
+                )
+                codes = [audio_encoder(torch.from_numpy(b).to(device)[None]) for b in batches]
+                return torch.cat(codes, dim=1)
+            starts = self.mel_index(self._frame_times(first, last)) + self.mel_first
+            mel_first, mel_last = int(starts[0]), int(starts[-1]) + self.window_frames
+            mel = self._utterance_mel_between(read, num_samples, level, mel_first, mel_last)
+            return audio_encoder.encode_span(
+                torch.from_numpy(mel).to(device)[None],
+                torch.from_numpy(starts - mel_first).to(device)[None],
+            )
+
+    def _utterance_mel_between(
+        self, read, num_samples: int, level: float, first: int, last: int
+    ) -> np.ndarray:
+        """Mel frames [first, last) of `utterance_mel` of N samples, from the samples they span.
+
+        Mel frame j covers [j * hop - n_fft / 2, j * hop + n_fft / 2) of the padded utterance
+        (`PAD_SECONDS` of silence on both sides), reflected at its ends as `log_mel` does.
+        """
+        half, hop, n_fft = self.mel.n_fft // 2, self.mel.hop_length, self.mel.n_fft
+        pad = round(PAD_SECONDS * self.sample_rate)
+        length = num_samples + 2 * pad  # of the padded utterance
+        low, high = first * hop - half, (last - 1) * hop - half + n_fft
+        if low >= 0 and high <= length:
+            segment = self.normalise(read(low - pad, high - pad), level)
+        else:  # mirror what falls outside the padded utterance
+            index = np.arange(low, high)
+            index = np.where(index < 0, -index, index)
+            index = np.where(index >= length, 2 * (length - 1) - index, index)
+            start = int(index.min())
+            segment = self.normalise(read(start - pad, int(index.max()) + 1 - pad), level)
+            segment = segment[index - start]
+        return self._framed_log_mel(segment[None], last - first, MEL_CHUNK_FRAMES)[0]
 
     def _check_encoder(self, audio_encoder) -> None:
         problems = []

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,18 @@ class ArrayStream:
             )
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A member given as chunks of rows (a long signal read back in blocks, say) for `add_rows`."""
+
+    shape: tuple[int, ...]
+    """The member's whole shape."""
+    dtype: np.dtype | type
+    """Its dtype."""
+    chunks: Iterable[np.ndarray]
+    """(n, *shape[1:]) chunks of rows, in order, as many rows as shape[0] in all."""
+
+
 class NpzWriter:
     """Write an `.npz` archive one member at a time (zip members cannot interleave).
 
@@ -91,6 +104,13 @@ class NpzWriter:
             handle = self._member(name)
         self.open_stream = ArrayStream(handle, self.path, name, shape, dtype, owner=self)
         return self.open_stream
+
+    def add_rows(self, name: str, rows: Rows) -> None:
+        """Write member `name` from chunks of rows, holding one chunk at a time."""
+        stream = self.stream(name, rows.shape, rows.dtype)
+        for chunk in rows.chunks:
+            stream.write(chunk)
+        stream.close()
 
     def close(self) -> None:
         with _failing(self):

@@ -13,8 +13,10 @@ carried from chunk to chunk) -> forehead and neck smoothed over time -> written 
     OUT/animation.mp4     unless --no-video: the face front-on with the speech
 
 With --takes N > 1 each take gets these files in OUT/take_<i>/. Every stage works on chunks of
-frames, so memory does not grow with the length of the speech; all files appear at once, at the
-end (`OutputFolder`).
+frames and the speech is read in blocks (a first pass checks it and measures its loudness, then
+its audio codes are computed a chunk at a time as the sampler needs them, and the npz's audio and
+the video's AAC track are streamed), so memory does not grow with the length of the speech; all
+files appear at once, at the end (`OutputFolder`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from meshtalk.pipelines.export import (
     PC2Writer,
     iter_rows,
 )
+from meshtalk.pipelines.export.npz import Rows
 from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.inference.smoothing import SMOOTHED_REGIONS, RegionSmoother
 from meshtalk.pipelines.io.mesh import Mesh, read_mesh, write_mesh
@@ -51,6 +54,10 @@ MAX_TAKES = 64
 """More takes than this are a typo rather than a wish (each is a full set of files)."""
 VIDEO_SIZE = (640, 480)
 """Width and height of the video."""
+AUDIO_ROWS = 1 << 16
+"""Samples of speech read back from the npz at a time for the video's audio track (4 s)."""
+HASH_BLOCK = 1 << 20
+"""Bytes of the speech file hashed at a time for the provenance."""
 
 
 @dataclass(kw_only=True)
@@ -59,6 +66,8 @@ class AnimateConfig:
 
     speech: Path | None = None
     """Audio file of any common format, rate and channel count (None with `example`)."""
+    channel: int | None = None
+    """The channel of the speech to animate (0 = first); None averages them."""
     example: bool = False
     """Animate the bundled speech clip (a sentence spoken by eSpeak NG) instead of `speech`."""
     output: Path
@@ -135,6 +144,12 @@ class AnimateConfig:
         problems += export_problems(self.size, self.chunk_frames, self.frames, self.scale)
         if not self.allow_transfer and (self.transfer is not None or self.landmarks is not None):
             problems.append("--transfer and --landmarks go without --no-transfer")
+        if self.channel is not None and not (
+            isinstance(self.channel, int)
+            and not isinstance(self.channel, bool)
+            and self.channel >= 0
+        ):
+            problems.append(f"--channel must be 0 or more (0 is the first), got {self.channel}")
         if not 0 <= self.seed < 2**63:
             problems.append(f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
         if problems:
@@ -186,16 +201,16 @@ def animate(config: AnimateConfig) -> AnimateResult:
             config.model, "has no prior (stage 2): train one with meshtalk train prior"
         )
     template, mapping, transfer = _model_template(config, run, template)
-    samples = _speech(config.speech, run.front_end)
+    speech, scan = _speech_reader(config.speech, run.front_end, config.channel)
     seconds["load"] = time.perf_counter() - started
     smoother_masks = _smoothing_masks(config, run)
     front_end = run.front_end
-    total = front_end.frame_count(samples.size)
+    total = front_end.frame_count(scan.samples)
     fps = _frame_rate(front_end)
     log.info(
         "%s: %.2f s of speech, %d frames at %.2f fps, %d take(s)",
         config.speech,
-        samples.size / front_end.sample_rate,
+        scan.samples / front_end.sample_rate,
         total,
         float(fps),
         config.takes,
@@ -207,14 +222,9 @@ def animate(config: AnimateConfig) -> AnimateResult:
         folders = (
             [partial] if config.takes == 1 else [partial / f"take_{i}" for i in range(config.takes)]
         )
-        clock = time.perf_counter()
-        audio_codes = front_end.audio_codes(run.latent.encoder.audio_encoder, samples)
-        seconds["audio_codes"] = time.perf_counter() - clock
-        if audio_codes.shape[1] != total:
-            raise MeshtalkError(
-                config.model,
-                f"the audio front end gave {audio_codes.shape[1]} frames where {total} were due",
-            )
+        audio_codes = front_end.stream_audio_codes(
+            run.latent.encoder.audio_encoder, speech.sample_range(), scan.samples, scan.mean_abs
+        )
         suffix = config.template.suffix.lower()
         target = template if transfer is None else transfer.mesh
         if transfer is not None:
@@ -224,14 +234,14 @@ def animate(config: AnimateConfig) -> AnimateResult:
             for folder in folders
         ]
         smoothers = [RegionSmoother(smoother_masks) for _ in folders] if smoother_masks else None
-        _generate(config, run, template, audio_codes, writers, smoothers, seconds)
+        _generate(config, run, template, audio_codes, total, writers, smoothers, seconds)
         clock = time.perf_counter()
         for index, writer in enumerate(writers):
             take = {**provenance, "take": index}
             writer.finish(
-                frame_times=front_end.frame_times(samples.size),
+                frame_times=front_end.frame_times(scan.samples),
                 fps=float(fps),
-                audio=samples,
+                audio=Rows((scan.samples,), np.float32, speech.blocks()),
                 audio_rate=front_end.sample_rate,
                 provenance=json.dumps(take, sort_keys=True),
             )
@@ -239,7 +249,7 @@ def animate(config: AnimateConfig) -> AnimateResult:
         if config.video:
             clock = time.perf_counter()
             for writer in writers:
-                writer.video(fps, samples, front_end.sample_rate, config.size, config.progress)
+                writer.video(fps, None, front_end.sample_rate, config.size, config.progress)
             seconds["video"] = time.perf_counter() - clock
     final = [config.output / folder.relative_to(partial) for folder in folders]
     log.info("wrote %s", ", ".join(str(folder) for folder in final))
@@ -247,14 +257,18 @@ def animate(config: AnimateConfig) -> AnimateResult:
         output=config.output,
         folders=final,
         frames=total,
-        duration_s=samples.size / front_end.sample_rate,
+        duration_s=scan.samples / front_end.sample_rate,
         seconds=seconds,
     )
 
 
-def _generate(config, run, template: Mesh, audio_codes, writers, smoothers, seconds) -> None:
+def _generate(
+    config, run, template: Mesh, audio_codes, total: int, writers, smoothers, seconds
+) -> None:
     """Sample, decode, smooth and write every frame, `chunk_frames` at a time.
 
+    `audio_codes` gives the (1, n, code_dim) audio codes of the `total` frames a chunk at a time
+    (`AudioFrontEnd.stream_audio_codes`): this thread computes them as the sampler needs them.
     Three stages run side by side on consecutive chunks (`Relay`): this thread samples chunk k+1
     while a second decodes and smooths chunk k and a third writes chunk k-1, each stage holding
     at most two chunks, so the files cost little time beyond sampling and memory stays flat.
@@ -313,14 +327,40 @@ def _generate(config, run, template: Mesh, audio_codes, writers, smoothers, seco
             writer.write(ready[index])
         seconds["writing"] += time.perf_counter() - clock
 
-    total = audio_codes.shape[1]
+    given = 0
     with Relay([decode, write], flush=True) as relay:
-        for first in range(0, total, config.chunk_frames):
+        for chunk in _rechunked(audio_codes, config.chunk_frames, seconds):
+            given += chunk.shape[1]
+            if given > total:
+                break
             clock = time.perf_counter()
-            chunk = audio_codes[:, first : first + config.chunk_frames].expand(takes, -1, -1)
-            codes = sampler.push(chunk)  # (N, n, H)
+            codes = sampler.push(chunk.expand(takes, -1, -1))  # (N, n, H)
             seconds["sampling"] += time.perf_counter() - clock
             relay.put(codes)
+    if given != total:
+        raise MeshtalkError(
+            config.model, f"the audio front end gave {given} frames where {total} were due"
+        )
+
+
+def _rechunked(audio_codes, frames: int, seconds: dict[str, float]):
+    """(1, frames, code_dim) chunks (the last shorter) of a stream of (1, n, code_dim) ones;
+    the time spent computing them is added to seconds["audio_codes"]."""
+    import torch
+
+    pending, stream = None, iter(audio_codes)
+    while True:
+        clock = time.perf_counter()
+        part = next(stream, None)
+        seconds["audio_codes"] += time.perf_counter() - clock
+        if part is None:
+            break
+        pending = part if pending is None else torch.cat([pending, part], dim=1)
+        while pending.shape[1] >= frames:
+            yield pending[:, :frames]
+            pending = pending[:, frames:]
+    if pending is not None and pending.shape[1]:
+        yield pending
 
 
 class Relay:
@@ -458,7 +498,8 @@ class TakeWriter:
             self.meshes.write(frames)
 
     def finish(self, **members) -> None:
-        """Close the streams; the npz's other members (`members`, then faces, template, codes)."""
+        """Close the streams; the npz's other members (faces, template, codes, then `members`:
+        arrays, or `Rows` written a chunk at a time)."""
         self.vertices.close()
         self.pc2.close()
         npz = self.npz
@@ -467,7 +508,10 @@ class TakeWriter:
         if self.codes:
             npz.add("codes", np.concatenate(self.codes).astype(np.int64))
         for name, value in members.items():
-            npz.add(name, np.asarray(value))
+            if isinstance(value, Rows):
+                npz.add_rows(name, value)
+            else:
+                npz.add(name, np.asarray(value))
         npz.close()
         template = self.template
         scaled = template.vertices.astype(np.float32) * np.float32(self.scale)
@@ -479,11 +523,14 @@ class TakeWriter:
         )
 
     def video(
-        self, fps: Fraction, audio: np.ndarray, audio_rate: int, size, progress: bool
+        self, fps: Fraction, audio: np.ndarray | None, audio_rate: int, size, progress: bool
     ) -> None:
-        """Render animation.mp4 from the written vertices (read back a chunk at a time)."""
+        """Render animation.mp4 from the written vertices (read back a chunk at a time) with
+        `audio`, or with None the npz's own audio member (read back a block at a time too)."""
         from meshtalk.pipelines.render import render_video
 
+        if audio is None:
+            audio = iter_rows(self.npz_path, "audio", AUDIO_ROWS)
         render_video(
             iter_rows(self.npz_path, "vertices"),
             self.template.faces,
@@ -541,11 +588,25 @@ def _model_template(config: AnimateConfig, run, template: Mesh):
     return prepared.source, prepared.mapping, prepared
 
 
-def _speech(path: Path, front_end) -> np.ndarray:
-    """16 kHz mono samples of the speech, checked (every problem names the file)."""
+def _speech_reader(path: Path, front_end, channel: int | None = None):
+    """The speech as a `SpeechReader` at the front end's rate and its first pass (`SpeechScan`),
+    checked (every problem names the file); nothing holds the whole clip."""
+    from meshtalk.pipelines.io.audio import SpeechReader
+
+    reader = SpeechReader(path, front_end.sample_rate, channel)
+    scan = reader.scan()
+    try:
+        front_end.check_length(scan.samples, scan.nonzero)
+    except MeshtalkError as error:
+        raise MeshtalkError(path, error.problem) from None
+    return reader, scan
+
+
+def _speech(path: Path, front_end, channel: int | None = None) -> np.ndarray:
+    """16 kHz mono samples of the whole speech, checked (every problem names the file)."""
     from meshtalk.pipelines.io.audio import load_audio
 
-    samples = load_audio(path, front_end.sample_rate)
+    samples = load_audio(path, front_end.sample_rate, channel)
     try:
         front_end.check_waveform(samples)
     except MeshtalkError as error:
@@ -599,12 +660,22 @@ def _provenance(config: AnimateConfig, run) -> dict:
         "smooth": bool(_smoothing_masks_quiet(config, run)),
         "framing": run.front_end.framing,
         "audio_file": config.speech.name,
-        "audio_sha256": file_sha256(config.speech),
+        "channel": config.channel,
+        "audio_sha256": _streamed_sha256(config.speech),
         "template_file": config.template.name,
         "template_sha256": file_sha256(config.template),
         "scale": config.scale,
         "meshtalk": versions(("meshtalk",))["meshtalk"],
     }
+
+
+def _streamed_sha256(path: Path) -> str:
+    """SHA-256 of a file read a block at a time (a recording of hours is a gigabyte or more)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _smoothing_masks_quiet(config: AnimateConfig, run) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -41,13 +42,16 @@ class VideoWriter:
     """Writes RGB frames as H.264 (yuv420p) and, at close, the speech as an AAC track.
 
     Frame `i` is shown at `i / fps` s, so T frames make a video of exactly T / fps s. The audio
-    track holds the given samples, so its duration is the speech's.
+    track holds the given samples, so its duration is the speech's. The audio may come as blocks
+    (an iterable of (n,) arrays, read as the track is encoded), so speech of any length costs no
+    memory; a whole array is checked at once, blocks as they come.
 
     Args:
         path: the video file (.mp4, .mov or .mkv); its folder is made if missing.
         fps: frames per second (float or Fraction; e.g. 30 or 16000/533).
         size: (width, height) of every frame, both even (yuv420p halves the chroma).
-        audio: (N,) mono float32 samples in [-1, 1], or None for a silent video.
+        audio: (N,) mono float32 samples in [-1, 1], an iterable of (n,) blocks of them in
+            order (e.g. `iter_rows(npz, "audio", 65536)`), or None for a silent video.
         audio_rate: sample rate of `audio` in Hz.
 
     Use as a context manager; `write(frame)` for each frame. Leaving the block with an error
@@ -59,13 +63,15 @@ class VideoWriter:
         path: str | Path,
         fps: float | Fraction = 30,
         size: tuple[int, int] = (640, 480),
-        audio: np.ndarray | None = None,
+        audio: np.ndarray | Iterable[np.ndarray] | None = None,
         audio_rate: int = 16000,
     ) -> None:
         self.path = Path(path)
         self.fps = frame_rate(fps)
         self.size = (int(size[0]), int(size[1]))
-        self.audio = None if audio is None else _check_audio(self.path, audio)
+        self.audio = audio
+        if isinstance(audio, np.ndarray):
+            self.audio = _check_audio(self.path, audio)
         self.audio_rate = int(audio_rate)
         self.frames_written = 0
         check_output(self.path, self.size)
@@ -119,15 +125,16 @@ class VideoWriter:
     def _write_audio(self) -> None:
         import av
 
-        samples = self.audio
-        for start in range(0, len(samples), AUDIO_FRAME_SAMPLES):
-            chunk = samples[start : start + AUDIO_FRAME_SAMPLES]
+        blocks = [self.audio] if isinstance(self.audio, np.ndarray) else self.audio
+        start = 0
+        for chunk in _audio_frames(self.path, blocks):
             frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
             frame.sample_rate = self.audio_rate
             frame.pts = start
             frame.time_base = Fraction(1, self.audio_rate)
             for packet in self._audio_stream.encode(frame):
                 self._container.mux(packet)
+            start += len(chunk)
         for packet in self._audio_stream.encode(None):
             self._container.mux(packet)
 
@@ -184,6 +191,28 @@ def check_output(path: Path, size: tuple[int, int]) -> None:
         raise MeshtalkError(
             path, f"video size must be even and at least 16x16, got {width}x{height}"
         )
+
+
+def _audio_frames(path: Path, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Blocks of audio regrouped into AAC frames of `AUDIO_FRAME_SAMPLES` (the last shorter),
+    each block checked as it comes."""
+    pending, total = np.zeros(0, dtype=np.float32), 0
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float32)
+        if block.ndim != 1:
+            raise MeshtalkError(path, f"audio must be mono samples, got a block of {block.shape}")
+        if not np.isfinite(block).all():
+            raise MeshtalkError(path, "audio has NaN or infinite samples")
+        total += block.size
+        pending = np.concatenate([pending, block]) if pending.size else block
+        whole = len(pending) - len(pending) % AUDIO_FRAME_SAMPLES
+        for start in range(0, whole, AUDIO_FRAME_SAMPLES):
+            yield np.ascontiguousarray(pending[start : start + AUDIO_FRAME_SAMPLES])
+        pending = pending[whole:]
+    if total == 0:
+        raise MeshtalkError(path, "audio must be non-empty mono samples, got none")
+    if pending.size:
+        yield np.ascontiguousarray(pending)
 
 
 def _check_audio(path: Path, audio: np.ndarray) -> np.ndarray:

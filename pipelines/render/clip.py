@@ -41,7 +41,7 @@ def render_video(
     path: str | Path,
     *,
     fps: float | Fraction,
-    audio: np.ndarray | None = None,
+    audio: np.ndarray | Iterable[np.ndarray] | None = None,
     audio_rate: int = 16000,
     size: tuple[int, int] = (640, 480),
     view: str = "front",
@@ -60,7 +60,9 @@ def render_video(
         faces: (F, 3) int triangles.
         path: the video file (.mp4, .mov, .mkv), written atomically.
         fps: frames per second of the animation.
-        audio: (N,) float32 mono speech at `audio_rate`, or None for a silent video.
+        audio: (N,) float32 mono speech at `audio_rate`, an iterable of (n,) blocks of it in
+            order (read while the track is encoded: long speech costs no memory), or None for a
+            silent video.
         size: (width, height) in pixels, both even.
         view: "front", "side" or "both".
         template: (V, 3) mesh the camera is framed on (default: the first frame).
