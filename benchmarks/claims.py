@@ -50,20 +50,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from _claims_measures import (
+    CLOSED,
+    HEADS,
+    REOPENED,
+    UPPER_FACE_WEIGHT,
+    Tally,
+    count_blinks,
+    eyelid_closure,
+    eyelid_pairs,
+    segments,
+)
+from _claims_report import claims_met, print_tables, write_pictures
 from quality import CONFIGS, _meshtalk, _quiet
 from rich.console import Console
-from rich.table import Table
 from safetensors.torch import load_file, save_file
 
 from meshtalk.models.regression import AudioRegression
 from meshtalk.models.sampler import PriorSampler
 from meshtalk.pipelines.checkpoint import load_run
 from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset
-from meshtalk.pipelines.eval.metrics import lip_vertex_errors, mean_vertex_error
 from meshtalk.pipelines.train.latent import fit_to_data, load_config_file
 from meshtalk.pipelines.train.pairs import PairedSegments
 from meshtalk.pipelines.train.validation import latent_figures, prior_figures
@@ -97,17 +106,6 @@ class Sizes:
 FULL = Sizes(latent_steps=2000, prior_steps=1500, regression_steps=2000, takes=8, swap_segments=32)
 QUICK = Sizes(latent_steps=10, prior_steps=10, regression_steps=10, takes=2, swap_segments=4)
 
-CLOSED, REOPENED = 0.5, 0.25
-"""A blink starts when the eyelid closure (1 - gap / neutral gap) reaches CLOSED and may start
-again once it is back under REOPENED."""
-LIPS_FACTOR, BLINK_TOLERANCE, BARELY = 0.5, 0.3, 0.3
-UPPER_FACE_WEIGHT, HEADS = 6.0, 8
-"""Weight of the eyelid and upper-face terms, and latent heads, of every stage-1 variant (the tiny
-preset's other sizes, C=16). Measured at 2000 steps on the procedural head with the preset's 4
-heads: at weight 3 the cross-modality latent held the mouth but its expression path died (an
-expression swap moved the upper face 0.0008 mm; no sample blinked); at weight 10 it held the upper
-face and lost the mouth (lip vertex error of samples 0.99x the static template's). 8 heads give
-room for both."""
 LATENT_VARIANTS = ("cross-modality", "plain L2", "expression-only input")
 
 
@@ -134,108 +132,7 @@ def make_world(work: Path, dataset: tuple[str, ...]) -> tuple[Path, Path]:
     return store, topology
 
 
-@dataclass
-class Segment:
-    name: str
-    vertices: torch.Tensor  # (T, V, 3)
-    template: torch.Tensor  # (V, 3)
-    mel: torch.Tensor  # (L, n_mels)
-    starts: torch.Tensor  # (T,)
-
-    @property
-    def minutes(self) -> float:
-        return len(self.vertices) / 30.0 / 60.0
-
-
-def segments(store: PreparedStore, split: str) -> list[Segment]:
-    found = []
-    for ref in store.split(split):
-        mel, starts = store.audio_span(ref, store.frames(ref)["mel_index"])
-        found.append(
-            Segment(
-                f"{ref.identity}/{ref.name}",
-                torch.from_numpy(np.array(store.vertices(ref))),
-                torch.from_numpy(np.array(store.template(ref.identity))),
-                torch.from_numpy(mel),
-                torch.from_numpy(starts),
-            )
-        )
-    return found
-
-
 # --- measures -------------------------------------------------------------------------------------
-
-
-def eyelid_pairs(topology: Path) -> list[tuple[list[int], list[int]]]:
-    """(upper lid, lower lid) landmark vertices of each eye: each eyelid list holds the upper
-    margin's vertices, then the lower margin's (pipelines/data/masks.py)."""
-    landmarks = yaml.safe_load((topology / "landmarks.yaml").read_text())
-    pairs = []
-    for key in ("left_eyelid", "right_eyelid"):
-        ids = landmarks[key]
-        pairs.append((ids[: len(ids) // 2], ids[len(ids) // 2 :]))
-    return pairs
-
-
-def eyelid_closure(vertices: torch.Tensor, template: torch.Tensor, eyes) -> torch.Tensor:
-    """(..., T, V, 3) -> (..., T): 1 - eyelid gap / neutral gap, averaged over the two eyes (0 open
-    as the neutral face, 1 closed)."""
-    closures = []
-    for upper, lower in eyes:
-        gap = (vertices[..., upper, :].mean(-2) - vertices[..., lower, :].mean(-2)).norm(dim=-1)
-        neutral = (template[upper].mean(0) - template[lower].mean(0)).norm()
-        closures.append(1 - gap / neutral)
-    return torch.stack(closures).mean(0)
-
-
-def count_blinks(closure: torch.Tensor) -> int:
-    """Blinks in a (T,) closure curve (see CLOSED and REOPENED)."""
-    count, closed = 0, False
-    for value in closure.tolist():
-        if not closed and value >= CLOSED:
-            count, closed = count + 1, True
-        elif closed and value < REOPENED:
-            closed = False
-    return count
-
-
-def upper_face_motion_std(vertices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(..., T, V, 3) -> (...): per vertex the standard deviation of its position over the frames
-    (the root of the summed per-axis variances, mm), weighted mean over the upper face."""
-    per_vertex = vertices.var(dim=-3, unbiased=False).sum(-1).sqrt()
-    return (per_vertex * weights).sum(-1) / weights.sum()
-
-
-class Tally:
-    """Figures of one Table 2 row summed over segments (frame-weighted) and takes."""
-
-    def __init__(self, num_vertices: int) -> None:
-        self.frames = self.lve = self.mve = self.upper = self.minutes = 0.0
-        self.blinks = 0
-        self.vertex_error = torch.zeros(num_vertices)
-
-    def add(self, prediction: torch.Tensor, segment: Segment, masks, lips, eyes) -> None:
-        """Prediction (K, T, V, 3): K takes of one segment."""
-        target = segment.vertices.expand_as(prediction)
-        k, t = prediction.shape[:2]
-        self.frames += k * t
-        self.lve += k * t * lip_vertex_errors(prediction, target, lips)[0]
-        self.mve += k * t * mean_vertex_error(prediction, target)
-        self.upper += t * float(upper_face_motion_std(prediction, masks["upper_face"]).sum())
-        closure = eyelid_closure(prediction, segment.template, eyes)
-        self.blinks += sum(count_blinks(c) for c in closure)
-        self.minutes += k * segment.minutes
-        self.vertex_error += (prediction - target).norm(dim=-1).sum(dim=(0, 1))
-
-    def figures(self) -> dict[str, float]:
-        return {
-            "lip_vertex_error_mm": self.lve / self.frames,
-            "mean_vertex_error_mm": self.mve / self.frames,
-            "upper_face_motion_std_mm": self.upper / self.frames,
-            "blinks_per_minute": self.blinks / self.minutes,
-            "blinks_counted": self.blinks,
-            "minutes": self.minutes,
-        }
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -408,171 +305,7 @@ def measure_latent(run_dir: Path, store, tests, masks, lips, eyes, sizes: Sizes)
 # --- pictures -------------------------------------------------------------------------------------
 
 
-def frame_grid(
-    path: Path, faces, rows: dict[str, torch.Tensor], picks: list[int], fps: float = 30.0
-) -> None:
-    """Rows of meshes (T, V, 3) at some frames, rendered, labelled, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from meshtalk.pipelines.io.atomic import atomic_path
-    from meshtalk.pipelines.render.renderer import MeshRenderer, Panel
-
-    first = next(iter(rows.values()))
-    cell = (180, 220)
-    renderer = MeshRenderer(
-        faces, first[0].numpy(), size=(cell[0] * len(picks), cell[1] * len(rows)), samples=4
-    )
-    try:
-        image = renderer.render_panels(
-            [[Panel(mesh[t].numpy()) for mesh in rows.values()] for t in picks]
-        )
-    finally:
-        renderer.close()
-    figure, axis = plt.subplots(figsize=(image.shape[1] / 80 + 1.6, image.shape[0] / 80 + 0.4))
-    axis.imshow(image)
-    axis.set_xticks([cell[0] * (i + 0.5) for i in range(len(picks))])
-    axis.set_xticklabels([f"{t / fps:.2f} s" for t in picks])
-    axis.set_yticks([cell[1] * (i + 0.5) for i in range(len(rows))])
-    axis.set_yticklabels(list(rows))
-    axis.tick_params(length=0)
-    for side in axis.spines.values():
-        side.set_visible(False)
-    figure.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=80, bbox_inches="tight")
-    plt.close(figure)
-
-
-def error_map(path: Path, faces, template: np.ndarray, maps: dict[str, np.ndarray]) -> None:
-    """Per-vertex errors (mm) painted on the template, one rendered panel per map, shared scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from meshtalk.pipelines.io.atomic import atomic_path
-    from meshtalk.pipelines.render.overlay import (
-        COLOUR_MAP,
-        colour_lookup,
-        distance_colours,
-        nice_maximum,
-    )
-    from meshtalk.pipelines.render.renderer import MeshRenderer, Panel
-
-    maximum = nice_maximum(max(float(np.percentile(m, 99)) for m in maps.values()))
-    lookup = colour_lookup()
-    renderer = MeshRenderer(faces, template, size=(300 * len(maps), 340), samples=4)
-    try:
-        image = renderer.render_panels(
-            [[Panel(template, colours=distance_colours(m, maximum, lookup))] for m in maps.values()]
-        )
-    finally:
-        renderer.close()
-    figure, axis = plt.subplots(figsize=(image.shape[1] / 80 + 1.4, image.shape[0] / 80 + 0.6))
-    axis.imshow(image)
-    axis.set_xticks([300 * (i + 0.5) for i in range(len(maps))])
-    axis.set_xticklabels(list(maps))
-    axis.xaxis.tick_top()
-    axis.set_yticks([])
-    axis.tick_params(length=0)
-    for side in axis.spines.values():
-        side.set_visible(False)
-    scale = plt.cm.ScalarMappable(plt.Normalize(0, maximum), matplotlib.colormaps[COLOUR_MAP])
-    figure.colorbar(scale, ax=axis, fraction=0.03, label="mean vertex error (mm)")
-    figure.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=80, bbox_inches="tight")
-    plt.close(figure)
-
-
 # --- the benchmark --------------------------------------------------------------------------------
-
-
-def claims_met(table1: dict, table2: dict, data_rate: float) -> dict[str, dict]:
-    cross, template = table2["samples, cross-modality"], table2["static template"]
-    regression = table2["audio-only L2 regression"]
-    lips_ratio = cross["lip_vertex_error_mm"] / template["lip_vertex_error_mm"]
-    sample_rate, regression_rate = cross["blinks_per_minute"], regression["blinks_per_minute"]
-    blink_off = abs(sample_rate - data_rate) / data_rate
-    perplexity = {name: f["test_prior_perplexity"] for name, f in table1.items()}
-    return {
-        "lips_follow_the_audio": {
-            "claim": f"lip vertex error of samples at most {LIPS_FACTOR}x the static template's "
-            "(held-out identities and sentences)",
-            "samples_lip_vertex_error_mm": cross["lip_vertex_error_mm"],
-            "static_template_lip_vertex_error_mm": template["lip_vertex_error_mm"],
-            "ratio": lips_ratio,
-            "met": lips_ratio <= LIPS_FACTOR,
-        },
-        "samples_blink_regression_does_not": {
-            "claim": f"samples blink at the data's rate within {BLINK_TOLERANCE:.0%}; the "
-            f"regression at most {BARELY}x the data's rate",
-            "data_blinks_per_minute": data_rate,
-            "samples_blinks_per_minute": sample_rate,
-            "samples_off_by": blink_off,
-            "regression_blinks_per_minute": regression_rate,
-            "met": blink_off <= BLINK_TOLERANCE and regression_rate <= BARELY * data_rate,
-        },
-        "cross_modality_lowers_perplexity": {
-            "claim": "the cross-modality loss gives a prior of lower perplexity than plain L2",
-            "perplexity_cross_modality": perplexity["cross-modality"],
-            "perplexity_plain_l2": perplexity["plain L2"],
-            "perplexity_expression_only_input": perplexity["expression-only input"],
-            "met": perplexity["cross-modality"] < perplexity["plain L2"],
-        },
-    }
-
-
-def print_tables(console: Console, figures: dict) -> None:
-    sizes = figures["sizes"]
-    table = Table(
-        title=f"Table 1: latent space (tiny preset, H={HEADS}, upper-face weight "
-        f"{UPPER_FACE_WEIGHT:g}, stage 1 {sizes['latent_steps']} steps, prior "
-        f"{sizes['prior_steps']}; test split: held-out identities and sentences)"
-    )
-    for column in ("stage 1", "reconstruction mm", "perplexity", "audio swap mouth/upper",
-                   "expression swap upper/mouth"):  # fmt: skip
-        table.add_column(column, justify="right")
-    for name, f in figures["table1_latent_space"].items():
-        table.add_row(
-            name,
-            f"{f['test_reconstruction_mm']:.3f}",
-            f"{f['test_prior_perplexity']:.2f} (C={f['classes']})",
-            f"{f['audio_swap_mouth_over_upper_face_x']:.1f}x",
-            f"{f['expression_swap_upper_face_over_mouth_x']:.2f}x",
-        )
-    console.print(table)
-    table = Table(
-        title=f"Table 2: animation from audio ({sizes['takes']} sampled takes per test segment)"
-    )
-    for column in ("", "lip vertex error mm", "mean vertex error mm", "upper-face motion std mm",
-                   "blinks / min"):  # fmt: skip
-        table.add_column(column, justify="right")
-    for name, f in figures["table2_animation"].items():
-        table.add_row(
-            name,
-            f"{f['lip_vertex_error_mm']:.3f}",
-            f"{f['mean_vertex_error_mm']:.3f}",
-            f"{f['upper_face_motion_std_mm']:.3f}",
-            f"{f['blinks_per_minute']:.1f}",
-        )
-    console.print(table)
-    console.print(
-        f"data's blink rate over all {figures['data_all_segments']['segments']} segments: "
-        f"{figures['data_all_segments']['blinks_per_minute']:.1f} / min"
-    )
-    table = Table(title="Claims")
-    for column in ("claim", "figures", "met"):
-        table.add_column(column)
-    for claim in figures["claims"].values():
-        shown = ", ".join(
-            f"{k} {v:.3g}" for k, v in claim.items() if isinstance(v, float) and k != "met"
-        )
-        table.add_row(claim["claim"], shown, "met" if claim["met"] else "NOT met")
-    console.print(table)
 
 
 def main() -> None:
@@ -675,43 +408,6 @@ def main() -> None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
         console.log(f"wrote {args.json}")
     console.log(f"{figures['total_seconds'] / 60:.1f} min in all")
-
-
-@torch.no_grad()
-def write_pictures(folder: Path, topology, tests, models, predictions, heat, console) -> None:
-    """claims_frames.png: the test segment with the most data blinks, rows data / a sample / the
-    regression; claims_error_map.png: per-vertex mean error of samples and of the regression."""
-    from meshtalk.pipelines.io.mesh import read_mesh
-
-    folder.mkdir(parents=True, exist_ok=True)
-    faces = read_mesh(topology / "template.ply").faces
-    eyes = eyelid_pairs(topology)
-    segment = max(tests, key=lambda s: count_blinks(eyelid_closure(s.vertices, s.template, eyes)))
-    latent, prior = models["cross-modality"]
-    _, audio = latent.codes(
-        segment.vertices[None], segment.template[None], segment.mel[None], segment.starts[None]
-    )
-    drawn = PriorSampler(prior, seed=0).sample(audio)
-    sample = latent.decoder(segment.template[None], F.one_hot(drawn, latent.config.classes).float())
-    rows = {
-        "data": segment.vertices,
-        "sample": sample[0],
-        "regression": predictions[segment.name],
-    }
-    # six evenly spaced frames, two of them moved onto the data's and the sample's widest blink
-    picks = np.linspace(0, len(segment.vertices) - 1, 8).round().astype(int)[1:-1]
-    taken = []
-    for row in ("data", "sample"):
-        peak = int(eyelid_closure(rows[row], segment.template, eyes).argmax())
-        distance = np.abs(picks - peak).astype(float)
-        distance[taken] = np.inf
-        taken.append(int(distance.argmin()))
-        picks[taken[-1]] = peak
-    frame_grid(folder / "claims_frames.png", faces, rows, sorted(set(picks.tolist())))
-    template = tests[0].template.numpy()
-    maps = {name: (tally.vertex_error / tally.frames).numpy() for name, tally in heat.items()}
-    error_map(folder / "claims_error_map.png", faces, template, maps)
-    console.log(f"wrote {folder / 'claims_frames.png'} and {folder / 'claims_error_map.png'}")
 
 
 if __name__ == "__main__":

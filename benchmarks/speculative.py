@@ -191,7 +191,8 @@ def ceiling_rows(console: Console) -> list[dict]:
 
 def trained_acceptance(console: Console) -> list[dict]:
     """The bundled default model's prior: distilled drafts on real and synthetic speech."""
-    from meshtalk.models.sampler import PriorSampler, quantised
+    from meshtalk.models.sampler import PriorSampler
+    from meshtalk.models.sampler_weights import quantised
     from meshtalk.models.speculative import SpeculativeSampler, distil_draft
     from meshtalk.pipelines.checkpoint import load_run
     from meshtalk.pipelines.data.synth import espeak
@@ -286,7 +287,8 @@ def random_int8_acceptance() -> dict:
     """The int8 prior as the draft of the float one at release sizes, random weights scaled to
     a trained prior's peakedness, on 5 s of its own samples."""
     from meshtalk.models.prior import ContextModel, prior_preset
-    from meshtalk.models.sampler import PriorSampler, quantised
+    from meshtalk.models.sampler import PriorSampler
+    from meshtalk.models.sampler_weights import quantised
 
     torch.manual_seed(0)
     prior = ContextModel(prior_preset("release")).eval()

@@ -29,186 +29,30 @@ reads a[<=t] only, so a frame is determined as soon as its audio code is known.
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from meshtalk.models.prior import ContextModel, MaskedLayer
-
-
-def mask_offset(layer: MaskedLayer, heads: int) -> int:
-    """o such that output block j of the layer reads input blocks < j + o (0: strict, 1: with j).
-
-    Raises ValueError for a mask of any other form.
-    """
-    mask = layer.mask[..., 0] != 0
-    out_per_head, in_per_head = mask.shape[0] // heads, mask.shape[1] // heads
-    for offset in (0, 1):
-        expected = torch.zeros_like(mask)
-        for j in range(heads):
-            expected[j * out_per_head : (j + 1) * out_per_head, : (j + offset) * in_per_head] = 1
-        if torch.equal(mask, expected):
-            return offset
-    raise ValueError("the prior's mask is not block lower-triangular over heads")
-
-
-WEIGHTS = ("float", "int8")
-INT8_INNER = 16
-"""torch's int8 x bfloat16 CPU kernel needs an inner dimension that is a multiple of this."""
-
-
-def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output row: (out, in) -> q (out, in) int8, scale (out,) bfloat16.
-
-    weight ~ q * scale[:, None]. Quantising q * scale again gives the same q and scale.
-    """
-    weight = weight.detach().float()
-    largest = weight.abs().amax(dim=1)
-    scale = torch.where(largest > 0, largest / 127, torch.ones_like(largest)).to(torch.bfloat16)
-    q = (weight / scale.float()[:, None]).round_().clamp_(-127, 127).to(torch.int8)
-    return q, scale
-
-
-def step_weights(
-    model: ContextModel, *, int8: bool = False, masked: list[torch.Tensor] | None = None
-) -> tuple[list[list[torch.Tensor]], list[torch.Tensor | None]]:
-    """The (out, in) weights that one sampling step multiplies, per layer after the embedding.
-
-    Middle layers: [far tap (step t-1-d), near tap (step t-1), masked weight (step t)]; logits:
-    [masked weight]. With `int8`, each layer's weights are int8 with one bfloat16 scale per
-    output row shared by all of them (the second list); otherwise the scales are None. `masked`:
-    the masked (out, in) weights of the layers after the embedding, if already at hand.
-    """
-    if masked is None:
-        masked = [layer.masked_weight()[..., 0].detach() for layer in model.layers()[1:]]
-    weights = []
-    for layer, weight in zip(model.context_layers, masked[:-1], strict=True):
-        historic = layer.historic.weight.detach()
-        weights.append([historic[..., 0], historic[..., 1], weight])
-    weights.append([masked[-1]])
-    if not int8:
-        return weights, [None] * len(weights)
-    rounded, scales = [], []
-    for parts in weights:
-        q, scale = int8_rows(torch.cat(parts, dim=1))
-        rounded.append(list(q.split([p.shape[1] for p in parts], dim=1)))
-        scales.append(scale)
-    return rounded, scales
-
-
-def quantised(model: ContextModel) -> ContextModel:
-    """A copy of the prior whose per-step weights are what `weights="int8"` samples with.
-
-    Every layer after the embedding has its masked weight and both taps of its causal
-    convolution rounded to int8 with one scale per output row (shared by the three); the
-    embedding (a table lookup when sampling) and the audio projections (one batched product per
-    chunk) stay as they are.
-    """
-    model = copy.deepcopy(model)
-    rounded, scales = step_weights(model, int8=True)
-    with torch.no_grad():
-        for index, layer in enumerate(model.layers()[1:]):
-            values = [q.float() * scales[index].float()[:, None] for q in rounded[index]]
-            *taps, masked = values
-            layer.masked_linear.weight[..., 0] = masked.to(layer.masked_linear.weight.dtype)
-            for tap, value in enumerate(taps):
-                layer.historic.weight[..., tap] = value.to(layer.historic.weight.dtype)
-    return model
-
-
-@dataclass(frozen=True)
-class Round:
-    """Heads sampled together, and per layer the blocks computed before sampling them.
-
-    The last round of a step samples no head: it completes the blocks that only the next steps
-    read (through the causal convolutions).
-    """
-
-    heads: tuple[int, int]
-    blocks: tuple[tuple[int, int], ...]
-
-
-def schedule(model: ContextModel, offsets: list[int] | None = None) -> list[Round]:
-    """Rounds of one step: which head blocks each layer computes before which heads are drawn."""
-    heads = model.config.heads
-    layers = model.layers()
-    # needs[l][j]: highest current-step head that block j of layer l depends on (-1: none).
-    needs, previous = [], None
-    for index, layer in enumerate(layers):
-        offset = mask_offset(layer, heads) if offsets is None else offsets[index]
-        row = []
-        for j in range(heads):
-            last_input = j + offset - 1
-            if last_input < 0:
-                row.append(-1)
-            elif previous is None:
-                row.append(last_input)
-            else:
-                row.append(max(previous[: last_input + 1]))
-        needs.append(row)
-        previous = row
-    if any(needs[-1][h] >= h for h in range(heads)):
-        raise ValueError("the prior's masks let a head depend on itself")
-    rounds, sampled, done = [], 0, [0] * len(layers)
-    while sampled < heads:
-        ready = [sum(1 for need in row if need < sampled) for row in needs]
-        blocks = tuple((done[i], ready[i]) for i in range(len(layers)))
-        rounds.append(Round((sampled, ready[-1]), blocks))
-        done, sampled = ready, ready[-1]
-    # The next steps read every block of the layers below the logits: finish them.
-    rest = tuple((done[i], heads) for i in range(len(layers) - 1)) + ((heads, heads),)
-    if any(first < last for first, last in rest):
-        rounds.append(Round((heads, heads), rest))
-    return rounds
-
-
-def _float_product(base, source, weight, target) -> None:
-    torch.addmm(base, source, weight, out=target)
-
-
-def _int8_product(base, source, weight, target) -> None:
-    if weight is None:  # no input column is read yet
-        target.copy_(base)
-    else:
-        torch.add(base, torch._weight_int8pack_mm(source, *weight), out=target)
-
-
-def _int8_matmul(x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """(..., in) bfloat16 times int8 rows (out, in) with their scales -> (..., out) bfloat16."""
-    flat = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), *weight)
-    return flat.view(*x.shape[:-1], flat.shape[-1])
-
-
-def _padded(columns: int) -> int:
-    return -(-columns // INT8_INNER) * INT8_INNER
-
-
-PHASES = 16
-"""Steps between two moves of the history buffers (the buffers' views are prepared per phase)."""
-CHUNK = 64
-"""Frames whose audio contributions and noise the step's static buffers hold at once."""
-
-
-def sample_in_chunks(push, audio_code: torch.Tensor, chunk: int) -> torch.Tensor:
-    """(B, T, audio_dim) audio codes -> (B, T, H) codes through `push`, `chunk` frames at a time.
-
-    Raises ValueError for T = 0 (audio shorter than one frame) or chunk < 1.
-    """
-    if audio_code.dim() != 3:
-        raise ValueError(f"expected (B, T, audio_dim) audio codes, got {tuple(audio_code.shape)}")
-    if audio_code.shape[1] == 0:
-        raise ValueError(
-            f"no frames to sample: audio codes of shape {tuple(audio_code.shape)} "
-            "(audio shorter than one frame has none)"
-        )
-    if chunk < 1:
-        raise ValueError(f"chunk must be at least 1 frame, got {chunk}")
-    parts = [
-        push(audio_code[:, start : start + chunk]) for start in range(0, audio_code.shape[1], chunk)
-    ]
-    return torch.cat(parts, dim=1)
+from meshtalk.models.prior import ContextModel
+from meshtalk.models.sampler_graph import capture_frames, use_graph
+from meshtalk.models.sampler_weights import (
+    CHUNK,
+    PHASES,
+    WEIGHTS,
+    _float_product,
+    _int8_matmul,
+    _int8_product,
+    _layer_inputs,
+    _padded,
+    mask_offset,
+    pack_rows,
+    pad_columns,
+    quantised,
+    read_columns,
+    sample_in_chunks,
+    schedule,
+    step_weights,
+    weight_bytes,
+)
 
 
 class PriorSampler:
@@ -283,40 +127,9 @@ class PriorSampler:
         self._prepare_weights()
         self._prepare_buffers()
         self.graphs: list | None = None
-        if self._use_graph(graph):
-            self._capture()
+        if use_graph(self.device, self.phases, self.dilations, self.record_logits, graph):
+            self.graphs = capture_frames(self._frame, self.frame_index, self.device, self.phases)
         self.reset(seed)
-
-    def _use_graph(self, graph: bool | None) -> bool:
-        periodic = all(self.phases % d == 0 for d in self.dilations)
-        if graph is None:
-            return self.device.type == "cuda" and periodic and not self.record_logits
-        if graph and self.device.type != "cuda":
-            raise ValueError(f"graph=True is for CUDA; the model is on {self.device}")
-        if graph and (self.record_logits or not periodic):
-            raise ValueError(
-                "graph=True needs record_logits off and dilations that divide "
-                f"{self.phases}, got {self.dilations}"
-            )
-        return bool(graph)
-
-    def _capture(self) -> None:
-        """One CUDA graph per phase of one frame's step, after a warm-up on a side stream."""
-        current = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side), torch.inference_mode():
-            for phase in range(self.phases):
-                self.frame_index.zero_()
-                self._frame(phase)
-        current.wait_stream(side)
-        self.graphs = []
-        with torch.inference_mode():
-            for phase in range(self.phases):
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self._frame(phase)
-                self.graphs.append(graph)
 
     def reset(self, seed: int | None = None) -> None:
         """Start a new sequence (the weights stay prepared); `seed` reseeds the noise."""
@@ -335,12 +148,8 @@ class PriorSampler:
         CPU's last-level cache streams them from memory, so memory bandwidth over this number
         bounds the steps per second of any kernel."""
 
-        def size(weight) -> int:
-            parts = () if weight is None else weight if isinstance(weight, tuple) else (weight,)
-            return sum(part.numel() * part.element_size() for part in parts)
-
-        rounds = sum(size(weight) for row in self.round_weights for weight in row)
-        far = sum(size(weight) / self.dilations[index] for index, weight in self.far.items())
+        rounds = sum(weight_bytes(weight) for row in self.round_weights for weight in row)
+        far = sum(weight_bytes(w) / self.dilations[index] for index, w in self.far.items())
         return rounds + far
 
     @torch.no_grad()
@@ -365,7 +174,7 @@ class PriorSampler:
             far = weights[index][0]
             if taps == 1:
                 if self.int8:
-                    self.far[index] = (self._pad(far, self.stored_width), scales[index])
+                    self.far[index] = (pad_columns(far, self.stored_width), scales[index])
                 else:
                     self.far[index] = far.t().contiguous().to(self.dtype)
         parts = [w[2 - taps :] for w, taps in zip(weights[:-1], self.taps, strict=True)]
@@ -378,7 +187,8 @@ class PriorSampler:
                 (first, last), (inp, out) = round_.blocks[index], self.per_head[index]
                 rows = slice(first * out, last * out)
                 columns = max(0, (last - 1 + offsets[index]) * inp)
-                row.append(self._packed(parts[index - 1], scales[index - 1], rows, columns))
+                row.append(pack_rows(parts[index - 1], scales[index - 1], rows, columns, self.dtype,
+                                     self.stored_width if self.int8 else None))  # fmt: skip
             self.round_weights.append(row)
         constant = [
             layer.masked_linear.bias + layer.historic.bias for layer in model.context_layers
@@ -398,34 +208,6 @@ class PriorSampler:
             self._product, self._matmul = _int8_product, _int8_matmul
         else:
             self._product, self._matmul = _float_product, torch.matmul
-
-    @staticmethod
-    def _pad(weight: torch.Tensor, columns: int) -> torch.Tensor:
-        return F.pad(weight, (0, columns - weight.shape[1]))
-
-    def _packed(self, parts: list[torch.Tensor], scale, rows: slice, columns: int):
-        """Rows of [earlier steps' taps | masked weight's leading columns], ready for `_product`.
-
-        float: transposed (columns, rows) in the sampler's dtype; int8: int8 rows with their
-        scales, each part padded to the kernel's multiple (as the stored inputs are); None when
-        nothing is read.
-        """
-        *taps, weight = parts
-        if not self.int8:
-            whole = torch.cat([p[rows] for p in taps] + [weight[rows, :columns]], dim=1)
-            return whole.t().contiguous().to(self.dtype)
-        pieces = [self._pad(p[rows], self.stored_width) for p in taps]
-        if columns:
-            pieces.append(self._pad(weight[rows, :columns], _padded(columns)))
-        if not pieces:
-            return None
-        return torch.cat(pieces, dim=1).contiguous(), scale[rows].contiguous()
-
-    def _read(self, weight) -> int:
-        """Input columns a packed weight reads."""
-        if weight is None:
-            return 0
-        return weight[0].shape[1] if self.int8 else weight.shape[0]
 
     def _prepare_buffers(self) -> None:
         """Buffers reused every step, and per phase the views of each round into them."""
@@ -477,7 +259,7 @@ class PriorSampler:
                         continue
                     rows, weight = slice(first * out, last * out), weights[index - 1]
                     start = now - self.taps[index - 1] * s
-                    source = flat[index - 1][:, start : start + self._read(weight)]
+                    source = flat[index - 1][:, start : start + read_columns(weight, self.int8)]
                     base = self.context[:, index - 1, rows]
                     products.append((base, source, weight, output(index, rows)))
                 first, last = round_.heads
@@ -489,7 +271,7 @@ class PriorSampler:
                     scores = torch.zeros(b, n * c, device=self.device, dtype=self.noise_dtype)
                     partial = torch.zeros(b, n * c, **zeros)
                     draw = (
-                        self.top[:, : self._read(weight)],
+                        self.top[:, : read_columns(weight, self.int8)],
                         weight,
                         self.noise[:, rows],
                         self.chosen[:, first:last],
@@ -695,23 +477,3 @@ class PriorSampler:
                     source[:, j, : self.width] = inputs[index][:, position].to(self.dtype)
             self._far_product(source, weight, self.far_out[index])
         self.step = frames
-
-
-def _layer_inputs(
-    model: ContextModel, codes: torch.Tensor, audio_code: torch.Tensor
-) -> list[torch.Tensor]:
-    """(B, T, H) codes and (B, T, audio_dim) audio codes -> the input (B, T, H * channels) of each
-    middle layer of `model` at every step, as `ContextModel.forward` computes them."""
-    config = model.config
-    b, t, _ = codes.shape
-    dtype = next(model.parameters()).dtype
-    one_hot = F.one_hot(codes, config.classes).to(dtype).reshape(b, t, -1).transpose(1, 2)
-    audio = audio_code.transpose(1, 2) if config.audio_conditioning else None
-    x = model.embedding(one_hot, None)
-    if config.input_activation:
-        x = F.leaky_relu(x, config.leaky_slope)
-    inputs = []
-    for layer in model.context_layers:
-        inputs.append(x.transpose(1, 2))
-        x = F.leaky_relu(layer(x, audio), config.leaky_slope)
-    return inputs

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from meshtalk.models.prior import ContextModel, PriorModelConfig
-from meshtalk.models.sampler import (
+from meshtalk.models.sampler_weights import (
     INT8_INNER,
     WEIGHTS,
     sample_in_chunks,

@@ -17,8 +17,7 @@ from meshtalk.models.config import LATENT_PRESETS, LatentModelConfig
 from meshtalk.models.prior import PRIOR_PRESETS, PriorModelConfig
 from meshtalk.pipelines.configs import load_overrides, with_steps
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.train.latent import LatentTrainingConfig
-from meshtalk.pipelines.train.prior import PriorTrainingConfig
+from meshtalk.pipelines.train.settings import LatentTrainingConfig, PriorTrainingConfig
 
 STAGES = ("latent", "prior")
 

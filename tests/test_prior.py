@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from meshtalk.models.prior import ContextModel, PriorModelConfig, prior_preset
-from meshtalk.models.sampler import PriorSampler, int8_rows, quantised, schedule
+from meshtalk.models.sampler import PriorSampler
+from meshtalk.models.sampler_weights import int8_rows, quantised, schedule
 from meshtalk.pipelines.train.validation import prior_figures as evaluate
 
 

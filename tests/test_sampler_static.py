@@ -9,7 +9,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from meshtalk.models.prior import prior_preset
-from meshtalk.models.sampler import CHUNK, PriorSampler
+from meshtalk.models.sampler import PriorSampler
+from meshtalk.models.sampler_weights import CHUNK
 from tests.test_prior import logits_of, random_prior
 
 SYNCS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default}

@@ -396,14 +396,3 @@ def evaluate(config: EvalConfig) -> tuple[EvalResults, RunPredictors]:
         "fps": store.fps,
     }
     return results, predictors
-
-
-def run(config: EvalConfig) -> EvalResults:
-    """Evaluate, print the table and write the JSON, pictures and video asked for."""
-    from meshtalk.pipelines.eval import report
-
-    faces = report.check_outputs(config)
-    results, predictors = evaluate(config)
-    report.print_table(results)
-    report.write(config, results, predictors, faces)
-    return results

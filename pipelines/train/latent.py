@@ -22,50 +22,11 @@ from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.train.loop import seed_for
 from meshtalk.pipelines.train.pairs import PairedSegments, validation_batches
-from meshtalk.pipelines.train.stage import Stage, StageRunConfig, TrainingSettings
+from meshtalk.pipelines.train.settings import LatentTrainingConfig
+from meshtalk.pipelines.train.stage import Stage, StageRunConfig
 from meshtalk.pipelines.train.validation import latent_figures, save_error_map
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class LatentTrainingConfig(TrainingSettings):
-    """Optimisation settings of stage 1 (the `train:` section of a config file)."""
-
-    steps: int = 50_000
-    """Optimiser steps in all."""
-    frames: int = 32
-    """Frames per training segment."""
-    lr: float = 1e-4
-    """Adam learning rate (the release's; the authors say the paper used 1e-3)."""
-    lr_decay_step: int = 40_000
-    """The learning rate is multiplied by `lr_decay` every this many steps."""
-    decoder_weight_decay: float = 1e-3
-    """Adam weight decay of the decoder's parameters (the encoder has none)."""
-    cross_modality: bool = True
-    """Add the cross-modality terms; off: plain reconstruction (for comparison)."""
-    upper_face_weight: float = 1.0
-    """Weight of the eyelid term and of the upper face decoded with this sample's expression (1:
-    the equal weights of SPEC section 5). Raise it for data whose upper face moves far less than
-    its mouth, where the expression path otherwise learns nothing."""
-    val_segments: int = 32
-    """Validation segments (fixed for the whole run)."""
-    data_workers: int = 1
-    """DataLoader worker processes per training process (0: load in the training process)."""
-
-    def problems(self) -> list[str]:
-        problems = super().problems()
-        if self.val_segments <= 0:
-            problems.append(f"val_segments must be positive, got {self.val_segments}")
-        if self.data_workers < 0:
-            problems.append(f"data_workers must be >= 0, got {self.data_workers}")
-        if self.upper_face_weight < 0:
-            problems.append(f"upper_face_weight must be >= 0, got {self.upper_face_weight}")
-        return problems
-
-    @property
-    def loader_workers(self) -> int:
-        return self.data_workers
 
 
 @dataclass(kw_only=True)

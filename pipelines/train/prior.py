@@ -20,21 +20,12 @@ from meshtalk.models.prior import PRIOR_PRESETS, ContextModel, PriorModelConfig
 from meshtalk.pipelines import checkpoint as ckpt
 from meshtalk.pipelines.data.store import PreparedStore
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.train.stage import Stage, StageRunConfig, TrainingSettings
+from meshtalk.pipelines.train.settings import PriorTrainingConfig
+from meshtalk.pipelines.train.stage import Stage, StageRunConfig
 from meshtalk.pipelines.train.targets import TARGETS_FILE, CodeWindows, cached_targets, sequences
 from meshtalk.pipelines.train.validation import prior_figures, save_code_picture, validation_split
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class PriorTrainingConfig(TrainingSettings):
-    """Optimisation settings of stage 2 (the `train:` section of a config file)."""
-
-    # The release's stage-2 schedule; frames: of a training window of codes.
-    steps: int = 15_000
-    frames: int = 64
-    lr_decay_step: int = 10_000
 
 
 @dataclass(kw_only=True)

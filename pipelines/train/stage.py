@@ -36,57 +36,6 @@ from meshtalk.pipelines.train.loop import (
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainingSettings:
-    """Optimisation settings of both stages (each stage's `train:` section adds its own)."""
-
-    steps: int
-    """Optimiser steps in all."""
-    batch_size: int = 8
-    """Training items (segments, or windows of codes) per step, over all processes."""
-    frames: int
-    """Frames per training item."""
-    lr: float = 1e-4
-    """Adam learning rate."""
-    lr_decay_step: int
-    """The learning rate is multiplied by `lr_decay` every this many steps."""
-    lr_decay: float = 0.1
-    """Learning-rate factor at each decay step."""
-    val_every: int = 1000
-    """Validate every this many steps (and at step 0 and at the end)."""
-    checkpoint_every: int = 1000
-    """Write a checkpoint every this many steps (and at the end)."""
-    log_every: int = 10
-    """Write the mean training losses every this many steps."""
-    seed: int = 0
-    """Seed of every random draw."""
-    bf16: bool = True
-    """bf16 autocast on CUDA (ignored on other devices)."""
-
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    def problems(self) -> list[str]:
-        """What is wrong with these settings, one message each (a stage adds its own)."""
-        keys = ("steps", "batch_size", "frames", "lr_decay_step", "val_every")
-        keys += ("checkpoint_every", "log_every")
-        problems = [f"{k} must be positive, got {getattr(self, k)}" for k in keys]
-        problems = [p for k, p in zip(keys, problems, strict=True) if getattr(self, k) <= 0]
-        if self.lr <= 0 or self.lr_decay <= 0:
-            problems.append(f"lr and lr_decay must be positive, got {self.lr} and {self.lr_decay}")
-        return problems
-
-    def lr_at(self, step: int) -> float:
-        return self.lr * self.lr_decay ** (step // self.lr_decay_step)
-
-    @property
-    def loader_workers(self) -> int:
-        """DataLoader worker processes per training process."""
-        return 0
-
-
 @dataclass(kw_only=True)
 class StageRunConfig:
     """What every `meshtalk train` run takes besides its stage's inputs and settings."""
