@@ -52,6 +52,7 @@ def animate(
     int8: Annotated[
         bool, typer.Option("--int8", help="Sample with int8 weights (CPU only, faster).")
     ] = False,
+    channel: shared.ChannelOption = None,
     device: shared.DeviceOption = "auto",
     smooth: shared.SmoothOption = None,
     frames: shared.FramesOption = None,

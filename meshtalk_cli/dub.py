@@ -60,6 +60,7 @@ def dub(
     smooth: shared.SmoothOption = None,
     size: shared.SizeOption = "640x480",
     force: ForceOption = False,
+    channel: shared.ChannelOption = None,
     device: shared.DeviceOption = "auto",
     progress: shared.ProgressOption = True,
 ) -> None:

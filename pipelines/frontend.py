@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from meshtalk.models.config import MelConfig
+from meshtalk.pipelines import frontend_saved as saved
 from meshtalk.pipelines.errors import MeshtalkError
 
 __all__ = [
@@ -183,80 +184,17 @@ class AudioFrontEnd:
     def from_dict(cls, values: dict) -> AudioFrontEnd:
         """From `to_dict`'s mapping (missing keys take their defaults); unknown keys and bad values
         are a ValueError."""
-        if not isinstance(values, dict):
-            raise ValueError(f"front_end must be a mapping, got {values!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"front_end: unknown key {', '.join(map(repr, unknown))}")
-        values = dict(values)
-        if "mel" in values:
-            values["mel"] = _mel_config(values["mel"])
-        return cls(**values)
+        return saved.from_dict(cls, values)
 
     @classmethod
     def from_component_config(cls, config: dict) -> AudioFrontEnd:
-        """The front end of a stage-1 component's config.json.
-
-        Its `front_end` if present; configs written before it existed give theirs from
-        `model.mel`, `model.mel_mean`/`mel_std` and `audio_window` (true framing at 30 fps, the
-        only ones they could have). A ValueError says what does not fit.
-        """
-        if "front_end" in config:
-            front_end = cls.from_dict(config["front_end"])
-        else:
-            model = config.get("model")
-            if not isinstance(model, dict):
-                raise ValueError("has neither front_end nor a model mapping")
-            front_end = cls._from_legacy(
-                model.get("mel", {}), config.get("audio_window"), 30.0
-            ).with_statistics(model.get("mel_mean"), model.get("mel_std"))
-        if "audio_window" in config:
-            front_end._check_audio_window(config["audio_window"])
-        return front_end
+        """The front end of a stage-1 component's config.json (`saved.from_component_config`)."""
+        return saved.from_component_config(cls, config)
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> AudioFrontEnd:
-        """The front end of a prepared store's manifest (stores before it existed: from `mel`,
-        `audio_window` and `fps`). A ValueError says what does not fit."""
-        if "front_end" in manifest:
-            front_end = cls.from_dict(manifest["front_end"])
-            if front_end.fps != manifest.get("fps", front_end.fps):
-                raise ValueError(
-                    f"front_end.fps {front_end.fps} differs from the store's fps {manifest['fps']}"
-                )
-        else:
-            front_end = cls._from_legacy(
-                manifest.get("mel", {}), manifest.get("audio_window"), manifest.get("fps", 30.0)
-            )
-        if front_end.framing != "true":
-            raise ValueError(
-                f"front_end.framing is {front_end.framing!r}; a store holds one mel per "
-                "utterance, framing 'true'"
-            )
-        if "audio_window" in manifest:
-            front_end._check_audio_window(manifest["audio_window"])
-        return front_end
-
-    @classmethod
-    def _from_legacy(cls, mel, audio_window, fps) -> AudioFrontEnd:
-        if not isinstance(audio_window, dict):
-            raise ValueError(f"audio_window must be a mapping, got {audio_window!r}")
-        return cls(mel=_mel_config(mel), window=audio_window.get("name"), fps=fps)
-
-    def _check_audio_window(self, audio_window) -> None:
-        """The legacy `audio_window` beside a front end must say the same."""
-        if not isinstance(audio_window, dict):
-            raise ValueError(f"audio_window must be a mapping, got {audio_window!r}")
-        expected = self.audio_window()
-        clashes = [
-            f"audio_window.{key} is {audio_window[key]!r} where the front end gives "
-            f"{expected[key]!r}"
-            for key in ("name", "mel_first", "mel_frames")
-            if key in audio_window and audio_window[key] != expected[key]
-        ]
-        if clashes:
-            raise ValueError("; ".join(clashes))
+        """The front end of a prepared store's manifest (`saved.from_manifest`)."""
+        return saved.from_manifest(cls, manifest)
 
     # --- waveforms -------------------------------------------------------------------------------
 
@@ -506,110 +444,6 @@ class AudioFrontEnd:
                 torch.from_numpy(mel).to(device)[None], torch.from_numpy(starts).to(device)[None]
             )
 
-    def stream_audio_codes(
-        self,
-        audio_encoder,
-        read: Callable[[int, int], np.ndarray],
-        num_samples: int,
-        level: float,
-        chunk_frames: int | None = None,
-    ) -> Iterator:
-        """`audio_codes` of an utterance read a range at a time, `chunk_frames` frames at a time.
-
-        Memory stays flat whatever the utterance's length: each chunk reads only the samples its
-        frames' windows span. The chunks put together equal `audio_codes` of the whole utterance
-        to float rounding.
-
-        Args:
-            audio_encoder: as for `audio_codes`.
-            read: read(start, stop) gives the (stop - start,) float32 samples [start, stop) of
-                the utterance at `sample_rate`, zeros outside [0, N) (e.g. a `SampleRange`);
-                starts never decrease from call to call.
-            num_samples: N, samples of the whole utterance.
-            level: mean absolute amplitude of the whole utterance (loudness normalisation is a
-                statistic of the whole clip; `SpeechScan.mean_abs`).
-            chunk_frames: frames per chunk (None: `CODE_CHUNK_FRAMES`; a multiple of
-                `WINDOW_BATCH` keeps the release framing's batches those of `audio_codes`).
-
-        Yields:
-            (1, n, code_dim) tensors on the encoder's device, for frames 0.. T-1 in order.
-        """
-        total = self.frame_count(num_samples)
-        chunk_frames = CODE_CHUNK_FRAMES if chunk_frames is None else chunk_frames
-        for first in range(0, total, chunk_frames):
-            last = min(total, first + chunk_frames)
-            yield self.audio_codes_between(audio_encoder, read, num_samples, level, first, last)
-
-    def audio_codes_between(
-        self,
-        audio_encoder,
-        read: Callable[[int, int], np.ndarray],
-        num_samples: int,
-        level: float,
-        first: int,
-        last: int,
-    ):
-        """Audio codes of frames [first, last) of an utterance, from the samples they span.
-
-        Equal to `audio_codes(audio_encoder, samples)[:, first:last]` to float rounding. See
-        `stream_audio_codes` for the arguments.
-
-        Returns:
-            (1, last - first, code_dim) tensor on the encoder's device.
-        """
-        import torch
-
-        self._check_encoder(audio_encoder)
-        if not 0 <= first < last <= self.frame_count(num_samples):
-            raise ValueError(
-                f"frames [{first}, {last}) are not within the "
-                f"{self.frame_count(num_samples)} frames of {num_samples} samples"
-            )
-        device = next(audio_encoder.parameters()).device
-        with torch.no_grad():
-            if self.framing == "release":
-                step, width, pad = self.step_samples, self.window_samples, self.release_pad
-                segment = read(step * first - pad, step * (last - 1) + width - pad)
-                windows = np.lib.stride_tricks.sliding_window_view(
-                    self.normalise(segment, level), width
-                )[::step]
-                batches = (
-                    self.log_mel(windows[i : i + WINDOW_BATCH]).transpose(0, 2, 1)
-                    for i in range(0, len(windows), WINDOW_BATCH)
-                )
-                codes = [audio_encoder(torch.from_numpy(b).to(device)[None]) for b in batches]
-                return torch.cat(codes, dim=1)
-            starts = self.mel_index(self._frame_times(first, last)) + self.mel_first
-            mel_first, mel_last = int(starts[0]), int(starts[-1]) + self.window_frames
-            mel = self._utterance_mel_between(read, num_samples, level, mel_first, mel_last)
-            return audio_encoder.encode_span(
-                torch.from_numpy(mel).to(device)[None],
-                torch.from_numpy(starts - mel_first).to(device)[None],
-            )
-
-    def _utterance_mel_between(
-        self, read, num_samples: int, level: float, first: int, last: int
-    ) -> np.ndarray:
-        """Mel frames [first, last) of `utterance_mel` of N samples, from the samples they span.
-
-        Mel frame j covers [j * hop - n_fft / 2, j * hop + n_fft / 2) of the padded utterance
-        (`PAD_SECONDS` of silence on both sides), reflected at its ends as `log_mel` does.
-        """
-        half, hop, n_fft = self.mel.n_fft // 2, self.mel.hop_length, self.mel.n_fft
-        pad = round(PAD_SECONDS * self.sample_rate)
-        length = num_samples + 2 * pad  # of the padded utterance
-        low, high = first * hop - half, (last - 1) * hop - half + n_fft
-        if low >= 0 and high <= length:
-            segment = self.normalise(read(low - pad, high - pad), level)
-        else:  # mirror what falls outside the padded utterance
-            index = np.arange(low, high)
-            index = np.where(index < 0, -index, index)
-            index = np.where(index >= length, 2 * (length - 1) - index, index)
-            start = int(index.min())
-            segment = self.normalise(read(start - pad, int(index.max()) + 1 - pad), level)
-            segment = segment[index - start]
-        return self._framed_log_mel(segment[None], last - first, MEL_CHUNK_FRAMES)[0]
-
     def _check_encoder(self, audio_encoder) -> None:
         problems = []
         if audio_encoder.window != self.window_frames:
@@ -646,17 +480,6 @@ def _mel_transform(mel: MelConfig):
         power=2.0,
         center=False,
     )
-
-
-def _mel_config(values) -> MelConfig:
-    if isinstance(values, MelConfig):
-        return values
-    if not isinstance(values, dict):
-        raise ValueError(f"mel must be a mapping, got {values!r}")
-    unknown = sorted(set(values) - {f.name for f in fields(MelConfig)})
-    if unknown:
-        raise ValueError(f"mel: unknown key {', '.join(map(repr, unknown))}")
-    return MelConfig(**values)
 
 
 def _finite(value) -> bool:

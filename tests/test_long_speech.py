@@ -19,6 +19,7 @@ from meshtalk.pipelines.checkpoint import load_run
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export.npz import NpzWriter, Rows
 from meshtalk.pipelines.frontend import AudioFrontEnd
+from meshtalk.pipelines.frontend_stream import stream_audio_codes
 from meshtalk.pipelines.inference.animate import AnimateConfig, animate
 from meshtalk.pipelines.io import audio as audio_module
 from meshtalk.pipelines.io.audio import SampleRange, SpeechReader, load_audio, read_audio
@@ -131,7 +132,7 @@ def test_streamed_codes_equal_the_whole_clips(name, seconds):
     level = float(np.abs(samples.astype(np.float64)).sum()) / samples.size
     for chunk, block in ((7, 333), (64, 16000)):
         read = SampleRange(blocks_of(samples, block), samples.size)
-        parts = list(front_end.stream_audio_codes(encoder, read, samples.size, level, chunk))
+        parts = list(stream_audio_codes(front_end, encoder, read, samples.size, level, chunk))
         assert all(part.shape[1] == chunk for part in parts[:-1])
         torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-5, atol=1e-6)
 
@@ -164,8 +165,13 @@ def test_the_audio_path_holds_a_few_seconds_whatever_the_length(tmp_path):
         scan = reader.scan()
         frames = sum(
             part.shape[1]
-            for part in front_end.stream_audio_codes(
-                encoder, reader.sample_range(), scan.samples, scan.mean_abs, chunk_frames=32
+            for part in stream_audio_codes(
+                front_end,
+                encoder,
+                reader.sample_range(),
+                scan.samples,
+                scan.mean_abs,
+                chunk_frames=32,
             )
         )
         peaks[seconds] = tracemalloc.get_traced_memory()[1]

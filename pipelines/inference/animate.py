@@ -33,17 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.export import (
-    FrameMeshWriter,
-    NpzWriter,
-    PC2Header,
-    PC2Writer,
-    iter_rows,
-)
 from meshtalk.pipelines.export.npz import Rows
 from meshtalk.pipelines.inference.output import OutputFolder, export_problems
+from meshtalk.pipelines.inference.relay import Relay
 from meshtalk.pipelines.inference.smoothing import SMOOTHED_REGIONS, RegionSmoother
-from meshtalk.pipelines.io.mesh import Mesh, read_mesh, write_mesh
+from meshtalk.pipelines.inference.writer import TakeWriter
+from meshtalk.pipelines.io.mesh import Mesh, read_mesh, surface_problem
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +49,6 @@ MAX_TAKES = 64
 """More takes than this are a typo rather than a wish (each is a full set of files)."""
 VIDEO_SIZE = (640, 480)
 """Width and height of the video."""
-AUDIO_ROWS = 1 << 16
-"""Samples of speech read back from the npz at a time for the video's audio track (4 s)."""
-HASH_BLOCK = 1 << 20
-"""Bytes of the speech file hashed at a time for the provenance."""
 
 
 @dataclass(kw_only=True)
@@ -183,7 +174,9 @@ def animate(config: AnimateConfig) -> AnimateResult:
     import torch
 
     from meshtalk.pipelines.checkpoint import load_run
+    from meshtalk.pipelines.frontend_stream import stream_audio_codes
     from meshtalk.pipelines.train.loop import resolve_device
+    from meshtalk.pipelines.transfer.picture import face_orientation
 
     seconds: dict[str, float] = dict.fromkeys(
         ("load", "audio_codes", "sampling", "decoding", "smoothing", "writing", "video"), 0.0
@@ -201,6 +194,10 @@ def animate(config: AnimateConfig) -> AnimateResult:
             config.model, "has no prior (stage 2): train one with meshtalk train prior"
         )
     template, mapping, transfer = _model_template(config, run, template)
+    if transfer is None and (config.video or len(template.faces)):  # a transfer checked its own
+        problem = surface_problem(template)  # a point cloud animates without a video
+        if problem is not None:
+            raise MeshtalkError(config.template, problem)
     speech, scan = _speech_reader(config.speech, run.front_end, config.channel)
     seconds["load"] = time.perf_counter() - started
     smoother_masks = _smoothing_masks(config, run)
@@ -222,15 +219,22 @@ def animate(config: AnimateConfig) -> AnimateResult:
         folders = (
             [partial] if config.takes == 1 else [partial / f"take_{i}" for i in range(config.takes)]
         )
-        audio_codes = front_end.stream_audio_codes(
-            run.latent.encoder.audio_encoder, speech.sample_range(), scan.samples, scan.mean_abs
+        audio_codes = stream_audio_codes(
+            front_end,
+            run.latent.encoder.audio_encoder,
+            speech.sample_range(),
+            scan.samples,
+            scan.mean_abs,
         )
         suffix = config.template.suffix.lower()
         target = template if transfer is None else transfer.mesh
         if transfer is not None:
             transfer.save(partial)
+        orientation = None if transfer is None else face_orientation(transfer.transfer)
         writers = [
-            TakeWriter(folder, target, suffix, total, config.frames, config.scale, mapping)
+            TakeWriter(
+                folder, target, suffix, total, config.frames, config.scale, mapping, orientation
+            )
             for folder in folders
         ]
         smoothers = [RegionSmoother(smoother_masks) for _ in folders] if smoother_masks else None
@@ -268,7 +272,7 @@ def _generate(
     """Sample, decode, smooth and write every frame, `chunk_frames` at a time.
 
     `audio_codes` gives the (1, n, code_dim) audio codes of the `total` frames a chunk at a time
-    (`AudioFrontEnd.stream_audio_codes`): this thread computes them as the sampler needs them.
+    (`frontend_stream.stream_audio_codes`): this thread computes them as the sampler needs them.
     Three stages run side by side on consecutive chunks (`Relay`): this thread samples chunk k+1
     while a second decodes and smooths chunk k and a third writes chunk k-1, each stage holding
     at most two chunks, so the files cost little time beyond sampling and memory stays flat.
@@ -361,188 +365,6 @@ def _rechunked(audio_codes, frames: int, seconds: dict[str, float]):
             pending = pending[:, frames:]
     if pending is not None and pending.shape[1]:
         yield pending
-
-
-class Relay:
-    """Functions applied in a chain, each in its own thread, on a stream of items.
-
-    `put(item)` hands an item to the first function; each function's result goes to the next
-    (a result of None goes no further). Each stage holds at most `depth` items, so a slow stage
-    holds up the producer instead of piling up memory. On leaving the `with` block every item is
-    processed (with `flush`, the first function is called once more with None, to hand on what it
-    holds back) and the threads end; the first exception of any stage is raised in the caller
-    (also from `put`), and an interrupt of the caller stops the threads.
-
-    torch runs one intra-op thread in each stage while the relay runs (the stages themselves use
-    the cores), and the caller's setting is restored at the end.
-    """
-
-    _END = object()
-
-    def __init__(self, stages, *, depth: int = 2, flush: bool = False) -> None:
-        import queue
-        import threading
-
-        self.stages, self.flush = stages, flush
-        self.queues = [queue.Queue(maxsize=depth) for _ in stages]
-        self.error: BaseException | None = None
-        self.threads = [
-            threading.Thread(target=self._serve, args=(index,), daemon=True)
-            for index in range(len(stages))
-        ]
-
-    def __enter__(self) -> Relay:
-        import torch
-
-        self.threads_before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def put(self, item) -> None:
-        """Hand `item` to the first stage (blocks while it holds `depth` items)."""
-        self._raise()
-        self.queues[0].put(item)
-
-    def __exit__(self, kind, error, trace) -> None:
-        import torch
-
-        try:
-            if kind is None and self.flush:
-                self.queues[0].put(None)
-            self.queues[0].put(self._END)
-            for thread in self.threads:
-                thread.join()
-        finally:
-            torch.set_num_threads(self.threads_before)
-        if kind is None:
-            self._raise()
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _serve(self, index: int) -> None:
-        import torch
-
-        torch.set_num_threads(1)
-        inbox, stage = self.queues[index], self.stages[index]
-        outbox = self.queues[index + 1] if index + 1 < len(self.stages) else None
-        while True:
-            item = inbox.get()
-            if item is self._END:
-                if outbox is not None:
-                    outbox.put(self._END)
-                return
-            if self.error is not None:
-                continue  # a stage failed: drain, so that nobody waits on a full queue
-            try:
-                result = stage(item)
-            except BaseException as error:  # handed to the caller
-                self.error = error
-                continue
-            if result is not None and outbox is not None:
-                outbox.put(result)
-
-
-class TakeWriter:
-    """The files of one take, written as its frames come.
-
-    Args:
-        folder: where the take's files go (created).
-        template: the template mesh (faces, texture coordinates).
-        suffix: '.ply' or '.obj', the format of the template export (the given template's).
-        total: T, frames the take will have.
-        frames: 'ply' or 'obj' to write one mesh per frame, or None.
-        scale: multiplies the PC2, template and per-frame exports.
-        mapping: turns each chunk of frames given to `write` into frames of `template` (a
-            transfer from another topology); None: the frames are `template`'s already.
-    """
-
-    def __init__(
-        self,
-        folder: Path,
-        template: Mesh,
-        suffix: str,
-        total: int,
-        frames: str | None,
-        scale: float,
-        mapping=None,
-    ) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder, self.template, self.total, self.scale = folder, template, total, scale
-        self.mapping = mapping
-        self.suffix = suffix
-        num_vertices = len(template.vertices)
-        self.npz_path = folder / "animation.npz"
-        self.npz = NpzWriter(self.npz_path)
-        self.vertices = self.npz.stream("vertices", (total, num_vertices, 3), np.float32)
-        self.pc2 = PC2Writer(folder / "animation.pc2", PC2Header(num_vertices, total), scale)
-        self.meshes = None
-        if frames is not None:
-            self.meshes = FrameMeshWriter(
-                folder / "frames", template.faces, frames, scale, template.uvs, template.face_uvs
-            )
-        self.codes: list[np.ndarray] = []
-
-    def write(self, frames: np.ndarray) -> None:
-        """(n, V, 3) frames, in the template's units."""
-        if len(frames) == 0:
-            return
-        if self.mapping is not None:
-            frames = self.mapping(frames)
-        self.vertices.write(frames)
-        self.pc2.write(frames)
-        if self.meshes is not None:
-            self.meshes.write(frames)
-
-    def finish(self, **members) -> None:
-        """Close the streams; the npz's other members (faces, template, codes, then `members`:
-        arrays, or `Rows` written a chunk at a time)."""
-        self.vertices.close()
-        self.pc2.close()
-        npz = self.npz
-        npz.add("faces", self.template.faces.astype(np.int32))
-        npz.add("template", self.template.vertices.astype(np.float32))
-        if self.codes:
-            npz.add("codes", np.concatenate(self.codes).astype(np.int64))
-        for name, value in members.items():
-            if isinstance(value, Rows):
-                npz.add_rows(name, value)
-            else:
-                npz.add(name, np.asarray(value))
-        npz.close()
-        template = self.template
-        scaled = template.vertices.astype(np.float32) * np.float32(self.scale)
-        write_mesh(
-            self.folder / f"template{self.suffix}",
-            Mesh(
-                vertices=scaled, faces=template.faces, uvs=template.uvs, face_uvs=template.face_uvs
-            ),
-        )
-
-    def video(
-        self, fps: Fraction, audio: np.ndarray | None, audio_rate: int, size, progress: bool
-    ) -> None:
-        """Render animation.mp4 from the written vertices (read back a chunk at a time) with
-        `audio`, or with None the npz's own audio member (read back a block at a time too)."""
-        from meshtalk.pipelines.render import render_video
-
-        if audio is None:
-            audio = iter_rows(self.npz_path, "audio", AUDIO_ROWS)
-        render_video(
-            iter_rows(self.npz_path, "vertices"),
-            self.template.faces,
-            self.folder / "animation.mp4",
-            fps=fps,
-            audio=audio,
-            audio_rate=audio_rate,
-            size=size,
-            template=self.template.vertices.astype(np.float32),
-            total=self.total,
-            progress=progress,
-        )
 
 
 def _model_template(config: AnimateConfig, run, template: Mesh):
@@ -661,21 +483,12 @@ def _provenance(config: AnimateConfig, run) -> dict:
         "framing": run.front_end.framing,
         "audio_file": config.speech.name,
         "channel": config.channel,
-        "audio_sha256": _streamed_sha256(config.speech),
+        "audio_sha256": file_sha256(config.speech),
         "template_file": config.template.name,
         "template_sha256": file_sha256(config.template),
         "scale": config.scale,
         "meshtalk": versions(("meshtalk",))["meshtalk"],
     }
-
-
-def _streamed_sha256(path: Path) -> str:
-    """SHA-256 of a file read a block at a time (a recording of hours is a gigabyte or more)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _smoothing_masks_quiet(config: AnimateConfig, run) -> bool:

@@ -66,6 +66,8 @@ class DubConfig:
     """The performance: an npz with vertices (T, V, 3), template (V, 3), fps (faces optional)."""
     speech: Path
     """The new speech: an audio file of any common format, rate and channel count."""
+    channel: int | None = None
+    """The speech's channel to use (0 = first); None averages them."""
     output: Path
     """Output folder (created; see the module docstring for what it holds)."""
     model: Path | None = None
@@ -242,7 +244,7 @@ def dub(config: DubConfig) -> DubResult:
         if problem is not None:
             raise MeshtalkError(config.original, problem)
     front_end = run_.front_end
-    samples = _speech(config.speech, front_end)
+    samples = _speech(config.speech, front_end, config.channel)
     fps = _frame_rate(front_end)
     total = front_end.frame_count(samples.size)
     original_frames = original.frames_at(float(fps))

@@ -232,8 +232,9 @@ def retarget(config: RetargetConfig) -> RetargetResult:
     with out.writing() as partial:
         suffix = config.target.suffix.lower()
 
-        def make_writer() -> TakeWriter:  # once the inputs are checked: no file left open
-            return TakeWriter(partial, target, suffix, source.frames, config.frames, config.scale)
+        def make_writer(orientation=None) -> TakeWriter:  # once the inputs are checked
+            return TakeWriter(partial, target, suffix, source.frames, config.frames, config.scale,
+                              orientation=orientation)  # fmt: skip
 
         if same:
             writer, audio, rate = _reencode(
@@ -261,6 +262,7 @@ def retarget(config: RetargetConfig) -> RetargetResult:
 def _transfer(config, source, target, make_writer, partial, seconds, provenance):
     """Another topology: register (or read --transfer), then transfer chunk by chunk."""
     from meshtalk.pipelines.transfer import transfer_for
+    from meshtalk.pipelines.transfer.picture import face_orientation
     from meshtalk.pipelines.transfer.source import save_transfer_files
 
     if source.faces is None:
@@ -274,7 +276,7 @@ def _transfer(config, source, target, make_writer, partial, seconds, provenance)
     save_transfer_files(partial, transfer, source.faces, target, made=config.transfer is None)
     provenance["transfer"] = transfer.info
     seconds["transfer"] = 0.0
-    writer = make_writer()
+    writer = make_writer(face_orientation(transfer))  # the video's camera faces the face
     for chunk in source.chunks(config.chunk_frames):
         clock = time.perf_counter()
         moved = transfer.apply(chunk, source.template)

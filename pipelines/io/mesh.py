@@ -268,6 +268,8 @@ def obj_faces(mesh: Mesh, normals: np.ndarray | None = None) -> str:
         corner = "%d//%d"
     else:
         corner = "%d/%d/%d"
+    if not len(mesh.faces):  # a point cloud
+        return text.getvalue()
     table = np.stack(columns, axis=-1).reshape(len(mesh.faces), -1)
     line = "f " + " ".join([corner] * 3)
     if mesh.face_materials is None or not mesh.materials:

@@ -44,5 +44,10 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    """SHA-256 of a file, read a block at a time (a two-hour recording is not held)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -18,6 +18,7 @@ import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.io.atomic import atomic_path
+from meshtalk.pipelines.io.owned import VIDEO_COMMENT
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class VideoWriter:
                 {"movflags": "+faststart"} if self.path.suffix.lower() in {".mp4", ".mov"} else {}
             )
             self._container = av.open(str(tmp), mode="w", options=options)
+            self._container.metadata["comment"] = VIDEO_COMMENT  # what `--force` may replace
             video = self._container.add_stream(VIDEO_CODEC, rate=self.fps, options=VIDEO_OPTIONS)
             video.width, video.height = self.size
             video.pix_fmt = "yuv420p"

@@ -52,6 +52,7 @@ def render_video(
     total: int | None = None,
     progress: bool = False,
     samples: int = 0,
+    orientation: np.ndarray | None = None,
 ) -> int:
     """Render an animation to an H.264 video with the speech as AAC, holding one frame at a time.
 
@@ -75,6 +76,8 @@ def render_video(
         total: number of frames, for the progress bar only.
         progress: show a progress bar over frames.
         samples: multisample anti-aliasing (0: off; see `MeshRenderer`).
+        orientation: (3, 3) rotation of the face in the mesh's coordinates, so that the camera
+            faces it (see `MeshRenderer`); None: the face looks along +Z, up +Y.
 
     Returns:
         The number of frames written.
@@ -88,7 +91,9 @@ def render_video(
     stream = itertools.chain([first], stream)
     written = 0
     with (
-        MeshRenderer(faces, template, size=size, view=view, samples=samples) as renderer,
+        MeshRenderer(
+            faces, template, size=size, view=view, samples=samples, orientation=orientation
+        ) as renderer,
         VideoWriter(path, fps=fps, size=size, audio=audio, audio_rate=audio_rate) as writer,
         progress_bar(disable=not progress) as bar,
     ):

@@ -1,0 +1,125 @@
+"""The files of one take (npz, PC2, template, per-frame meshes, mp4), written as frames come."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from meshtalk.pipelines.export import (
+    FrameMeshWriter,
+    NpzWriter,
+    PC2Header,
+    PC2Writer,
+    iter_rows,
+)
+from meshtalk.pipelines.export.npz import Rows
+from meshtalk.pipelines.io.mesh import Mesh, copy_materials, write_mesh
+
+AUDIO_ROWS = 1 << 16
+"""Samples of the npz's audio read back at a time for the video."""
+
+
+class TakeWriter:
+    """The files of one take, written as its frames come.
+
+    Args:
+        folder: where the take's files go (created).
+        template: the template mesh (faces, texture coordinates).
+        suffix: '.ply' or '.obj', the format of the template export (the given template's).
+        total: T, frames the take will have.
+        frames: 'ply' or 'obj' to write one mesh per frame, or None.
+        scale: multiplies the PC2, template and per-frame exports.
+        mapping: turns each chunk of frames given to `write` into frames of `template` (a
+            transfer from another topology); None: the frames are `template`'s already.
+        orientation: (3, 3) rotation of the face in the template's coordinates, for the video's
+            camera (a transfer's registration knows it); None: the face looks along +Z, up +Y.
+
+    The template export and every per-frame mesh keep what the template carried (UVs, OBJ
+    materials with their files, normals, colours).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        template: Mesh,
+        suffix: str,
+        total: int,
+        frames: str | None,
+        scale: float,
+        mapping=None,
+        orientation: np.ndarray | None = None,
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.template, self.total, self.scale = folder, template, total, scale
+        self.mapping, self.orientation = mapping, orientation
+        self.suffix = suffix
+        num_vertices = len(template.vertices)
+        self.npz_path = folder / "animation.npz"
+        self.npz = NpzWriter(self.npz_path)
+        self.vertices = self.npz.stream("vertices", (total, num_vertices, 3), np.float32)
+        self.pc2 = PC2Writer(folder / "animation.pc2", PC2Header(num_vertices, total), scale)
+        self.meshes = None
+        if frames is not None:
+            self.meshes = FrameMeshWriter(
+                folder / "frames", template.faces, frames, scale, mesh=template
+            )
+        self.codes: list[np.ndarray] = []
+
+    def write(self, frames: np.ndarray) -> None:
+        """(n, V, 3) frames, in the template's units."""
+        if len(frames) == 0:
+            return
+        if self.mapping is not None:
+            frames = self.mapping(frames)
+        self.vertices.write(frames)
+        self.pc2.write(frames)
+        if self.meshes is not None:
+            self.meshes.write(frames)
+
+    def finish(self, **members) -> None:
+        """Close the streams; the npz's other members (faces, template, codes, then `members`:
+        arrays, or `Rows` written a chunk at a time)."""
+        self.vertices.close()
+        self.pc2.close()
+        npz = self.npz
+        npz.add("faces", self.template.faces.astype(np.int32))
+        npz.add("template", self.template.vertices.astype(np.float32))
+        if self.codes:
+            npz.add("codes", np.concatenate(self.codes).astype(np.int64))
+        for name, value in members.items():
+            if isinstance(value, Rows):
+                npz.add_rows(name, value)
+            else:
+                npz.add(name, np.asarray(value))
+        npz.close()
+        template = self.template
+        scaled = template.vertices.astype(np.float32) * np.float32(self.scale)
+        write_mesh(self.folder / f"template{self.suffix}", replace(template, vertices=scaled))
+        if self.suffix == ".obj":
+            copy_materials(template, self.folder)
+
+    def video(
+        self, fps: Fraction, audio: np.ndarray | None, audio_rate: int, size, progress: bool
+    ) -> None:
+        """Render animation.mp4 from the written vertices (read back a chunk at a time) with
+        `audio`, or with None the npz's own audio member (read back a block at a time too)."""
+        from meshtalk.pipelines.render import render_video
+
+        if audio is None:
+            audio = iter_rows(self.npz_path, "audio", AUDIO_ROWS)
+        render_video(
+            iter_rows(self.npz_path, "vertices"),
+            self.template.faces,
+            self.folder / "animation.mp4",
+            fps=fps,
+            audio=audio,
+            audio_rate=audio_rate,
+            size=size,
+            template=self.template.vertices.astype(np.float32),
+            total=self.total,
+            progress=progress,
+            orientation=self.orientation,
+        )
