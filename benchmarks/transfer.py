@@ -1,126 +1,170 @@
-"""Cost of animating a mesh of another topology: registration once, then a transfer per frame.
+"""Cost of animating a mesh of another topology: registration and binding once, then a transfer
+per frame, for targets from 6k to 400k vertices.
 
-The MeshTalk template (6172 vertices) is registered onto two targets made from it: one bent and
-widened and re-meshed to about 6k vertices (fast-simplification of a subdivision), and the
-subdivided template (about 25k vertices). Registration (automatic alignment, non-rigid fit,
-binding) is timed once per target; the transfer of 256 frames of motion in chunks of 64 (as
-`animate` writes them) gives the cost per frame, the median of 5 repeats.
+The MeshTalk template (6172 vertices) is registered automatically onto targets made from it
+(tests/transfer_heads.py): re-meshed to about 6k vertices, subdivided once (25k), twice (98k) and
+three times (393k), and a bust (the 6k head on a neck and shoulders). Each size runs in its own
+child process, so that peak resident memory (VmHWM) is that target's alone. The transfer of
+256 frames of motion in chunks of 64 (as `animate` writes them) gives the cost per frame, the
+median of 5 repeats. Ratios are to the smallest target.
 
-    python benchmarks/transfer.py [--json results.json]
+    python benchmarks/transfer.py [--json results.json [--force]] [--sizes 6k,25k]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
-import trimesh
-from rich.console import Console
-from rich.table import Table
-
-from meshtalk.pipelines.data.masks import build_masks, load_landmarks
-from meshtalk.pipelines.data.synth.face import identity_face, motion_basis
-from meshtalk.pipelines.io.mesh import Mesh, read_mesh
-from meshtalk.pipelines.transfer import make_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT.parent / "shared" / "reference" / "meshtalk_topology" / "face_template.obj"
 FRAMES, CHUNK, REPEATS = 256, 64, 5
+SIZES = ("6k", "25k", "100k", "400k", "bust")
 
 
-def targets(template: Mesh) -> dict[str, Mesh]:
-    """A bent, widened face of about 6k vertices, and the template subdivided (about 25k)."""
-    import fast_simplification
+def target(name: str, template):
+    """The target mesh called `name` (see the module docstring)."""
+    sys.path.insert(0, str(ROOT))
+    from tests import transfer_heads as heads
 
-    shape = identity_face(
-        template.vertices * np.float32([1.1, 1.0, 1.05]), np.random.default_rng(1)
-    )
-    fine_v, fine_f = trimesh.remesh.subdivide(shape, template.faces)
-    v6, f6 = fast_simplification.simplify(
-        fine_v.astype(np.float32), fine_f.astype(np.int32), target_count=2 * 6000
-    )
-    v25, f25 = trimesh.remesh.subdivide(template.vertices, template.faces)
-    return {
-        "6k": Mesh(vertices=v6.astype(np.float32), faces=f6.astype(np.int64)),
-        "25k": Mesh(vertices=v25.astype(np.float32), faces=f25.astype(np.int64)),
-    }
+    if name == "6k":
+        return heads.resampled(template, 6000).mesh
+    if name == "bust":
+        return heads.bust(heads.resampled(template, 6000)).mesh
+    times = {"25k": 1, "100k": 2, "400k": 3}[name]
+    return heads.subdivided(template, times).mesh
 
 
-def motion(template: Mesh) -> np.ndarray:
+def motion(template):
     """(FRAMES, V, 3) jaw, lip and blink motion of the template."""
+    import numpy as np
+
+    from meshtalk.pipelines.data.masks import build_masks, load_landmarks
+    from meshtalk.pipelines.data.synth.face import motion_basis
+
     landmarks = load_landmarks("meshtalk", len(template.vertices))
     basis = motion_basis(template.vertices, build_masks(template.vertices, landmarks))
     t = np.linspace(0, 8 * np.pi, FRAMES)
     params = np.zeros((FRAMES, len(basis.names)), np.float32)
-    params[:, 0] = np.clip(np.sin(t), 0, None)
-    params[:, 1] = 0.5 * np.cos(1.3 * t)
-    params[:, 4] = np.sin(3 * t) > 0.8
+    params[:, basis.names.index("jaw")] = np.clip(np.sin(t), 0, None)
+    params[:, basis.names.index("round")] = 0.5 * np.cos(1.3 * t)
+    params[:, basis.names.index("blink")] = np.sin(3 * t) > 0.8
     return basis.apply(template.vertices, params)
 
 
-def measure(template: Mesh, target: Mesh, frames: np.ndarray) -> dict:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: `ru_maxrss` would keep the parent's)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(name: str) -> dict:
+    """One target's figures (run in a child process)."""
+    import numpy as np
+
+    from meshtalk.pipelines.io.mesh import read_mesh
+    from meshtalk.pipelines.transfer import bind, register
+
+    template = read_mesh(TEMPLATE)
+    mesh = target(name, template)
+    frames = motion(template)
+    rss_before = peak_rss_mb()
     clock = time.perf_counter()
-    transfer = make_transfer(template, target)
-    registration = time.perf_counter() - clock
+    registration = register(template, mesh)
+    registration_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    transfer = bind(registration, template, mesh)
+    binding_s = time.perf_counter() - clock
+    peak = peak_rss_mb()
     runs = []
     for _ in range(REPEATS):
         clock = time.perf_counter()
         for first in range(0, FRAMES, CHUNK):
             transfer.apply(frames[first : first + CHUNK], template.vertices)
         runs.append((time.perf_counter() - clock) / FRAMES)
-    clock = time.perf_counter()
-    for frame in frames[:64]:
-        transfer.apply(frame, template.vertices)
-    single = (time.perf_counter() - clock) / 64
+    info = registration.info()
     return {
-        "target_vertices": len(target.vertices),
-        "registration_s": registration,
-        "transfer_ms_per_frame": 1000 * float(np.median(runs)),
-        "transfer_ms_single_frame": 1000 * single,
-        "alignment_scale": transfer.info["scale"],
-        "mean_fit_distance": transfer.info["mean_distance"],
+        "target_vertices": len(mesh.vertices),
+        "target_faces": len(mesh.faces),
+        "registration_seconds": registration_s,
+        "binding_seconds": binding_s,
+        "peak_rss_mb_before_registration": rss_before,
+        "peak_rss_mb_registration_and_binding": peak,
+        "transfer_ms_per_frame_in_chunks_of_64": 1000 * float(np.median(runs)),
+        "registration_scale": info["scale"],
+        "registration_face_coverage": info["coverage"],
+        "registration_mean_distance_in_face_sizes": info["distance_mean"] / info["face_size"],
     }
+
+
+def run_child(name: str) -> dict:
+    answer = subprocess.run(
+        [sys.executable, __file__, "--child", name], capture_output=True, text=True, check=False
+    )
+    if answer.returncode != 0:
+        return {"error": (answer.stderr.strip().splitlines() or ["killed"])[-1]}
+    return json.loads(answer.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json file")
+    parser.add_argument("--sizes", default=",".join(SIZES), help="targets, comma-separated")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    console = Console()
-    template = read_mesh(TEMPLATE)
-    frames = motion(template)
-    results = {name: measure(template, mesh, frames) for name, mesh in targets(template).items()}
-    table = Table(title=f"transfer from the MeshTalk template ({len(template.vertices)} vertices)")
-    for column in (
-        "target",
-        "vertices",
-        "registration s",
-        "ms/frame (chunks of 64)",
-        "ms/frame (one)",
-    ):
+    if args.child:
+        print(json.dumps(measure(args.child)))
+        return
+    if args.json and args.json.exists() and not args.force:
+        parser.error(f"{args.json} exists; give --force to replace it")
+    from rich.console import Console
+    from rich.table import Table
+
+    results = {name: run_child(name) for name in args.sizes.split(",")}
+    table = Table(title="registration + binding, then transfer (MeshTalk template, 6172 vertices)")
+    columns = ("target", "vertices", "register s", "bind s", "peak RSS MB", "ms/frame")
+    for column in columns + ("x vertices", "x time", "x ms/frame", "scale", "coverage"):
         table.add_column(column, justify="right")
+    base = next((row for row in results.values() if "error" not in row), None)
     for name, row in results.items():
+        if "error" in row:
+            table.add_row(name, row["error"])
+            continue
+        seconds = row["registration_seconds"] + row["binding_seconds"]
+        base_seconds = base["registration_seconds"] + base["binding_seconds"]
         table.add_row(
             name,
             str(row["target_vertices"]),
-            f"{row['registration_s']:.2f}",
-            f"{row['transfer_ms_per_frame']:.3f}",
-            f"{row['transfer_ms_single_frame']:.3f}",
+            f"{row['registration_seconds']:.1f}",
+            f"{row['binding_seconds']:.2f}",
+            f"{row['peak_rss_mb_registration_and_binding']:.0f}",
+            f"{row['transfer_ms_per_frame_in_chunks_of_64']:.3f}",
+            f"{row['target_vertices'] / base['target_vertices']:.1f}",
+            f"{seconds / base_seconds:.2f}",
+            f"{row['transfer_ms_per_frame_in_chunks_of_64'] / base['transfer_ms_per_frame_in_chunks_of_64']:.1f}",  # noqa: E501
+            f"{row['registration_scale']:.4f}",
+            f"{row['registration_face_coverage']:.3f}",
         )
-    console.print(table)
+    Console().print(table)
     if args.json:
         record = {
             "machine": {
                 "processor": platform.processor() or platform.machine(),
-                "torch_threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
             },
             "frames": FRAMES,
-            "chunk": CHUNK,
+            "chunk_frames": CHUNK,
             "targets": results,
         }
         args.json.write_text(json.dumps(record, indent=2) + "\n")

@@ -50,6 +50,10 @@ SEARCH_SAMPLES, SEARCH_POINTS, SEARCH_ITERATIONS = 8000, 300, 8
 REFINE_STARTS, REFINE_POINTS, REFINE_ITERATIONS = 6, 1500, 40
 """The best starts refined on the surface: how many, with how many points, at most how many
 steps."""
+FINAL_POINTS, FINAL_ITERATIONS, FINAL_STEP = 4000, 300, 1e-7
+"""The chosen placement refined further: points, at most this many steps, until no point moves
+more than this fraction of the face's size (a target of the template's own surface is then met
+to within micrometres, and its lips and eyelids bind to their own side)."""
 TRIM = 0.8
 """ICP and the alignment's distance use the closest fraction of the face's points (the rest may
 lie over holes or past the border of a face-only scan)."""
@@ -60,9 +64,10 @@ TOLERANCE = 0.04
 about 4 mm on a human face."""
 COVERAGE_COST = 0.1
 """The alignment's cost: mean distance (face sizes) + this * (1 - coverage)."""
-MIN_COVERAGE, MAX_DISTANCE = 0.55, 0.035
-"""No face is found when less of the template's face than the first fraction lies on the target,
-or its trimmed mean distance is more than the second fraction of its size."""
+MAX_COST = 0.09
+"""No face is found when the best placement's cost is above this: measured, faces of the
+template's kind cost at most 0.08 (another identity's proportions, re-meshed), a cube, a sphere
+and a hand-like blob at least 0.10."""
 PREFERENCE = 0.8
 """The automatic alignment leaves a face given upright and facing the viewer so unless another
 pose costs less than this fraction of it."""
@@ -595,6 +600,8 @@ def _surface_icp(
     template: TargetSurface,
     target_points: np.ndarray,
     scale_range: tuple[float, float],
+    iterations: int = REFINE_ITERATIONS,
+    step: float = 1e-4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """ICP with scale on both surfaces: the face's points to their closest points on the
     target (the closest `TRIM` of them, none on its open edge), and the target's points near
@@ -603,7 +610,7 @@ def _surface_icp(
     of a face-only scan."""
     linear, shift = candidate.linear, candidate.shift
     reach = REACH * candidate.face_size
-    for _ in range(REFINE_ITERATIONS):
+    for _ in range(iterations):
         placed = face @ linear.T + shift
         closest, distance, on_edge, _ = surface.match(placed)
         forward = _trimmed_weights(distance[None], on_edge[None])[0]
@@ -621,7 +628,7 @@ def _surface_icp(
         )
         moved = np.abs(face @ (new_linear[0] - linear).T + new_shift[0] - shift).max()
         linear, shift = new_linear[0], new_shift[0]
-        if moved < 1e-4 * candidate.face_size:
+        if moved < step * candidate.face_size:
             break
     return linear[None], shift[None]
 
@@ -672,6 +679,18 @@ def automatic_similarity(
         own = min(upright, key=lambda candidate: candidate.cost)
         if own.cost * PREFERENCE <= best.cost:
             best = own
+    final = points[rng.choice(len(points), min(FINAL_POINTS, len(points)), replace=False)]
+    linear, shift = _surface_icp(
+        final,
+        best,
+        surface,
+        template,
+        surface.samples(FINAL_POINTS, rng)[0],
+        scale_range,
+        FINAL_ITERATIONS,
+        FINAL_STEP,
+    )
+    best = _evaluate(points, face_radius, linear, shift, surface)[0]
     log.info(
         "automatic alignment: scale %.4g, face coverage %.2f, mean distance %.3g face sizes",
         similarity_scale(best.linear),
@@ -820,17 +839,15 @@ def _target_covered(
     return float((distance < TOLERANCE * size).mean())
 
 
-def _refuse(
-    path: Path | None, scale: float, coverage: float, distance: float, face_size: float
-) -> None:
-    if coverage >= MIN_COVERAGE and distance <= MAX_DISTANCE:
+def _refuse(path: Path | None, scale: float, aligned: Candidate) -> None:
+    if aligned.cost <= MAX_COST:
         return
     raise MeshtalkError(
         path,
         f"no face found: the best fit of the model's face (scale {scale:.3g}) puts "
-        f"{100 * coverage:.0f}% of it on the mesh (at least {100 * MIN_COVERAGE:.0f}% needed) "
-        f"at a mean distance of {distance * face_size:.3g} ({100 * distance:.1f}% of the face's "
-        f"size, at most {100 * MAX_DISTANCE:.0f}%); give --landmarks FILE",
+        f"{100 * aligned.coverage:.0f}% of it within {100 * TOLERANCE:.0f}% of its size of the "
+        f"mesh, at a mean distance of {aligned.distance * aligned.face_size:.3g} "
+        f"({100 * aligned.distance:.1f}% of its size); give --landmarks FILE",
     )
 
 
@@ -888,7 +905,7 @@ def register(
     else:
         aligned = automatic_similarity(source, surface, face)
         scale = similarity_scale(aligned.linear)
-        _refuse(target_path, scale, aligned.coverage, aligned.distance, aligned.face_size)
+        _refuse(target_path, scale, aligned)
         matrix = aligned.matrix
     placed = vertices @ matrix[:3, :3].T + matrix[:3, 3]
     pins = None if landmarks is None else (landmarks[0], target.vertices[landmarks[1]])
