@@ -155,3 +155,16 @@ def test_help_needs_neither_torch_nor_open3d():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_prep_workers_import_no_torch():
+    """prep's mesh workers are spawned processes that import the module of their function: torch
+    there would cost each worker about 500 MB (benchmarks/prep.py: 1,941 MiB for two workers
+    with it, 907 without)."""
+    code = (
+        "import sys; import meshtalk.pipelines.data.prep.segments; "
+        "print(sorted(m for m in ('torch', 'torchaudio', 'open3d') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

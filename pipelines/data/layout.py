@@ -24,3 +24,6 @@ TOPOLOGY_MASKS = "masks"
 """Inside TOPOLOGY_DIR: the region masks (the authors' file names)."""
 TOPOLOGY_LANDMARKS = "landmarks.yaml"
 """Inside TOPOLOGY_DIR: the landmark vertices the masks are built from."""
+STORE_FACES_FILE = "topology/faces.npy"
+"""In a prepared store, optional: (F, 3) triangles of the topology (the `topology` folder is always
+made, so that replacing a store with triangles by one without leaves none behind)."""

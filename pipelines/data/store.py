@@ -13,12 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from meshtalk.pipelines.data.layout import STORE_FACES_FILE as FACES_FILE
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.frontend import AudioFrontEnd
-
-FACES_FILE = "topology/faces.npy"
-"""Optional: (F, 3) triangles of the topology (the `topology` folder is always made, so that
-replacing a store with triangles by one without leaves none behind)."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from meshtalk.pipelines.data.layout import FPS, SPEECH_PREFIX
+from meshtalk.pipelines.data.layout import STORE_FACES_FILE as FACES_FILE
 from meshtalk.pipelines.data.masks import MASK_NAMES
 from meshtalk.pipelines.data.prep import output, segments
 from meshtalk.pipelines.data.prep.config import (
@@ -30,7 +31,6 @@ from meshtalk.pipelines.data.prep.config import (
 )
 from meshtalk.pipelines.data.prep.discover import Identity, choose_topology, discover
 from meshtalk.pipelines.data.prep.report import show_report
-from meshtalk.pipelines.data.store import FACES_FILE
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.io.atomic import atomic_path, write_text_atomic
 from meshtalk.pipelines.io.lock import exclusive
