@@ -39,3 +39,26 @@ def peak_tree_rss(process: subprocess.Popen) -> tuple[int, float]:
     if process.returncode:
         raise SystemExit(f"{process.args[3]} failed with exit code {process.returncode}")
     return peak, elapsed
+
+
+def add_json_option(parser) -> None:
+    """`--json FILE` (the figures, with self-explaining keys) and `--force` to replace one."""
+    from pathlib import Path
+
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json file")
+
+
+def check_json(parser, args) -> None:
+    """Refuse an existing --json file without --force, before any work."""
+    if args.json is not None and args.json.exists() and not args.force:
+        parser.error(f"{args.json} exists; give --force to replace it")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"{args.json.parent}: no such folder for --json")
+
+
+def write_json(path, text: str) -> None:
+    """Write the figures' JSON text atomically (a temporary file renamed)."""
+    from meshtalk.pipelines.io.atomic import write_text_atomic
+
+    write_text_atomic(path, text if text.endswith("\n") else text + "\n")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
-from _measure import peak_tree_rss
+from _measure import add_json_option, check_json, peak_tree_rss, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -230,8 +230,9 @@ def main() -> None:
     parser.add_argument(
         "--memory-only", action="store_true", help="only the long-speech memory rows"
     )
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    add_json_option(parser)
     args = parser.parse_args()
+    check_json(parser, args)
     console = Console()
     figures: dict = {"threads": torch.get_num_threads(), "runs": []}
     lengths = [(3.0, True), (30.0, True)]
@@ -244,7 +245,7 @@ def main() -> None:
         print_long_rows(console, figures["long_speech_memory"])
         if args.memory_only:
             if args.json:
-                args.json.write_text(json.dumps(figures, indent=2) + "\n")
+                write_json(args.json, json.dumps(figures, indent=2) + "\n")
             return
         stage_seconds(run, speech_file(tmp, None), tmp / "out", video=False)  # warm up
         for label, seconds in (("sentence", None), ("10 s", 10.0), ("60 s", 60.0)):
@@ -285,7 +286,7 @@ def main() -> None:
     )
     print_long_rows(console, figures["long_speech_memory"])
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

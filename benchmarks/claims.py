@@ -65,6 +65,7 @@ from _claims_measures import (
     segments,
 )
 from _claims_report import claims_met, print_tables, write_pictures
+from _measure import add_json_option, check_json, write_json
 from quality import CONFIGS, _meshtalk, _quiet
 from rich.console import Console
 from safetensors.torch import load_file, save_file
@@ -311,13 +312,14 @@ def measure_latent(run_dir: Path, store, tests, masks, lips, eyes, sizes: Sizes)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few steps")
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    add_json_option(parser)
     parser.add_argument("--figures", type=Path, help="write the two PNG pictures into this folder")
     parser.add_argument("--workdir", type=Path, help="keep the dataset and runs here")
     parser.add_argument(
         "--reuse", action="store_true", help="measure what an earlier run left in --workdir"
     )
     args = parser.parse_args()
+    check_json(parser, args)
     if args.reuse and not args.workdir:
         parser.error("--reuse needs the --workdir of an earlier run")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -405,7 +407,7 @@ def main() -> None:
         if args.figures:
             write_pictures(args.figures, topology, tests, models, predictions, heat, console)
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, json.dumps(figures, indent=2) + "\n")
         console.log(f"wrote {args.json}")
     console.log(f"{figures['total_seconds'] / 60:.1f} min in all")
 

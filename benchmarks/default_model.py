@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _measure import add_json_option, check_json, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -106,8 +107,9 @@ def main() -> None:
     parser.add_argument("--takes", type=int, default=3, help="samples per recording")
     parser.add_argument("--voiced-db", type=float, default=15.0, help="voiced: dB above floor")
     parser.add_argument("--silent-db", type=float, default=6.0, help="silent: dB above floor")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    add_json_option(parser)
     args = parser.parse_args()
+    check_json(parser, args)
     files = args.speech or sorted(REFERENCE_SPEECH.glob("*.wav"))
     if not files:
         sys.exit(f"no recordings given and none in {REFERENCE_SPEECH}")
@@ -130,7 +132,7 @@ def main() -> None:
         )
     Console().print(table)
     if args.json:
-        args.json.write_text(json.dumps({"recordings": results, "takes": args.takes}, indent=2))
+        write_json(args.json, json.dumps({"recordings": results, "takes": args.takes}, indent=2))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import psutil
-from _measure import peak_tree_rss
+from _measure import add_json_option, check_json, peak_tree_rss, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -81,8 +81,9 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="prep --workers (default 2)")
     parser.add_argument("--sizes", default="5k,25k", help="comma-separated sizes: 5k, 25k")
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    add_json_option(parser)
     args = parser.parse_args()
+    check_json(parser, args)
     if not (TOPOLOGY / "face_template.obj").is_file():
         raise SystemExit(
             f"{TOPOLOGY}: the MeshTalk reference topology is needed beside the project"
@@ -133,7 +134,7 @@ def main() -> None:
         f"(targets: >= 2000 frames/s, < 1536 MiB, flat with size)"
     )
     if args.json:
-        args.json.write_text(json.dumps({"runs": rows, "comparison": ratios}, indent=2))
+        write_json(args.json, json.dumps({"runs": rows, "comparison": ratios}, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from _measure import add_json_option, check_json, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -137,8 +138,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3000, help="stage-1 steps per run")
     parser.add_argument("--prior-steps", type=int, default=2000, help="stage-2 steps per run")
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    add_json_option(parser)
     args = parser.parse_args()
+    check_json(parser, args)
     console = Console(width=150)
     with tempfile.TemporaryDirectory(prefix="meshtalk-quality-") as tmp:
         work = Path(tmp)
@@ -220,7 +222,7 @@ def main() -> None:
             "stage1_tiny": latent,
             "stage2_tiny": {"classes": classes, **prior},
         }
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-from _measure import peak_tree_rss
+from _measure import add_json_option, check_json, peak_tree_rss, write_json
 from _sample_setup import (
     FIDELITY_WEIGHT_SCALE,
     FPS,
@@ -188,13 +188,14 @@ def long_sampling(minutes: float, weights: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--long-minutes", type=float, default=10.0)
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    add_json_option(parser)
     parser.add_argument("--child-seconds", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--child-weights", default="float", help=argparse.SUPPRESS)
     parser.add_argument(
         "--speculative-only", action="store_true", help="only the speculative rows (10 s)"
     )
     args = parser.parse_args()
+    check_json(parser, args)
     if args.child_seconds:
         child(args.child_seconds, args.child_weights)
         return
@@ -366,7 +367,7 @@ def main() -> None:
             "ratios": ratios,
             "torch_threads": torch.get_num_threads(),
         }
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _measure import add_json_option, check_json, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -358,8 +359,9 @@ def print_tables(console: Console, ceilings: list[dict], measured: list[dict]) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    add_json_option(parser)
     args = parser.parse_args()
+    check_json(parser, args)
     for needed in (SPEECH, DEFAULT_RUN):
         if not needed.exists():
             raise SystemExit(f"error: {needed}: missing")
@@ -376,7 +378,7 @@ def main() -> None:
             "acceptance_measured": measured,
             "torch_threads": torch.get_num_threads(),
         }
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

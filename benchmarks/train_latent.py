@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 import torch
-from _measure import peak_tree_rss
+from _measure import add_json_option, check_json, peak_tree_rss, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -165,8 +165,9 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=40, help="training steps per device")
     parser.add_argument("--repeats", type=int, default=5, help="audio encoder timing repeats")
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    add_json_option(parser)
     args = parser.parse_args()
+    check_json(parser, args)
     if not (TOPOLOGY / "face_template.obj").is_file():
         raise SystemExit(
             f"{TOPOLOGY}: the MeshTalk reference topology is needed beside the project"
@@ -214,7 +215,7 @@ def main() -> None:
                   "data wait share < 5%")  # fmt: skip
     if args.json:
         figures = {"audio_encoder": audio, "training": runs, "cpu_count": psutil.cpu_count()}
-        args.json.write_text(json.dumps(figures, indent=2))
+        write_json(args.json, json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
