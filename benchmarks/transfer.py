@@ -156,7 +156,7 @@ def main() -> None:
             f"{row['registration_scale']:.4f}",
             f"{row['registration_face_coverage']:.3f}",
         )
-    Console().print(table)
+    Console(width=max(160, Console().width)).print(table)
     if args.json:
         record = {
             "machine": {
