@@ -124,18 +124,20 @@ def inputs(tiny_dataset, tiny_trained_run, tmp_path_factory) -> dict:
     }
 
 
+def animate_args(inputs: dict, out: Path, *options, speech=None, template=None) -> list[str]:
+    """`meshtalk animate`'s arguments for the tiny run (the speech and template unless given)."""
+    args = ["animate", speech or inputs["speech"], template or inputs["template"], "-o", out,
+            "--model", inputs["run"], "--no-progress", *options]  # fmt: skip
+    return [str(arg) for arg in args]
+
+
 def animate(inputs: dict, out: Path, *options, speech=None, template=None):
-    return cli(
-        "animate",
-        speech or inputs["speech"],
-        template or inputs["template"],
-        "-o",
-        out,
-        "--model",
-        inputs["run"],
-        "--no-progress",
-        *options,
-    )
+    return cli(*animate_args(inputs, out, *options, speech=speech, template=template))
+
+
+def scripted(script: str, *args) -> list[str]:
+    """A command line running `script` (which runs meshtalk) with `args`."""
+    return [sys.executable, "-c", script, *map(str, args)]
 
 
 # --- data lost, or success reported for a broken output -------------------------------------------
@@ -145,20 +147,7 @@ def test_a_refused_second_writer_leaves_the_first_ones_work_alone(inputs, tmp_pa
     out, flag = tmp_path / "out", tmp_path / "go"
     before = digests(inputs["speech"], inputs["template"])
     first = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            HOLD_SCRIPT,
-            str(flag),
-            "animate",
-            str(inputs["speech"]),
-            str(inputs["template"]),
-            "-o",
-            str(out),
-            "--model",
-            str(inputs["run"]),
-            "--no-progress",
-        ],  # fmt: skip
+        scripted(HOLD_SCRIPT, flag, *animate_args(inputs, out)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -315,21 +304,7 @@ def test_an_obj_vertex_of_two_coordinates_is_one_line(inputs, tmp_path):
 def test_a_full_disk_while_writing_the_npz_is_one_line(inputs, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            FULL_DISK_SCRIPT,
-            str(100_000),
-            "animate",
-            str(inputs["speech"]),
-            str(inputs["template"]),
-            "-o",
-            str(out),
-            "--model",
-            str(inputs["run"]),
-            "--no-progress",
-            "--no-video",
-        ],  # fmt: skip
+        scripted(FULL_DISK_SCRIPT, 100_000, *animate_args(inputs, out), "--no-video"),
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -271,7 +271,11 @@ def _transfer(config, source, target, make_writer, partial, seconds, provenance)
         )
     template = Mesh(vertices=source.template, faces=source.faces)
     transfer, seconds["registration"] = transfer_for(
-        template, target, transfer_file=config.transfer, landmarks=config.landmarks
+        template,
+        target,
+        transfer_file=config.transfer,
+        landmarks=config.landmarks,
+        target_path=config.target,
     )
     save_transfer_files(partial, transfer, source.faces, target, made=config.transfer is None)
     provenance["transfer"] = transfer.info

@@ -7,13 +7,8 @@ from meshtalk.pipelines.transfer.binding import (
     make_transfer,
     save_transfer,
 )
-from meshtalk.pipelines.transfer.registration import (
-    Registration,
-    mesh_sha256,
-    read_landmark_pairs,
-    read_target,
-    register,
-)
+from meshtalk.pipelines.transfer.inputs import mesh_sha256, read_landmark_pairs, read_target
+from meshtalk.pipelines.transfer.registration import Registration, register
 from meshtalk.pipelines.transfer.source import (
     PreparedTransfer,
     prepare_transfer,

@@ -36,7 +36,8 @@ from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.io.atomic import atomic_path
 from meshtalk.pipelines.io.mesh import Mesh
 from meshtalk.pipelines.transfer.closest import SurfaceQuery
-from meshtalk.pipelines.transfer.registration import Registration, mesh_sha256, register
+from meshtalk.pipelines.transfer.inputs import mesh_sha256
+from meshtalk.pipelines.transfer.registration import Registration, register
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ def bind(registration: Registration, source: Mesh, target: Mesh) -> Transfer:
         )
     rigid = rigid_parts(target)
     info = {
+        **(registration.info() if hasattr(registration, "info") else {}),
         "alignment": "landmarks" if registration.landmarks else "automatic",
         "scale": registration.scale,
         "mean_distance": float(distance.mean()),
@@ -340,9 +342,12 @@ def make_transfer(
     target: Mesh,
     landmarks: tuple[np.ndarray, np.ndarray] | None = None,
     landmark_file: Path | None = None,
+    target_path: Path | None = None,
 ) -> Transfer:
-    """Register the template `source` onto `target` and bind the target's vertices to it."""
-    return bind(register(source, target, landmarks, landmark_file), source, target)
+    """Register the template `source` onto `target` and bind the target's vertices to it
+    (`target_path`: the target's file, named when no face is found on it)."""
+    registration = register(source, target, landmarks, landmark_file, target_path=target_path)
+    return bind(registration, source, target)
 
 
 def save_transfer(path: str | Path, transfer: Transfer) -> None:

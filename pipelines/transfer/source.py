@@ -17,7 +17,7 @@ from meshtalk.pipelines.transfer.binding import (
     make_transfer,
     save_transfer,
 )
-from meshtalk.pipelines.transfer.registration import read_landmark_pairs, read_target
+from meshtalk.pipelines.transfer.inputs import read_landmark_pairs, read_target
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def transfer_for(
     *,
     transfer_file: Path | None = None,
     landmarks: Path | None = None,
+    target_path: Path | None = None,
 ) -> tuple[Transfer, float]:
     """A transfer from `source` onto `target`: read from `transfer_file`, or made (registered).
 
@@ -88,7 +89,7 @@ def transfer_for(
     if landmarks is not None:
         pairs = read_landmark_pairs(landmarks, len(source.vertices), len(target.vertices))
     clock = time.perf_counter()
-    transfer = make_transfer(source, target, pairs, landmarks)
+    transfer = make_transfer(source, target, pairs, landmarks, target_path)
     seconds = time.perf_counter() - clock
     log.info(
         "registered the model's template onto the mesh in %.1f s (%s alignment, scale %.3g, "
@@ -159,5 +160,7 @@ def prepare_transfer(
     """The transfer from a run's own template onto the mesh at `mesh_path` (read exactly)."""
     mesh = read_target(mesh_path)
     source = run_template_mesh(run, model)
-    transfer, _ = transfer_for(source, mesh, transfer_file=transfer_file, landmarks=landmarks)
+    transfer, _ = transfer_for(
+        source, mesh, transfer_file=transfer_file, landmarks=landmarks, target_path=mesh_path
+    )
     return PreparedTransfer(source=source, mesh=mesh, transfer=transfer, made=transfer_file is None)
