@@ -23,6 +23,7 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
 
 import numpy as np
 
@@ -261,6 +262,12 @@ class AudioFrontEnd:
         if level == 0.0:
             raise MeshtalkError(None, "audio is silent (every sample is 0): nothing to animate")
         return (self.loudness * samples / level).astype(np.float32)
+
+    def frame_rate(self) -> Fraction:
+        """Frames per second exactly: fps, or sample rate / step under the release's framing."""
+        if self.framing == "release":
+            return Fraction(self.sample_rate, self.step_samples)
+        return Fraction(self.fps).limit_denominator(10_000)
 
     def frame_count(self, num_samples: int) -> int:
         """Frames of a waveform of `num_samples` samples under this framing."""

@@ -27,7 +27,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +202,7 @@ def animate(config: AnimateConfig) -> AnimateResult:
     smoother_masks = _smoothing_masks(config, run)
     front_end = run.front_end
     total = front_end.frame_count(scan.samples)
-    fps = _frame_rate(front_end)
+    fps = front_end.frame_rate()
     log.info(
         "%s: %.2f s of speech, %d frames at %.2f fps, %d take(s)",
         config.speech,
@@ -395,10 +394,18 @@ def _model_template(config: AnimateConfig, run, template: Mesh):
     except MeshtalkError as error:
         if error.path != config.template:
             raise
+        from meshtalk.pipelines.data.resources import default_model
+
+        problem = error.problem
+        if problem.startswith("no face found") and default_model.is_bundled(config.model):
+            problem += (
+                " (the bundled model's head is procedural, not a real face: a real head needs "
+                "--landmarks, or a model trained on real faces)"
+            )
         raise MeshtalkError(
             config.template,
             f"has {len(template.vertices)} vertices, not the {run.num_vertices} of the model's "
-            f"topology, and cannot take its motion by transfer: {error.problem}",
+            f"topology, and cannot take its motion by transfer: {problem}",
         ) from None
     log.info(
         "%s is not of the model's topology (%d vertices, the model's %d): animating the model's "
@@ -450,13 +457,6 @@ def _smoothing_masks(config: AnimateConfig, run) -> list[np.ndarray]:
         )
         return []
     return [masks[name] for name in SMOOTHED_REGIONS]
-
-
-def _frame_rate(front_end) -> Fraction:
-    """Frames per second exactly: fps, or sample rate / step under the release's framing."""
-    if front_end.framing == "release":
-        return Fraction(front_end.sample_rate, front_end.step_samples)
-    return Fraction(front_end.fps).limit_denominator(10_000)
 
 
 def _provenance(config: AnimateConfig, run) -> dict:

@@ -43,7 +43,6 @@ from meshtalk.pipelines.inference.animate import (
     CHUNK_FRAMES,
     VIDEO_SIZE,
     TakeWriter,
-    _frame_rate,
     _smoothing_masks,
     _speech,
 )
@@ -245,7 +244,7 @@ def dub(config: DubConfig) -> DubResult:
             raise MeshtalkError(config.original, problem)
     front_end = run_.front_end
     samples = _speech(config.speech, front_end, config.channel)
-    fps = _frame_rate(front_end)
+    fps = front_end.frame_rate()
     total = front_end.frame_count(samples.size)
     original_frames = original.frames_at(float(fps))
     encoded = min(total, original_frames)

@@ -66,3 +66,8 @@ def bundle(run: Path, template: Path, destination: Path | None = None) -> Path:
     spoken = speak(EXAMPLE_TEXT, "en-us+m3", rate_wpm=150)
     write_wav(destination / "example.wav", spoken.samples, spoken.rate)
     return destination
+
+
+def is_bundled(run: str | Path) -> bool:
+    """Whether `run` is the bundled default model's run folder."""
+    return Path(run).resolve() == run_path().resolve()
