@@ -37,6 +37,7 @@ from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.inference.relay import Relay
 from meshtalk.pipelines.inference.smoothing import SMOOTHED_REGIONS, RegionSmoother
 from meshtalk.pipelines.inference.writer import TakeWriter
+from meshtalk.pipelines.io.heap import bound_heap
 from meshtalk.pipelines.io.mesh import Mesh, read_mesh, surface_problem
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,7 @@ def animate(config: AnimateConfig) -> AnimateResult:
     from meshtalk.pipelines.train.loop import resolve_device
     from meshtalk.pipelines.transfer.picture import face_orientation
 
+    bound_heap()  # hours of frames freed in three threads must not grow the heap
     seconds: dict[str, float] = dict.fromkeys(
         ("load", "audio_codes", "sampling", "decoding", "smoothing", "writing", "video"), 0.0
     )
