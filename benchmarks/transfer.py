@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from _measure import add_json_option, check_json, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT.parent / "shared" / "reference" / "meshtalk_topology" / "face_template.obj"
 FRAMES, CHUNK, REPEATS = 256, 64, 5
@@ -118,16 +120,14 @@ def run_child(name: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--force", action="store_true", help="replace an existing --json file")
+    add_json_option(parser)
     parser.add_argument("--sizes", default=",".join(SIZES), help="targets, comma-separated")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child)))
         return
-    if args.json and args.json.exists() and not args.force:
-        parser.error(f"{args.json} exists; give --force to replace it")
+    check_json(parser, args)
     from rich.console import Console
     from rich.table import Table
 
@@ -167,7 +167,7 @@ def main() -> None:
             "chunk_frames": CHUNK,
             "targets": results,
         }
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(args.json, json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,8 @@ def _unreadable(path: Path, error: Exception) -> MeshtalkError:
 
 
 def _check_channel(path: Path, channel: int | None, channels: int) -> None:
+    if channel is not None and channel < 0:
+        raise MeshtalkError(path, f"no channel {channel}: channels count from 0 (the first)")
     if channel is not None and channel >= channels:
         raise MeshtalkError(
             path, f"has {channels} channel(s): no channel {channel} (0 is the first)"

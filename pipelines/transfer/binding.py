@@ -193,9 +193,7 @@ def bind(registration: Registration, source: Mesh, target: Mesh) -> Transfer:
         )
     rigid = rigid_parts(target)
     info = {
-        **(registration.info() if hasattr(registration, "info") else {}),
-        "alignment": "landmarks" if registration.landmarks else "automatic",
-        "scale": registration.scale,
+        **registration.info(),
         "mean_distance": float(distance.mean()),
         "max_distance": float(distance.max()),
         "rigid_parts": int(rigid.max(initial=-1) + 1),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
-from meshtalk.pipelines.io.mesh import Mesh, read_mesh
+from meshtalk.pipelines.io.mesh import Mesh, read_mesh, surface_problem
 
 MIN_LANDMARKS = 3
 
@@ -39,9 +39,10 @@ def read_target(path: str | Path) -> Mesh:
         raise MeshtalkError(
             path, "has no faces (a point cloud?): the target must be a triangle mesh"
         )
+    problem = surface_problem(mesh)
+    if problem is not None:
+        raise MeshtalkError(path, problem)
     surface = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False, validate=False)
-    if surface.area <= 0:
-        raise MeshtalkError(path, "every face is degenerate (zero area): nothing to animate")
     if len(np.unique(mesh.faces)) < len(mesh.vertices):
         log.warning(
             "%s: %d vertices belong to no face; they follow the nearest part of the face",
