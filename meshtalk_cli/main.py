@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from meshtalk.cli import animate, data, dub, evaluate, render, retarget, train, weights
+from meshtalk.cli import animate, data, dub, evaluate, render, retarget, rig, train, weights
 from meshtalk.cli.common import state
 
 app = typer.Typer(
@@ -46,6 +46,7 @@ app.command()(animate.animate)
 app.command()(render.render)
 app.command("import-weights")(weights.import_weights)
 app.command()(retarget.retarget)
+app.command()(rig.rig)
 app.command(help=dub.DUB_HELP)(dub.dub)
 app.command("eval", help=evaluate.EVAL_HELP)(evaluate.evaluate)
 
