@@ -57,6 +57,9 @@ def animate(
     smooth: shared.SmoothOption = None,
     frames: shared.FramesOption = None,
     no_video: shared.NoVideoOption = False,
+    formats: shared.FormatsOption = "",
+    units: shared.UnitsOption = "same",
+    mesh_units: shared.MeshUnitsOption = "auto",
     scale: Annotated[
         float,
         typer.Option(

@@ -13,7 +13,18 @@ from typing import Annotated
 
 import typer
 
-from meshtalk.cli import animate, data, dub, evaluate, render, retarget, rig, train, weights
+from meshtalk.cli import (
+    animate,
+    data,
+    dub,
+    evaluate,
+    export,
+    render,
+    retarget,
+    rig,
+    train,
+    weights,
+)
 from meshtalk.cli.common import state
 
 app = typer.Typer(
@@ -49,6 +60,7 @@ app.command()(retarget.retarget)
 app.command()(rig.rig)
 app.command(help=dub.DUB_HELP)(dub.dub)
 app.command("eval", help=evaluate.EVAL_HELP)(evaluate.evaluate)
+app.command()(export.export)
 
 
 def main() -> None:

@@ -42,6 +42,26 @@ ChannelOption = Annotated[
         show_default=False,
     ),
 ]
+FormatsOption = Annotated[
+    str,
+    typer.Option(
+        help="Also write these, comma-separated: glb (glTF 2.0 morph targets), usdz (UsdSkel "
+        "blend shapes and the speech), usdc (time-sampled points); in metres, +Y up."
+    ),
+]
+UnitsOption = Annotated[
+    str,
+    typer.Option(
+        help="Unit of the PC2, template and per-frame files: same (the template's), mm, cm or m "
+        "(Blender: m)."
+    ),
+]
+MeshUnitsOption = Annotated[
+    str,
+    typer.Option(
+        help="Unit of the template (and the npz): auto (from the head's size), mm, cm or m."
+    ),
+]
 TransferOption = Annotated[
     Path | None,
     typer.Option(

@@ -54,6 +54,9 @@ def retarget(
     device: shared.DeviceOption = "auto",
     frames: shared.FramesOption = None,
     no_video: shared.NoVideoOption = False,
+    formats: shared.FormatsOption = "",
+    units: shared.UnitsOption = "same",
+    mesh_units: shared.MeshUnitsOption = "auto",
     scale: Annotated[
         float, typer.Option(help="Multiply the PC2, template and per-frame exports.")
     ] = 1.0,

@@ -10,6 +10,7 @@ carried from chunk to chunk) -> forehead and neck smoothed over time -> written 
     OUT/animation.pc2     the same vertices as a PC2 point cache (times --scale)
     OUT/template.ply|obj  the template, in the format of the one given (times --scale)
     OUT/frames/           with --frames ply|obj: one mesh per frame (times --scale)
+    OUT/animation.glb|usdz|usdc  with --formats: GLB/USD in metres (+ animation.wav; export/formats)
     OUT/animation.mp4     unless --no-video: the face front-on with the speech
 
 With --takes N > 1 each take gets these files in OUT/take_<i>/. Every stage works on chunks of
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.export.formats import ExportOptions
 from meshtalk.pipelines.export.npz import Rows
 from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.inference.relay import Relay
@@ -52,7 +54,7 @@ VIDEO_SIZE = (640, 480)
 
 
 @dataclass(kw_only=True)
-class AnimateConfig:
+class AnimateConfig(ExportOptions):
     """One `meshtalk animate` run."""
 
     speech: Path | None = None
@@ -132,7 +134,7 @@ class AnimateConfig:
             problems.append(f"--temperature must be finite, got {self.temperature}")
         if not 1 <= self.takes <= MAX_TAKES:
             problems.append(f"--takes must be between 1 and {MAX_TAKES}, got {self.takes}")
-        problems += export_problems(self.size, self.chunk_frames, self.frames, self.scale)
+        problems += export_problems(self.size, self.chunk_frames, self.frames, self.scale, self)
         if not self.allow_transfer and (self.transfer is not None or self.landmarks is not None):
             problems.append("--transfer and --landmarks go without --no-transfer")
         if self.channel is not None and not (
@@ -233,11 +235,10 @@ def animate(config: AnimateConfig) -> AnimateResult:
             transfer.save(partial)
         orientation = None if transfer is None else face_orientation(transfer.transfer)
         writers = [
-            TakeWriter(
-                folder, target, suffix, total, config.frames, config.scale, mapping, orientation
-            )
+            TakeWriter(folder, target, suffix, total, config.frames, config.scale, mapping,
+                       orientation, exports=config)
             for folder in folders
-        ]
+        ]  # fmt: skip
         smoothers = [RegionSmoother(smoother_masks) for _ in folders] if smoother_masks else None
         _generate(config, run, template, audio_codes, total, writers, smoothers, seconds)
         clock = time.perf_counter()

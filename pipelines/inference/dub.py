@@ -38,6 +38,7 @@ import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export import iter_rows
+from meshtalk.pipelines.export.formats import ExportOptions
 from meshtalk.pipelines.export.npz import first_nonfinite_row, load_npz, member_shape
 from meshtalk.pipelines.inference.animate import (
     CHUNK_FRAMES,
@@ -58,7 +59,7 @@ COMPARE_FILE = "compare.mp4"
 
 
 @dataclass(kw_only=True)
-class DubConfig:
+class DubConfig(ExportOptions):
     """One `meshtalk dub` run."""
 
     original: Path
@@ -110,7 +111,7 @@ class DubConfig:
             problems.append(f"--temperature must be positive and finite, got {self.temperature}")
         if not 0 <= self.seed < 2**63:
             problems.append(f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
-        problems += export_problems(self.size, self.chunk_frames)
+        problems += export_problems(self.size, self.chunk_frames, options=self)
         if self.compare and not self.video:
             problems.append("--compare renders a video: it goes without --no-video")
         if problems:
@@ -273,7 +274,7 @@ def dub(config: DubConfig) -> DubResult:
     masks = _smoothing_masks(config, run_)
     with out.writing() as partial, torch.inference_mode():
         audio_codes = front_end.audio_codes(run_.latent.encoder.audio_encoder, samples)
-        writer = TakeWriter(partial, mesh, ".ply", total, None, 1.0)
+        writer = TakeWriter(partial, mesh, ".ply", total, None, 1.0, exports=config)
         dubber = _Dubber(config, run_, original.template, masks)
         clock = time.perf_counter()
         chunks = original.chunks(float(fps), config.chunk_frames)

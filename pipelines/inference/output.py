@@ -27,11 +27,13 @@ def export_problems(
     chunk_frames: int,
     frames: str | None = None,
     scale: float = 1.0,
+    options=None,
 ) -> list[str]:
-    """What is wrong with the export settings animate, dub and retarget share (one entry each)."""
+    """What is wrong with the export settings animate, dub and retarget share (one entry each);
+    `options`: their `ExportOptions` (--formats, --units, --mesh-units)."""
     from meshtalk.pipelines.export import FRAME_FORMATS
 
-    problems = []
+    problems = [] if options is None else options.export_option_problems()
     if frames is not None and frames not in FRAME_FORMATS:
         problems.append(f"--frames must be one of {', '.join(FRAME_FORMATS)}, got {frames}")
     if not (math.isfinite(scale) and scale > 0):

@@ -31,6 +31,7 @@ import numpy as np
 
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export import iter_rows, member_shape
+from meshtalk.pipelines.export.formats import ExportOptions
 from meshtalk.pipelines.export.npz import first_nonfinite_row, load_npz
 from meshtalk.pipelines.inference.animate import VIDEO_SIZE, TakeWriter
 from meshtalk.pipelines.inference.output import OutputFolder, export_problems
@@ -45,7 +46,7 @@ REQUIRED = ("vertices", "template", "fps")
 
 
 @dataclass(kw_only=True)
-class RetargetConfig:
+class RetargetConfig(ExportOptions):
     """One `meshtalk retarget` run."""
 
     source: Path
@@ -87,7 +88,7 @@ class RetargetConfig:
             Path(self.output),
         )
         problems = []
-        problems += export_problems(self.size, self.chunk_frames, self.frames, self.scale)
+        problems += export_problems(self.size, self.chunk_frames, self.frames, self.scale, self)
         if self.transfer is not None and self.landmarks is not None:
             problems.append("--landmarks makes a new registration; it goes without --transfer")
         if problems:
@@ -234,7 +235,7 @@ def retarget(config: RetargetConfig) -> RetargetResult:
 
         def make_writer(orientation=None) -> TakeWriter:  # once the inputs are checked
             return TakeWriter(partial, target, suffix, source.frames, config.frames, config.scale,
-                              orientation=orientation)  # fmt: skip
+                              orientation=orientation, exports=config)  # fmt: skip
 
         if same:
             writer, audio, rate = _reencode(

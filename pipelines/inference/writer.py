@@ -1,4 +1,5 @@
-"""The files of one take (npz, PC2, template, per-frame meshes, mp4), written as frames come."""
+"""The files of one take (npz, PC2, template, per-frame meshes, GLB/USD, mp4), written as frames
+come (GLB and USD from the finished npz)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from meshtalk.pipelines.export import (
     PC2Writer,
     iter_rows,
 )
+from meshtalk.pipelines.export.formats import METRES, ExportOptions, write_formats
 from meshtalk.pipelines.export.npz import Rows
 from meshtalk.pipelines.io.mesh import Mesh, copy_materials, write_mesh
 
@@ -36,6 +38,7 @@ class TakeWriter:
             transfer from another topology); None: the frames are `template`'s already.
         orientation: (3, 3) rotation of the face in the template's coordinates, for the video's
             camera (a transfer's registration knows it); None: the face looks along +Z, up +Y.
+        exports: --formats (GLB/USD written from the npz at `finish`), --units, --mesh-units.
 
     The template export and every per-frame mesh keep what the template carried (UVs, OBJ
     materials with their files, normals, colours).
@@ -51,8 +54,12 @@ class TakeWriter:
         scale: float,
         mapping=None,
         orientation: np.ndarray | None = None,
+        exports: ExportOptions | None = None,
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        self.exports = exports
+        if exports is not None:  # --units: the template's units to those of PC2/PLY/OBJ
+            scale = scale * exports.unit_scale(template.vertices)
         self.folder, self.template, self.total, self.scale = folder, template, total, scale
         self.mapping, self.orientation = mapping, orientation
         self.suffix = suffix
@@ -100,6 +107,10 @@ class TakeWriter:
         write_mesh(self.folder / f"template{self.suffix}", replace(template, vertices=scaled))
         if self.suffix == ".obj":
             copy_materials(template, self.folder)
+        formats = () if self.exports is None else self.exports.format_list()
+        if formats:
+            units = self.exports.template_units(template.vertices)
+            write_formats(self.folder, self.npz_path, template, formats, METRES[units])
 
     def video(
         self, fps: Fraction, audio: np.ndarray | None, audio_rate: int, size, progress: bool

@@ -1,0 +1,220 @@
+"""A clip's displacements from its template as a few morph targets, within an error budget.
+
+GLB and USD carry an animation as blend shapes: positions = template + sum_k w_k(t) * target_k.
+The targets are an SVD basis of the clip's displacements, K the smallest that keeps every vertex of
+every frame within the budget (0.1 mm by default). The weights are kept in [0, 1] (Blender's glTF
+importer clamps negative ones, KhronosGroup/glTF-Blender-IO#1364): coefficient c_k(t) in
+[lo_k, hi_k] becomes w_k = (c_k - lo_k) / (hi_k - lo_k) with target (hi_k - lo_k) * b_k, and one
+constant "offset" target, sum_k lo_k * b_k, is held at weight 1.
+
+The frames are read in passes (a callable giving (n, V, 3) chunks), never all at once, so a clip of
+any length fits in memory: a randomized range finder with one power iteration (Halko et al. 2011)
+gives the subspace, the exact SVD of the clip projected onto it orders it, K is chosen on the frames
+with the largest residual energy and then checked on every frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+Chunks = Callable[[], Iterator[np.ndarray]]
+"""Called once per pass: (n, V, 3) float32 displacements from the template, in order."""
+
+OFFSET_NAME = "offset"
+"""The constant target held at weight 1."""
+OVERSAMPLE = 10
+"""Extra sketch columns beyond the largest K tried (the range finder's accuracy)."""
+CHECK_FRAMES = 384
+"""Frames K is searched on (the largest residuals and evenly spaced ones) before the full check."""
+
+
+@dataclass
+class Basis:
+    """Morph targets and their weights for a clip.
+
+    Attributes:
+        targets: (K + 1, V, 3) float32 displacements: the offset target first, then the basis.
+        weights: (T, K + 1) float32 in [0, 1]; column 0 (the offset) is 1.
+        max_error: the largest distance of any vertex on any frame from the clip (output units).
+        budget: the error budget it was fitted to (output units).
+        exact: one one-hot target per frame (`exact_basis`) rather than an SVD basis.
+    """
+
+    targets: np.ndarray
+    weights: np.ndarray
+    max_error: float
+    budget: float
+    exact: bool = False
+
+    @property
+    def count(self) -> int:
+        """K, targets of the basis (without the offset)."""
+        return len(self.targets) - (0 if self.exact else 1)
+
+    @property
+    def names(self) -> list[str]:
+        if self.exact:
+            return [f"frame_{t:06d}" for t in range(len(self.targets))]
+        return [OFFSET_NAME] + [f"basis_{k:03d}" for k in range(1, len(self.targets))]
+
+
+def _stacked(chunk: np.ndarray) -> np.ndarray:
+    return np.asarray(chunk, dtype=np.float32).reshape(len(chunk), -1)
+
+
+def _frame_errors(rows: np.ndarray, coeffs: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """(n,) the largest vertex distance of each row from its reconstruction."""
+    residual = rows - coeffs @ basis
+    return np.sqrt((residual.reshape(len(rows), -1, 3) ** 2).sum(axis=2)).max(axis=1)
+
+
+def fit_basis(
+    chunks: Chunks, frames: int, num_vertices: int, budget: float, seed: int = 0
+) -> Basis:
+    """The smallest SVD basis whose reconstruction keeps every vertex within `budget`.
+
+    Args:
+        chunks: gives the clip's displacements from the template a chunk at a time, per pass.
+        frames: T, frames the chunks hold in all.
+        num_vertices: V.
+        budget: the largest distance allowed, in the chunks' units (> 0).
+        seed: of the random sketch (the result is deterministic for a seed).
+    """
+    width = 3 * num_vertices
+    sketch = min(frames, width, 64 + OVERSAMPLE)
+    while True:
+        basis, coeffs = _subspace(chunks, frames, width, sketch, seed)
+        whole = sketch >= min(frames, width)
+        usable = len(basis) if whole else max(1, len(basis) - OVERSAMPLE)
+        count = _choose(chunks, coeffs, basis, usable, budget)
+        if count is not None:
+            break
+        if whole:  # the whole space: exact up to rounding
+            count = len(basis)
+            break
+        sketch = min(frames, width, 2 * sketch)
+    return _bounded(chunks, coeffs[:, :count], basis[:count], budget)
+
+
+def _subspace(
+    chunks: Chunks, frames: int, width: int, sketch: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(L, 3V) orthonormal rows spanning the clip's leading displacements, ordered by their
+    singular values, and (T, L) the clip's coefficients on them."""
+    rng = np.random.default_rng(seed)
+    omega = rng.standard_normal((frames, sketch)).astype(np.float32)
+    range_ = np.zeros((width, sketch), np.float32)
+    first = 0
+    for chunk in chunks():
+        rows = _stacked(chunk)
+        range_ += rows.T @ omega[first : first + len(rows)]
+        first += len(rows)
+    q = np.linalg.qr(range_)[0]
+    power = np.zeros_like(range_)  # one power iteration: D^T (D Q)
+    for chunk in chunks():
+        rows = _stacked(chunk)
+        power += rows.T @ (rows @ q)
+    q = np.linalg.qr(power)[0]
+    projected = np.concatenate([_stacked(chunk) @ q for chunk in chunks()])  # (T, L)
+    u, s, vt = np.linalg.svd(projected.astype(np.float64), full_matrices=False)
+    keep = s > s[0] * 1e-7 if len(s) and s[0] > 0 else np.zeros(len(s), bool)
+    keep[0] = True
+    basis = (q @ vt[keep].T.astype(np.float32)).T  # (L, 3V)
+    coeffs = (u[:, keep] * s[keep]).astype(np.float32)
+    return np.ascontiguousarray(basis), coeffs
+
+
+def _choose(
+    chunks: Chunks, coeffs: np.ndarray, basis: np.ndarray, usable: int, budget: float
+) -> int | None:
+    """The smallest K <= `usable` within the budget on every frame, or None if none is."""
+    energy = np.concatenate(
+        [(_stacked(chunk).astype(np.float64) ** 2).sum(1) for chunk in chunks()]
+    )
+    cumulative = np.cumsum(coeffs.astype(np.float64) ** 2, axis=1)
+    low, high = 1, usable
+    while True:
+        # Search K on a sample: the frames with the largest residual energy at `high`, and
+        # evenly spaced ones, then check the choice on every frame.
+        residual = energy - cumulative[:, high - 1]
+        sample = np.union1d(
+            np.argsort(residual)[-CHECK_FRAMES // 2 :],
+            np.linspace(0, len(energy) - 1, CHECK_FRAMES // 2).astype(int),
+        )
+        rows = _gather(chunks, sample)
+        lo, hi = low, high
+        if _frame_errors(rows, coeffs[sample, :hi], basis[:hi]).max() > budget:
+            if high == usable:
+                return None
+            low, high = high + 1, usable
+            continue
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _frame_errors(rows, coeffs[sample, :mid], basis[:mid]).max() <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        worst = _worst(chunks, coeffs[:, :hi], basis[:hi])
+        if worst <= budget:
+            return hi
+        low = hi + 1
+        if low > usable:
+            return None
+        high = usable
+
+
+def _gather(chunks: Chunks, indices: np.ndarray) -> np.ndarray:
+    picked, first = [], 0
+    for chunk in chunks():
+        rows = _stacked(chunk)
+        inside = indices[(indices >= first) & (indices < first + len(rows))] - first
+        picked.append(rows[inside])
+        first += len(rows)
+    return np.concatenate(picked)
+
+
+def _worst(chunks: Chunks, coeffs: np.ndarray, basis: np.ndarray) -> float:
+    worst, first = 0.0, 0
+    for chunk in chunks():
+        rows = _stacked(chunk)
+        errors = _frame_errors(rows, coeffs[first : first + len(rows)], basis)
+        worst = max(worst, float(errors.max()))
+        first += len(rows)
+    return worst
+
+
+def _bounded(chunks: Chunks, coeffs: np.ndarray, basis: np.ndarray, budget: float) -> Basis:
+    """The basis as targets with weights in [0, 1] and the offset target; the error measured on
+    every frame from the float32 arrays written."""
+    low, high = coeffs.min(axis=0), coeffs.max(axis=0)
+    span = np.where(high - low > 0, high - low, 1.0).astype(np.float32)
+    weights = np.clip((coeffs - low) / span, 0.0, 1.0).astype(np.float32)
+    targets = basis * span[:, None]
+    offset = (low.astype(np.float64) @ basis.astype(np.float64)).astype(np.float32)
+    all_targets = np.concatenate([offset[None], targets]).astype(np.float32)
+    all_weights = np.concatenate([np.ones((len(weights), 1), np.float32), weights], axis=1)
+    error = _worst(chunks, all_weights, all_targets)
+    num_vertices = basis.shape[1] // 3
+    return Basis(
+        targets=all_targets.reshape(-1, num_vertices, 3),
+        weights=all_weights,
+        max_error=error,
+        budget=budget,
+    )
+
+
+def exact_basis(chunks: Chunks, frames: int, num_vertices: int) -> Basis:
+    """One target per frame, its displacement, and one-hot weights (exact at every frame;
+    LINEAR interpolation is exact between frames too). For short clips: T targets of V vertices."""
+    targets = np.concatenate([np.asarray(c, np.float32) for c in chunks()])
+    weights = np.eye(frames, dtype=np.float32)
+    return Basis(
+        targets=targets.reshape(frames, num_vertices, 3),
+        weights=weights,
+        max_error=0.0,
+        budget=0.0,
+        exact=True,
+    )
