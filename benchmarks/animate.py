@@ -8,21 +8,28 @@ Side by side in one run, on the CPU:
    two torch threads), the wall-clock seconds of the whole `animate` without video, their ratio
    (the issue's target: at most 1.25), the busy seconds of each stage inside `animate` (loading,
    audio codes, sampling, decoding, smoothing, writing npz + PC2; sampling, decoding + smoothing
-   and writing overlap in three threads), and the real-time factor with and without video;
-2. render frames per second at 640x480 (MeshRenderer alone) and rendering + H.264 encoding
-   (`render_video`, with the speech);
-3. peak resident memory of a child process (`meshtalk animate --int8`) animating 3 and 30
-   minutes of speech with the video (and 120 minutes with `--hours-long`, with or without the
-   video), each beside its ratio to the 3-minute row: memory must not grow with the length of
-   the speech (target: ratio within 1.2, peak below 1536 MB).
+   and writing overlap in three threads), and the real-time factor;
+2. with the video, 10 s and 60 s of speech to an mp4 (target: 60 s in at most 20 s with the
+   default settings): the wall clock, and the wait for the video process after the last frame;
+3. render + encode alone: the video process (`VideoStage`) fed 960 frames of that animation,
+   beside the earlier path (`render_video` in this process with x264 veryfast; target >= 100
+   frames/s), and MeshRenderer alone at 640x480;
+4. x264 settings on the sentence's frames: encoding frames/s, megabytes per minute, PSNR against
+   the rendered frames and against the earlier setting's;
+5. peak resident memory of a child process (`meshtalk animate --int8`) animating 3 and 30
+   minutes of speech with the video (`--memory-minutes`; and 120 minutes with `--hours-long`,
+   with or without the video), each beside its ratio to the 3-minute row: memory must not grow
+   with the length of the speech (target: ratio within 1.2, peak below 1536 MB).
 
-    python benchmarks/animate.py [--hours-long [--long-no-video]] [--memory-only] [--json FILE]
+    python benchmarks/animate.py [--memory-minutes 3,30] [--hours-long [--long-no-video]]
+        [--memory-only] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,6 +48,10 @@ REFERENCE = ROOT.parent / "shared" / "reference"
 SPEECH = REFERENCE / "speech" / "example_sentence.wav"
 TOPOLOGY = REFERENCE / "meshtalk_topology"
 STAGES = ("load", "audio_codes", "sampling", "decoding", "smoothing", "writing", "video")
+EARLIER_OPTIONS = {"preset": "veryfast", "crf": "20"}
+"""The x264 setting of animate's videos before #34."""
+ALTERNATIVES = [("superfast", {"preset": "superfast", "crf": "20"})]
+"""Other settings measured beside them."""
 
 
 def release_run(folder: Path) -> Path:
@@ -172,6 +183,97 @@ def render_rate(frames: int = 300) -> float:
         return frames / (time.perf_counter() - start)
 
 
+def video_alone(animation: Path, frames: int) -> dict:
+    """Render + encode alone, frames/s: the video process (`VideoStage`, as animate runs it) fed
+    the first `frames` frames of an animation npz, beside the earlier path (`render_video` in this
+    process with the earlier x264 setting, veryfast) on the same frames."""
+    from meshtalk.pipelines.export.npz import iter_rows
+    from meshtalk.pipelines.io import video as video_module
+    from meshtalk.pipelines.render import render_video
+    from meshtalk.pipelines.render.stage import VideoStage
+
+    with np.load(animation, allow_pickle=False) as archive:
+        faces, template = archive["faces"], archive["template"]
+    count = (frames // 64) * 64
+
+    def chunks():
+        return (rows for rows, _ in zip(iter_rows(animation, "vertices", 64), range(count // 64)))
+
+    out = animation.parent / "alone"
+    out.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    with VideoStage([out / "stage.mp4"], faces, template, fps=30, audio_rate=16000,
+                    size=(640, 480), audio=False) as stage:  # fmt: skip
+        for chunk in chunks():
+            stage.write([chunk])
+        stage.finish([None])
+    stage_fps = count / (time.perf_counter() - start)
+    options = video_module.VIDEO_OPTIONS
+    video_module.VIDEO_OPTIONS = EARLIER_OPTIONS
+    try:
+        start = time.perf_counter()
+        render_video(chunks(), faces, out / "earlier.mp4", fps=30, template=template)
+        earlier_fps = count / (time.perf_counter() - start)
+    finally:
+        video_module.VIDEO_OPTIONS = options
+    return {"frames": count, "video_process_fps": stage_fps,
+            "earlier_in_process_fps": earlier_fps, "speedup": stage_fps / earlier_fps}  # fmt: skip
+
+
+def encoder_quality(animation: Path) -> list[dict]:
+    """The x264 settings side by side on an animation's frames: encoding frames/s (one thread),
+    bytes per minute, and PSNR (RGB, dB) of the decoded frames against the rendered ones and
+    against the earlier setting's."""
+    import io
+
+    import av
+
+    from meshtalk.pipelines.io.video import VIDEO_OPTIONS
+    from meshtalk.pipelines.render import MeshRenderer
+
+    with np.load(animation, allow_pickle=False) as archive:
+        vertices, faces, template = archive["vertices"], archive["faces"], archive["template"]
+    with MeshRenderer(faces, template, size=(640, 480)) as renderer:
+        rendered = [renderer.render(frame) for frame in vertices]
+
+    def encode(options: dict) -> tuple[float, int, list]:
+        buffer = io.BytesIO()
+        with av.open(buffer, "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=30, options=options)
+            stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+            stream.codec_context.thread_count = 1
+            start = time.perf_counter()
+            for index, image in enumerate(rendered):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = index
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+            seconds = time.perf_counter() - start
+        size = buffer.getbuffer().nbytes
+        buffer.seek(0)
+        with av.open(buffer) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        return seconds, size, frames
+
+    def psnr(first, second) -> float:
+        error = np.mean([(a.astype(np.float64) - b) ** 2 for a, b in zip(first, second)])
+        return float(10 * np.log10(255**2 / error))
+
+    rows, earlier = [], None
+    settings = [("earlier", EARLIER_OPTIONS), ("animate's", VIDEO_OPTIONS), *ALTERNATIVES]
+    for label, options in settings:
+        seconds, size, frames = encode(options)
+        earlier = frames if earlier is None else earlier
+        rows.append({
+            "setting": label, "x264_options": options,
+            "encode_fps_one_thread": len(frames) / seconds,
+            "megabytes_per_minute": size / 1e6 * 1800 / len(frames),
+            "psnr_db_vs_rendered": psnr(frames, rendered),
+            "psnr_db_vs_earlier": psnr(frames, earlier),
+        })  # fmt: skip
+    return rows
+
+
 def peak_memory(run: Path, speech: Path, out: Path, video: bool) -> tuple[int, float]:
     """Peak RSS (bytes) and wall seconds of `meshtalk animate --int8` in a child process."""
     command = [
@@ -230,19 +332,24 @@ def main() -> None:
     parser.add_argument(
         "--memory-only", action="store_true", help="only the long-speech memory rows"
     )
+    parser.add_argument(
+        "--memory-minutes", default="3,30",
+        help="minutes of speech of the memory rows, comma-separated ('' for none)",
+    )  # fmt: skip
     add_json_option(parser)
     args = parser.parse_args()
     check_json(parser, args)
     console = Console()
-    figures: dict = {"threads": torch.get_num_threads(), "runs": []}
-    lengths = [(3.0, True), (30.0, True)]
+    figures: dict = {"threads": torch.get_num_threads(), "runs": [], "with_video": []}
+    lengths = [(float(m), True) for m in args.memory_minutes.split(",") if m.strip()]
     if args.hours_long:
         lengths += [(3.0, False), (120.0, False)] if args.long_no_video else [(120.0, True)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         run = release_run(tmp / "run")
         figures["long_speech_memory"] = long_speech_rows(tmp, run, lengths)
-        print_long_rows(console, figures["long_speech_memory"])
+        if lengths:
+            print_long_rows(console, figures["long_speech_memory"])
         if args.memory_only:
             if args.json:
                 write_json(args.json, json.dumps(figures, indent=2) + "\n")
@@ -258,35 +365,71 @@ def main() -> None:
                 row["animate_over_sampling_alone"] = row["wall_s"] / row["sampling_alone_s"]
                 row["rtf"] = row["duration_s"] / row["wall_s"]
                 figures["runs"].append(row)
-        sentence = stage_seconds(run, speech_file(tmp, None), tmp / "out", video=True)
+        for label, seconds in (("10 s", 10.0), ("60 s", 60.0)):
+            speech = speech_file(tmp, seconds)
+            for weights in ("float", "int8"):
+                row = stage_seconds(run, speech, tmp / "video", video=True, int8=weights == "int8")
+                row.update(speech=label, weights=weights, default_settings=weights == "float")
+                figures["with_video"].append(row)
+        figures["render_encode_alone"] = video_alone(tmp / "video" / "animation.npz", 960)
         figures["render_fps"] = render_rate()
-        figures["render_encode_fps"] = sentence["frames"] / sentence["video"]
-    table = Table(title="meshtalk animate, release sizes (random weights), CPU")
+        stage_seconds(run, speech_file(tmp, None), tmp / "sentence", video=False)
+        figures["encoders"] = encoder_quality(tmp / "sentence" / "animation.npz")
+    figures["uptime_load_average"] = list(os.getloadavg())
+    print_tables(console, figures)
+    if args.json:
+        write_json(args.json, json.dumps(figures, indent=2) + "\n")
+
+
+def print_tables(console: Console, figures: dict) -> None:
+    table = Table(title="meshtalk animate --no-video, release sizes (random weights), CPU")
     columns = ("speech", "weights", "frames", "sampling alone", "animate", "ratio", *STAGES[:-1])
-    for column in (*columns, "RTF", "RTF + video"):
+    for column in (*columns, "RTF"):
         table.add_column(column, justify="right")
     for row in figures["runs"]:
-        video = row["frames"] / figures["render_encode_fps"]
-        row["rtf_with_video"] = row["duration_s"] / (row["wall_s"] + video)
         table.add_row(
             row["speech"], row["weights"], str(row["frames"]), f"{row['sampling_alone_s']:.2f}",
             f"{row['wall_s']:.2f}", f"{row['animate_over_sampling_alone']:.2f}",
-            *(f"{row[k]:.2f}" for k in STAGES[:-1]),
-            f"{row['rtf']:.1f}x", f"{row['rtf_with_video']:.1f}x",
+            *(f"{row[k]:.2f}" for k in STAGES[:-1]), f"{row['rtf']:.1f}x",
         )  # fmt: skip
     console.print(table)
     console.print(
         "seconds; ratio = animate's wall clock without video / sampling alone (target <= 1.25); "
         "the stage columns are busy seconds inside animate (sampling, decoding + smoothing and "
-        "writing run side by side); RTF + video adds the sentence's render + encode rate"
+        "writing run side by side)"
     )
+    table = Table(title="meshtalk animate with the video (speech to an mp4)")
+    for column in ("speech", "weights", "wall (s)", "sampling", "wait for the video", "RTF"):
+        table.add_column(column, justify="right")
+    for row in figures["with_video"]:
+        weights = row["weights"] + (" (default)" if row["default_settings"] else "")
+        table.add_row(
+            row["speech"], weights, f"{row['wall_s']:.2f}", f"{row['sampling']:.2f}",
+            f"{row['video']:.2f}", f"{row['duration_s'] / row['wall_s']:.1f}x",
+        )  # fmt: skip
+    console.print(table)
+    alone = figures["render_encode_alone"]
     console.print(
-        f"render {figures['render_fps']:.0f} frames/s at 640x480; render + H.264 + AAC "
-        f"{figures['render_encode_fps']:.0f} frames/s (target >= 60)"
+        "target: 60 s of speech to an mp4 in <= 20 s with the default settings; render + encode "
+        f"alone: the video process {alone['video_process_fps']:.0f} frames/s (target >= 100), "
+        f"the earlier path {alone['earlier_in_process_fps']:.0f} ({alone['speedup']:.2f}x), "
+        f"{alone['frames']} frames; MeshRenderer alone {figures['render_fps']:.0f} frames/s"
     )
-    print_long_rows(console, figures["long_speech_memory"])
-    if args.json:
-        write_json(args.json, json.dumps(figures, indent=2) + "\n")
+    table = Table(title="x264 settings on the sentence's frames (640x480)")
+    for column in ("setting", "options", "encode fps (1 thread)", "MB/min", "PSNR vs rendered",
+                   "PSNR vs earlier"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for row in figures["encoders"]:
+        options = " ".join(f"{k}={v}" for k, v in row["x264_options"].items())
+        table.add_row(
+            row["setting"], options, f"{row['encode_fps_one_thread']:.0f}",
+            f"{row['megabytes_per_minute']:.2f}", f"{row['psnr_db_vs_rendered']:.2f}",
+            f"{row['psnr_db_vs_earlier']:.2f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"load average (1, 5, 15 min) at the end: {figures['uptime_load_average']}")
+    if figures["long_speech_memory"]:
+        print_long_rows(console, figures["long_speech_memory"])
 
 
 if __name__ == "__main__":

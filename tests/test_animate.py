@@ -407,11 +407,59 @@ def test_bad_input_is_one_line_and_leaves_nothing(inputs, tmp_path, case):
         assert not out.exists()
 
 
+def decoded(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def psnr(first: list[np.ndarray], second: list[np.ndarray]) -> float:
+    error = np.mean([(a.astype(np.float64) - b) ** 2 for a, b in zip(first, second)])
+    return float(10 * np.log10(255**2 / max(error, 1e-12)))
+
+
+def test_the_video_drawn_beside_the_sampler_shows_the_frames_of_the_earlier_path(
+    inputs, tmp_path, monkeypatch
+):
+    """The mp4 that the video process draws and encodes while the sampler runs (x264 ultrafast)
+    against the earlier path: the written npz rendered after the fact in this process with the
+    earlier encoder setting (veryfast). Same frames, within a PSNR bound that a shifted frame
+    misses."""
+    from meshtalk.pipelines.io import video as video_module
+    from meshtalk.pipelines.render import render_video
+
+    out = tmp_path / "out"
+    result = invoke(inputs, out, "--seed", "5")
+    assert result.exit_code == 0, result.stderr
+    npz = arrays(out / "animation.npz")
+    monkeypatch.setattr(video_module, "VIDEO_OPTIONS", {"preset": "veryfast", "crf": "20"})
+    earlier = tmp_path / "earlier.mp4"
+    render_video(
+        npz["vertices"],
+        npz["faces"],
+        earlier,
+        fps=float(npz["fps"]),
+        audio=npz["audio"],
+        template=npz["template"],
+    )
+    new, old = decoded(out / "animation.mp4"), decoded(earlier)
+    assert len(new) == len(old) == len(npz["vertices"])
+    assert psnr(new, old) > 40
+    # The bound is one that a face drawn 2% larger misses.
+    centre = npz["template"].mean(axis=0)
+    larger = centre + 1.02 * (npz["vertices"][:3] - centre)
+    render_video(larger, npz["faces"], tmp_path / "larger.mp4", fps=30, template=npz["template"])
+    assert psnr(new[:3], decoded(tmp_path / "larger.mp4")) < 40
+
+
 def test_a_failure_while_writing_leaves_nothing(inputs, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(animate_module.TakeWriter, "video", broken)
+    # The video stage fails while the frames still come: the child process stops and its
+    # partial video goes with the rest.
+    monkeypatch.setattr(animate_module.VideoStage, "write", broken)
     out = tmp_path / "out"
     result = invoke(inputs, out)
     assert result.exit_code == 1 and "no space left on device" in result.stderr
@@ -494,7 +542,7 @@ def test_a_damaged_run_topology_is_one_line(inputs, tmp_path):
 
 
 def test_relay_keeps_order_and_flushes():
-    from meshtalk.pipelines.inference.animate import Relay
+    from meshtalk.pipelines.inference.relay import Relay
 
     seen = []
     held = []
@@ -512,7 +560,7 @@ def test_relay_keeps_order_and_flushes():
 
 
 def test_relay_raises_a_stage_error_in_the_caller_and_stops():
-    from meshtalk.pipelines.inference.animate import Relay
+    from meshtalk.pipelines.inference.relay import Relay
 
     def broken(item):
         if item == 3:

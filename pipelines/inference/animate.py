@@ -22,6 +22,7 @@ files appear at once, at the end (`OutputFolder`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,12 +36,13 @@ import numpy as np
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export.formats import ExportOptions
 from meshtalk.pipelines.export.npz import Rows
+from meshtalk.pipelines.inference.generate import generate
 from meshtalk.pipelines.inference.output import OutputFolder, export_problems
-from meshtalk.pipelines.inference.relay import Relay
 from meshtalk.pipelines.inference.smoothing import SMOOTHED_REGIONS, RegionSmoother
 from meshtalk.pipelines.inference.writer import TakeWriter
 from meshtalk.pipelines.io.heap import bound_heap
 from meshtalk.pipelines.io.mesh import Mesh, read_mesh, surface_problem
+from meshtalk.pipelines.render.stage import VideoStage
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +164,8 @@ class AnimateResult:
     duration_s: float
     """Length of the speech."""
     seconds: dict[str, float] = field(default_factory=dict)
-    """Wall-clock seconds per stage: load, audio_codes, sampling, decoding, smoothing, writing,
-    video."""
+    """Busy seconds per stage: load, audio_codes, sampling, decoding, smoothing, writing (these
+    four overlap), and video: the wait for the video process after the last frame."""
 
 
 def run(config: AnimateConfig) -> Path:
@@ -240,23 +242,37 @@ def animate(config: AnimateConfig) -> AnimateResult:
             for folder in folders
         ]  # fmt: skip
         smoothers = [RegionSmoother(smoother_masks) for _ in folders] if smoother_masks else None
-        _generate(config, run, template, audio_codes, total, writers, smoothers, seconds)
-        clock = time.perf_counter()
-        for index, writer in enumerate(writers):
-            take = {**provenance, "take": index}
-            writer.finish(
-                frame_times=front_end.frame_times(scan.samples),
-                fps=float(fps),
-                audio=Rows((scan.samples,), np.float32, speech.blocks()),
-                audio_rate=front_end.sample_rate,
-                provenance=json.dumps(take, sort_keys=True),
-            )
-        seconds["writing"] += time.perf_counter() - clock
-        if config.video:
+        with contextlib.ExitStack() as stack:
+            stack.push(_abandon(writers))  # on an error: nothing left open in the partial folder
+            video = None
+            if config.video:  # drawn and encoded in a child process while the sampler runs
+                video = stack.enter_context(
+                    VideoStage(
+                        [folder / "animation.mp4" for folder in folders],
+                        target.faces,
+                        target.vertices,
+                        fps=fps,
+                        audio_rate=front_end.sample_rate,
+                        size=config.size,
+                        orientation=orientation,
+                    )
+                )
+            generate(config, run, template, audio_codes, total, writers, smoothers, seconds, video)
             clock = time.perf_counter()
-            for writer in writers:
-                writer.video(fps, None, front_end.sample_rate, config.size, config.progress)
-            seconds["video"] = time.perf_counter() - clock
+            for index, writer in enumerate(writers):
+                take = {**provenance, "take": index}
+                writer.finish(
+                    frame_times=front_end.frame_times(scan.samples),
+                    fps=float(fps),
+                    audio=Rows((scan.samples,), np.float32, speech.blocks()),
+                    audio_rate=front_end.sample_rate,
+                    provenance=json.dumps(take, sort_keys=True),
+                )
+            seconds["writing"] += time.perf_counter() - clock
+            if video is not None:  # the rest of the frames and the speech's AAC track
+                clock = time.perf_counter()
+                video.finish([writer.npz_path for writer in writers])
+                seconds["video"] = time.perf_counter() - clock
     final = [config.output / folder.relative_to(partial) for folder in folders]
     log.info("wrote %s", ", ".join(str(folder) for folder in final))
     return AnimateResult(
@@ -268,105 +284,16 @@ def animate(config: AnimateConfig) -> AnimateResult:
     )
 
 
-def _generate(
-    config, run, template: Mesh, audio_codes, total: int, writers, smoothers, seconds
-) -> None:
-    """Sample, decode, smooth and write every frame, `chunk_frames` at a time.
+def _abandon(writers):
+    """An exit callback that closes each take's npz quietly when the block fails."""
 
-    `audio_codes` gives the (1, n, code_dim) audio codes of the `total` frames a chunk at a time
-    (`frontend_stream.stream_audio_codes`): this thread computes them as the sampler needs them.
-    Three stages run side by side on consecutive chunks (`Relay`): this thread samples chunk k+1
-    while a second decodes and smooths chunk k and a third writes chunk k-1, each stage holding
-    at most two chunks, so the files cost little time beyond sampling and memory stays flat.
-    """
-    import torch
-    import torch.nn.functional as F
+    def on_exit(kind, error, trace) -> bool:
+        if kind is not None:
+            for writer in writers:
+                writer.npz.abort()
+        return False
 
-    from meshtalk.models.sampler import PriorSampler
-
-    takes, prior, decoder = config.takes, run.prior, run.latent.decoder
-    clock = time.perf_counter()  # the sampler's preparation of its weights counts as sampling
-    sampler = PriorSampler(
-        prior,
-        batch=takes,
-        temperature=config.temperature,
-        argmax=config.argmax,
-        seed=config.seed,
-        weights="int8" if config.int8 else "float",
-    )
-    seconds["sampling"] += time.perf_counter() - clock
-    parameter = next(decoder.parameters())
-    vertices = torch.from_numpy(np.ascontiguousarray(template.vertices, dtype=np.float32))
-    template_batch = vertices.to(parameter.device, parameter.dtype)[None].expand(takes, -1, -1)
-    classes = prior.config.classes
-    decoder_state = None
-
-    def decode(codes):  # (N, n, H) codes -> (codes, [ready frames of each take])
-        nonlocal decoder_state
-        if codes is None:  # the end: what the smoothers still hold
-            if smoothers is None:
-                return None
-            clock = time.perf_counter()
-            rest = [smoother.finish() for smoother in smoothers]
-            seconds["smoothing"] += time.perf_counter() - clock
-            return None, rest
-        with torch.inference_mode():
-            clock = time.perf_counter()
-            one_hot = F.one_hot(codes, classes).to(parameter.dtype)
-            meshes, decoder_state = decoder.decode(template_batch, one_hot, decoder_state)
-            meshes = meshes.float().cpu().numpy()
-            seconds["decoding"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        if smoothers is None:
-            ready = list(meshes)
-        else:
-            ready = [smoother.push(take) for smoother, take in zip(smoothers, meshes)]
-        seconds["smoothing"] += time.perf_counter() - clock
-        return codes.cpu().numpy(), ready
-
-    def write(item) -> None:
-        codes, ready = item
-        clock = time.perf_counter()
-        for index, writer in enumerate(writers):
-            if codes is not None:
-                writer.codes.append(codes[index])
-            writer.write(ready[index])
-        seconds["writing"] += time.perf_counter() - clock
-
-    given = 0
-    with Relay([decode, write], flush=True) as relay:
-        for chunk in _rechunked(audio_codes, config.chunk_frames, seconds):
-            given += chunk.shape[1]
-            if given > total:
-                break
-            clock = time.perf_counter()
-            codes = sampler.push(chunk.expand(takes, -1, -1))  # (N, n, H)
-            seconds["sampling"] += time.perf_counter() - clock
-            relay.put(codes)
-    if given != total:
-        raise MeshtalkError(
-            config.model, f"the audio front end gave {given} frames where {total} were due"
-        )
-
-
-def _rechunked(audio_codes, frames: int, seconds: dict[str, float]):
-    """(1, frames, code_dim) chunks (the last shorter) of a stream of (1, n, code_dim) ones;
-    the time spent computing them is added to seconds["audio_codes"]."""
-    import torch
-
-    pending, stream = None, iter(audio_codes)
-    while True:
-        clock = time.perf_counter()
-        part = next(stream, None)
-        seconds["audio_codes"] += time.perf_counter() - clock
-        if part is None:
-            break
-        pending = part if pending is None else torch.cat([pending, part], dim=1)
-        while pending.shape[1] >= frames:
-            yield pending[:, :frames]
-            pending = pending[:, frames:]
-    if pending is not None and pending.shape[1]:
-        yield pending
+    return on_exit
 
 
 def _model_template(config: AnimateConfig, run, template: Mesh):

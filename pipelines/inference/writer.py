@@ -75,16 +75,17 @@ class TakeWriter:
             )
         self.codes: list[np.ndarray] = []
 
-    def write(self, frames: np.ndarray) -> None:
-        """(n, V, 3) frames, in the template's units."""
+    def write(self, frames: np.ndarray) -> np.ndarray:
+        """(n, V, 3) frames, in the template's units; returns them as written (mapped)."""
         if len(frames) == 0:
-            return
+            return frames
         if self.mapping is not None:
             frames = self.mapping(frames)
         self.vertices.write(frames)
         self.pc2.write(frames)
         if self.meshes is not None:
             self.meshes.write(frames)
+        return frames
 
     def finish(self, **members) -> None:
         """Close the streams; the npz's other members (faces, template, codes, then `members`:

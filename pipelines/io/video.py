@@ -26,9 +26,12 @@ AUDIO_FRAME_SAMPLES = 1024
 """Samples per AAC frame (what FFmpeg's AAC encoder takes at a time)."""
 
 VIDEO_CODEC = "libx264"
-VIDEO_OPTIONS = {"preset": "veryfast", "crf": "20"}
-"""x264 settings: `veryfast` keeps encoding well above real time on a laptop CPU; CRF 20 leaves
-shading bands on a grey face invisible."""
+VIDEO_OPTIONS = {"preset": "ultrafast", "crf": "20"}
+"""x264 settings: `ultrafast` encodes a 640x480 face about twice as fast as `veryfast` (the
+earlier setting) at a PSNR against the rendered frames as high or higher (a shaded face on a plain
+background has little for the slower presets' tools to gain), in files about 2-5x larger (still
+under 3 MB for a minute); CRF 20 leaves shading bands on a grey face invisible. Measured by
+`benchmarks/animate.py` (the encoder rows)."""
 
 
 def frame_rate(fps: float | Fraction) -> Fraction:
@@ -54,6 +57,8 @@ class VideoWriter:
         audio: (N,) mono float32 samples in [-1, 1], an iterable of (n,) blocks of them in
             order (e.g. `iter_rows(npz, "audio", 65536)`), or None for a silent video.
         audio_rate: sample rate of `audio` in Hz.
+        threads: x264's threads (0: its own choice, about 1.5 per core).
+        options: x264 settings (default `VIDEO_OPTIONS`).
 
     Use as a context manager; `write(frame)` for each frame. Leaving the block with an error
     removes the partial file.
@@ -66,8 +71,12 @@ class VideoWriter:
         size: tuple[int, int] = (640, 480),
         audio: np.ndarray | Iterable[np.ndarray] | None = None,
         audio_rate: int = 16000,
+        threads: int = 0,
+        options: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.threads = int(threads)
+        self.options = dict(VIDEO_OPTIONS if options is None else options)
         self.fps = frame_rate(fps)
         self.size = (int(size[0]), int(size[1]))
         self.audio = audio
@@ -92,7 +101,8 @@ class VideoWriter:
             )
             self._container = av.open(str(tmp), mode="w", options=options)
             self._container.metadata["comment"] = VIDEO_COMMENT  # what `--force` may replace
-            video = self._container.add_stream(VIDEO_CODEC, rate=self.fps, options=VIDEO_OPTIONS)
+            video = self._container.add_stream(VIDEO_CODEC, rate=self.fps, options=self.options)
+            video.codec_context.thread_count = self.threads
             video.width, video.height = self.size
             video.pix_fmt = "yuv420p"
             video.codec_context.time_base = 1 / self.fps

@@ -1,0 +1,155 @@
+"""Videos rendered and encoded while the frames are still being made: a stage in its own process.
+
+`VideoStage` starts `render/worker.py` in a child process (no torch in it; its own interpreter
+lock) and hands it the frames of every take as they come; it draws and encodes them beside the
+sampler. The pipe between them holds about one chunk (`PIPE_BYTES`), so a slow video holds up the
+frames' producer instead of piling up memory. `finish` names each take's npz (the AAC track is
+read from its `audio`) and waits for the videos to be complete under their names.
+
+Thread budgets (2 cores): llvmpipe draws with `DRAW_THREADS` threads and x264 encodes with
+`ENCODER_THREADS`, so that the child's threads, the sampler and the files' threads do not
+oversubscribe the cores (see `benchmarks/animate.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.render.worker import HEADER
+
+DRAW_THREADS = 1
+"""llvmpipe's rasteriser threads in the video process (LP_NUM_THREADS)."""
+ENCODER_THREADS = 1
+"""x264's threads in the video process."""
+PIPE_BYTES = 1 << 20
+"""The pipe to the video process (Linux lets an unprivileged process ask for up to 1 MiB)."""
+F_SETPIPE_SZ = 1031
+
+
+class VideoStage:
+    """Renders and encodes one video per take in a child process, fed frame chunks.
+
+    Args:
+        videos: the video file of each take (written atomically by the child).
+        faces: (F, 3) triangles; template: (V, 3), the camera is framed on it.
+        fps: frames per second; audio_rate: the npz's audio rate (Hz).
+        size: (width, height); orientation: the face's (3, 3) rotation, or None.
+        audio: whether the videos get an AAC track (from each take's npz at `finish`).
+    """
+
+    def __init__(
+        self,
+        videos: list[Path],
+        faces: np.ndarray,
+        template: np.ndarray,
+        *,
+        fps: Fraction,
+        audio_rate: int,
+        size: tuple[int, int],
+        orientation: np.ndarray | None = None,
+        audio: bool = True,
+        samples: int = 0,
+    ) -> None:
+        self.videos = [Path(video) for video in videos]
+        environment = dict(os.environ, LP_NUM_THREADS=str(DRAW_THREADS))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "meshtalk.pipelines.render.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=environment,
+        )
+        with contextlib.suppress(OSError):  # a smaller pipe works too, with more waits
+            fcntl.fcntl(self.process.stdin.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+        self.frames, self.lock = 0, threading.Lock()
+        faces = np.ascontiguousarray(faces, dtype=np.int64)
+        template = np.ascontiguousarray(template, dtype=np.float32)
+        fps = Fraction(fps).limit_denominator(10_000)
+        self._send(
+            {
+                "kind": "start",
+                "videos": [str(video) for video in self.videos],
+                "fps": [fps.numerator, fps.denominator],
+                "size": [int(size[0]), int(size[1])],
+                "audio_rate": int(audio_rate),
+                "audio": bool(audio),
+                "samples": int(samples),
+                "orientation": None if orientation is None else np.asarray(orientation).tolist(),
+                "faces": list(faces.shape),
+                "template": list(template.shape),
+                "encoder_threads": ENCODER_THREADS,
+            },
+            faces.tobytes() + template.tobytes(),
+        )
+
+    def write(self, takes: list[np.ndarray]) -> None:
+        """(n, V, 3) new frames of every take (the same n), in order."""
+        if not len(takes) or not len(takes[0]):
+            return
+        chunk = np.ascontiguousarray(np.stack(takes), dtype=np.float32)
+        self._send({"kind": "frames", "shape": list(chunk.shape)}, chunk)
+        self.frames += chunk.shape[1]
+
+    def finish(self, npz_files: list[Path | None]) -> int:
+        """Close the videos (their tracks read from each take's npz `audio`); the frames written."""
+        self._send({"kind": "finish", "audio": [None if f is None else str(f) for f in npz_files]})
+        self.process.stdin.close()
+        answer = self.process.stdout.read()
+        status = self.process.wait()
+        self._raise(answer, status)
+        return int(json.loads(answer)["frames"])
+
+    def abort(self) -> None:
+        """Stop the child; it removes its partial videos."""
+        if self.process.poll() is None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(OSError):
+            self.process.stdout.close()
+
+    def _send(self, header: dict, payload=b"") -> None:
+        data = memoryview(payload).cast("B")
+        text = json.dumps({**header, "bytes": data.nbytes}).encode()
+        try:
+            with self.lock:
+                self.process.stdin.write(HEADER.pack(len(text)) + text)
+                self.process.stdin.write(data)
+                self.process.stdin.flush()
+        except BrokenPipeError:  # the child stopped: say why
+            answer = self.process.stdout.read()
+            self._raise(answer, self.process.wait())
+            raise
+
+    def _raise(self, answer: bytes, status: int) -> None:
+        if status == 0:
+            return
+        try:
+            failure = json.loads(answer.decode().strip().splitlines()[-1])
+            problem, path = failure["error"], failure["path"]
+        except (ValueError, IndexError, KeyError, TypeError):
+            raise RuntimeError(
+                f"the video process failed with exit status {status} (its traceback is above)"
+            ) from None
+        raise MeshtalkError(path, problem)
+
+    def __enter__(self) -> VideoStage:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is not None:
+            self.abort()
