@@ -118,11 +118,22 @@ def check_fits(
 
 
 def load_component_state(folder: Path, module: nn.Module) -> None:
-    """Load a saved component's tensors into `module` (names and shapes must match exactly)."""
+    """Load a saved component's tensors into `module` (names and shapes must match exactly).
+
+    The loaded tensors become the module's own (`assign`): no second copy of the weights, and a
+    module built on the meta device (nothing allocated or computed) is filled this way."""
     path = Path(folder) / WEIGHTS_FILE
     state = load_tensors(path)
     check_fits(module, state, path)
-    module.load_state_dict(state)
+    expected = module.state_dict()
+    for name, tensor in state.items():  # the module's dtypes, as a copy into it would give
+        if tensor.dtype != expected[name].dtype:
+            state[name] = tensor.to(expected[name].dtype)
+    module.load_state_dict(state, assign=True)
+    left = [name for name, tensor in module.state_dict().items() if tensor.is_meta]
+    left += [name for name, tensor in module.named_buffers() if tensor.is_meta]
+    if left:
+        raise RuntimeError(f"{path}: nothing loaded into {', '.join(sorted(set(left)))}")
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:

@@ -372,7 +372,9 @@ def _load_prior(
             folder / CONFIG_FILE,
             stage1.folder,
         )
-    with _no_random_initialisation():  # every tensor is loaded below
+    # Built on the meta device: neither its random weights nor its head masks are computed, as
+    # every tensor (the masks too) is loaded below.
+    with torch.device("meta"):
         model = ContextModel(sizes)
     load_component_state(folder, model)
     return model
