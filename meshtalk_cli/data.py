@@ -50,6 +50,17 @@ def synth(
         float,
         typer.Option(help="Std of a slow speech-independent brow level and squint (0 for none)."),
     ] = 0.0,
+    face: Annotated[
+        str,
+        typer.Option(
+            help="builtin (the procedural head) or ict (the ICT-FaceKit head of --face-model: "
+            "visemes, blinks, brows, saccades; the face area is tracked)."
+        ),
+    ] = "builtin",
+    face_model: Annotated[
+        Path | None,
+        typer.Option(help="The ICT-FaceKit model's folder, with --face ict."),
+    ] = None,
 ) -> None:
     """Write a procedural talking-face dataset in the Multiface layout, with ground truth."""
     values = dict(locals())

@@ -17,9 +17,25 @@ default `--grid 48`.
 
 Laid out by part: `face` (the built-in head, motion fields, identity shapes), `speech` (phones,
 articulation, formant audio), `espeak` (eSpeak NG through ctypes), `events` (blinks, brows,
-drift, head poses), `writer` (the settings and the dataset's files).
+drift, head poses), `writer` (the settings and the dataset's files). `--face ict`: `ict` (the
+ICT-FaceKit model), `visemes` (its expression weights over time), `ict_writer` (its dataset).
 """
 
-from meshtalk.pipelines.data.synth.writer import SynthConfig, run
+from pathlib import Path
+
+from meshtalk.pipelines.data.synth.writer import SynthConfig
+
+
+def run(config: SynthConfig) -> Path:
+    """Write the dataset (`writer` for the built-in head or a template, `ict_writer` for the
+    ICT-FaceKit head); returns the output directory."""
+    if config.face == "ict":
+        from meshtalk.pipelines.data.synth.ict_writer import run as run_ict
+
+        return run_ict(config)
+    from meshtalk.pipelines.data.synth.writer import run as run_builtin
+
+    return run_builtin(config)
+
 
 __all__ = ["SynthConfig", "run"]

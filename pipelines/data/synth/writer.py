@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -56,10 +57,14 @@ from meshtalk.pipelines.io.atomic import write_text_atomic
 from meshtalk.pipelines.io.audio import write_wav
 from meshtalk.pipelines.io.mesh import Mesh, read_mesh, write_bin, write_mesh, write_transform
 
+if TYPE_CHECKING:
+    from meshtalk.pipelines.data.synth.espeak import Utterance
+
 log = logging.getLogger(__name__)
 
 
 VOICES = ("espeak", "formant")
+FACES = ("builtin", "ict")
 ESPEAK_VARIANTS = ("m1", "f2", "m3", "f1", "m2", "f4", "m4", "f3", "m5", "f5")
 """espeak voice variants, one per identity in turn."""
 
@@ -106,6 +111,10 @@ class SynthConfig:
     squint (eyelids partly closed), in units of a full brow raise and a full blink; 0 for none."""
     head_motion: bool = True
     """Write a mild head motion into the transforms (identity transforms otherwise)."""
+    face: str = "builtin"
+    """'builtin' (the procedural head) or 'ict' (the ICT-FaceKit head from `face_model`)."""
+    face_model: Path | None = None
+    """The ICT-FaceKit model's folder (with --face ict), e.g. ../shared/reference/ict_facekit."""
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -122,6 +131,10 @@ class SynthConfig:
             problems.append(f"--drop-rate must be in [0, 0.5), got {self.drop_rate}")
         if not 0 <= self.expression_drift <= 1:
             problems.append(f"--expression-drift must be in [0, 1], got {self.expression_drift}")
+        if self.face not in FACES:
+            problems.append(f"--face must be one of {', '.join(FACES)}, got '{self.face}'")
+        if self.face == "ict" and self.face_model is None:
+            problems.append("--face ict needs --face-model DIR (the ICT-FaceKit model's folder)")
         if self.grid < 16:
             problems.append(f"--grid must be at least 16, got {self.grid}")
         if self.voice is None:
@@ -164,10 +177,10 @@ def run(config: SynthConfig) -> Path:
     """Write the dataset; returns the output directory."""
     from meshtalk.pipelines.io.progress import progress_bar
 
-    base, masks, landmarks, kept, rig = _topology(config)
     out = config.output
     if out.exists() and not out.is_dir():
         raise MeshtalkError(out, "exists and is not a folder (synth writes a dataset folder)")
+    base, masks, landmarks, kept, rig = _topology(config)
     out.mkdir(parents=True, exist_ok=True)
     _write_topology(out / TOPOLOGY_DIR, base, masks, landmarks)
 
@@ -375,9 +388,25 @@ def _espeak_sentence(
     """One sentence read by eSpeak NG in the identity's voice: its phones on the articulation
     classes (timed from espeak's phoneme events, after a short silence), its length in seconds,
     and the audio at AUDIO_RATE with the same silences around it."""
+    from meshtalk.pipelines.data.synth.espeak import to_phones
+
+    spoken, lead, audio = espeak_audio(words, identity, f0, rate, rng)
+    phones = [
+        Phone(symbol, lead + start, length)
+        for symbol, start, length in to_phones(spoken)
+        if symbol != " "
+    ]
+    return phones, len(audio) / AUDIO_RATE, audio
+
+
+def espeak_audio(
+    words: list[str], identity: int, f0: float, rate: float, rng: np.random.Generator
+) -> tuple[Utterance, float, np.ndarray]:
+    """eSpeak NG's utterance of the sentence in the identity's voice, the silence before it (s),
+    and the audio at AUDIO_RATE with silences and a room's noise floor around it."""
     from scipy.signal import lfilter, resample_poly
 
-    from meshtalk.pipelines.data.synth.espeak import speak, to_phones
+    from meshtalk.pipelines.data.synth.espeak import speak
 
     variant = ESPEAK_VARIANTS[identity % len(ESPEAK_VARIANTS)]
     pitch = int(np.clip(35 + (f0 - 95) / 135 * 40, 0, 100))
@@ -394,12 +423,7 @@ def _espeak_sentence(
     pole = rng.uniform(0.0, 0.95)
     noise = lfilter([1 - pole], [1, -pole], rng.standard_normal(len(audio)))
     audio += 10 ** rng.uniform(-3.0, -1.7) * noise / noise.std()
-    phones = [
-        Phone(symbol, lead + start, length)
-        for symbol, start, length in to_phones(spoken)
-        if symbol != " "
-    ]
-    return phones, len(audio) / AUDIO_RATE, audio.astype(np.float32)
+    return spoken, lead, audio.astype(np.float32)
 
 
 def _write_ground_truth(

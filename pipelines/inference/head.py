@@ -1,0 +1,164 @@
+"""The whole head from a model trained on its face area: expression weights solved per frame.
+
+A model trained on `synth --face ict` data moves the ICT-FaceKit head's narrow face area. The rig
+(`ict_rig.npz`, written by synth into `topology/` and bundled with the default model) knows every
+expression shape on the whole head: each output frame's face-area motion is fitted by the
+expressions' weights in [0, 1] (bounded least squares) and the weights are applied to the whole
+head, so teeth, tongue, mouth socket, eyelids and lashes follow, and the eyeballs turn with the
+eyeLook weights (ICT-FaceKit's shapes move the lids, not the eyeballs). The weights are ARKit's
+(with `_L`/`_R`) and are kept with the animation.
+
+`head_for(path, mesh, run)` finds a rig beside the template file (same folder, `ict_rig.npz`)
+whose whole head has the template's vertices and whose face area is the model's topology.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.io.mesh import Mesh
+
+RIG_FILE = "ict_rig.npz"
+GAZE_DEGREES = (30.0, 25.0)
+"""Eyeball rotation at full eyeLookIn/Out (horizontal) and eyeLookUp/Down (vertical) weight."""
+RIDGE = 1e-4
+"""Relative ridge on the fit's normal equations (shapes that move the face area alike share)."""
+
+
+@dataclass
+class HeadRig:
+    """A rig of the whole head (mm): expression shapes, the neutral, parts and the face area."""
+
+    names: tuple[str, ...]
+    expressions: np.ndarray  # (E, V, 3) float32
+    neutral: np.ndarray  # (V, 3) float32
+    face_area: int
+    parts: dict[str, tuple[int, int]]
+
+    def pose(self, weights: np.ndarray) -> np.ndarray:
+        """Heads (T, V, 3) for weights (T, E), eyeballs turned by the eyeLook weights."""
+        flat = weights.astype(np.float32) @ self.expressions.reshape(len(self.names), -1)
+        heads = self.neutral[None] + flat.reshape(len(weights), *self.neutral.shape)
+        if "eyeballs" in self.parts:
+            self._turn_eyes(heads, weights)
+        return heads
+
+    def _turn_eyes(self, heads: np.ndarray, weights: np.ndarray) -> None:
+        start, end = self.parts["eyeballs"]
+        rest = self.neutral[start:end]
+        column = {name: weights[:, k] for k, name in enumerate(self.names)}
+        zero = np.zeros(len(weights), dtype=np.float32)
+        for side, sign in (("_L", 1.0), ("_R", -1.0)):  # the face's left eye is at +x
+            ids = np.flatnonzero(np.sign(rest[:, 0]) == sign) + start
+            centre = self.neutral[ids].mean(0)
+            outward = column.get("eyeLookOut" + side, zero) - column.get("eyeLookIn" + side, zero)
+            yaw = np.radians(GAZE_DEGREES[0]) * sign * outward
+            pitch = np.radians(GAZE_DEGREES[1]) * (
+                column.get("eyeLookUp" + side, zero) - column.get("eyeLookDown" + side, zero)
+            )
+            for t in np.flatnonzero((np.abs(yaw) > 1e-4) | (np.abs(pitch) > 1e-4)):
+                cy, sy, cp, sp = np.cos(yaw[t]), np.sin(yaw[t]), np.cos(pitch[t]), np.sin(pitch[t])
+                turn_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+                turn_x = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+                rotation = (turn_y @ turn_x).astype(np.float32)
+                heads[t, ids] = (self.neutral[ids] - centre) @ rotation.T + centre
+
+
+def read_rig(path: Path) -> HeadRig:
+    """Read `ict_rig.npz` (no pickles); one-line errors naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            rig = HeadRig(
+                names=tuple(str(n) for n in data["expression_names"]),
+                expressions=data["expressions"].astype(np.float32),
+                neutral=data["neutral"].astype(np.float32),
+                face_area=int(data["face_area"]),
+                parts={
+                    str(n): (int(a), int(b))
+                    for n, (a, b) in zip(data["part_names"], data["part_ranges"])
+                },
+            )
+    except (OSError, ValueError, KeyError) as error:
+        raise MeshtalkError(path, f"not a readable head rig: {error}") from None
+    if rig.expressions.shape[1:] != rig.neutral.shape or not 0 < rig.face_area <= len(rig.neutral):
+        raise MeshtalkError(path, "the rig's shapes, neutral and face area do not agree")
+    return rig
+
+
+class WeightSolver:
+    """Expression weights in [0, 1] whose face-area motion is nearest a frame's (least squares
+    with a small ridge, solved on the E x E normal equations; bounds by projected gradient)."""
+
+    def __init__(self, rig: HeadRig, iterations: int = 200) -> None:
+        basis = rig.expressions[:, : rig.face_area].reshape(len(rig.names), -1).astype(np.float64)
+        self.basis = basis
+        gram = basis @ basis.T
+        self.gram = gram + RIDGE * np.trace(gram) / len(gram) * np.eye(len(gram))
+        self.step = 1.0 / float(np.linalg.eigvalsh(self.gram).max())
+        self.iterations = iterations
+
+    def solve(self, motion: np.ndarray) -> np.ndarray:
+        """Weights (T, E) for face-area motions (T, face_area, 3) from the rig's neutral."""
+        target = motion.reshape(len(motion), -1).astype(np.float64) @ self.basis.T  # (T, E)
+        weights = np.clip(np.linalg.solve(self.gram, target.T).T, 0.0, 1.0)
+        previous, momentum = weights.copy(), 1.0
+        for _ in range(self.iterations):  # FISTA on the box
+            grad = weights @ self.gram - target
+            candidate = np.clip(weights - self.step * grad, 0.0, 1.0)
+            following = (1 + np.sqrt(1 + 4 * momentum**2)) / 2
+            weights = candidate + (momentum - 1) / following * (candidate - previous)
+            weights = np.clip(weights, 0.0, 1.0)
+            previous, momentum = candidate, following
+        return previous.astype(np.float32)
+
+
+class HeadMapping:
+    """Frames of the model's face area -> frames of the whole head (`TakeWriter`'s mapping).
+
+    Attributes:
+        mesh: the whole head to write (faces, UVs, materials of the template given).
+        source: the model's own template (the face area of the rig's neutral), to animate.
+        weights: each frame's expression weights so far, in order.
+    """
+
+    def __init__(self, rig: HeadRig, mesh: Mesh, source: Mesh) -> None:
+        self.rig, self.mesh, self.source = rig, mesh, source
+        self.parts = rig.parts  # named vertex ranges, for the video's colours
+        self.solver = WeightSolver(rig)
+        self.weights: list[np.ndarray] = []
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        motion = np.asarray(frames, np.float32) - self.source.vertices[None]
+        weights = self.solver.solve(motion)
+        self.weights.append(weights)
+        return self.rig.pose(weights)
+
+
+def head_for(path: Path, mesh: Mesh, run) -> HeadMapping | None:  # noqa: ANN001
+    """The mapping onto the whole head when a rig sits beside the template file `path` and fits
+    both the template (`mesh`) and the model (`run.num_vertices` = its face area); else None."""
+    rig_path = Path(path).parent / RIG_FILE
+    if not rig_path.is_file():
+        return None
+    rig = read_rig(rig_path)
+    if len(rig.neutral) != len(mesh.vertices) or rig.face_area != run.num_vertices:
+        return None
+    keep = (mesh.faces < rig.face_area).all(1)
+    source = replace(
+        mesh,
+        vertices=rig.neutral[: rig.face_area].copy(),
+        faces=mesh.faces[keep],
+        uvs=None,
+        face_uvs=None,
+        normals=None,
+        face_normals=None,
+        colours=None,
+        materials=(),
+        material_libs=(),
+        face_materials=None,
+    )
+    return HeadMapping(rig, replace(mesh, vertices=rig.neutral.copy()), source)
