@@ -147,8 +147,11 @@ PROCEDURAL_NAMES = [
 `viseme_aa`, which is not ARKit's."""
 
 
-def procedural_data(grid: int = 24, seed: int = 0) -> RigData:
-    """A curved sheet (grid x grid vertices, metres, facing +Z) with smooth random targets."""
+def procedural_data(
+    grid: int = 24, seed: int = 0, names: tuple[str, ...] | list[str] = PROCEDURAL_NAMES
+) -> RigData:
+    """A curved sheet (grid x grid vertices, metres, facing +Z) with a smooth random target
+    for each of `names`."""
     rng = np.random.default_rng(seed)
     u, v = np.meshgrid(np.linspace(-1, 1, grid), np.linspace(-1, 1, grid))
     neutral = np.stack([u * 0.08, v * 0.1, 0.05 * (1 - 0.5 * u**2 - 0.3 * v**2)], axis=-1)
@@ -162,7 +165,7 @@ def procedural_data(grid: int = 24, seed: int = 0) -> RigData:
         ]
     )
     targets = []
-    for _ in PROCEDURAL_NAMES:
+    for _ in names:
         centre = rng.uniform(-0.7, 0.7, 2)
         falloff = np.exp(-((u - centre[0]) ** 2 + (v - centre[1]) ** 2) / rng.uniform(0.05, 0.3))
         direction = rng.normal(size=3) * 0.006
@@ -171,7 +174,7 @@ def procedural_data(grid: int = 24, seed: int = 0) -> RigData:
         neutral=neutral,
         faces=faces.astype(np.int64),
         targets=np.stack(targets),
-        names=list(PROCEDURAL_NAMES),
+        names=list(names),
     )
 
 

@@ -197,6 +197,7 @@ def test_the_bundled_models_animation_onto_the_ict_rig_states_its_residual(ict, 
     residual = fit["residual"]
     assert fit["carried"] == "transferred" and fit["frames"] == 178
     assert (tmp_path / "out" / "transfer.npz").is_file()
+    assert (tmp_path / "out" / "speech.wav").is_file()  # the animation's speech, beside the GLB
     assert 0 < residual["residual_mean_mm"] < residual["motion_mean_mm"]
     assert residual["residual_mean_mm"] <= residual["residual_max_mm"]
     assert 0.3 < residual["explained_fraction"] < 1.0
@@ -259,3 +260,54 @@ def test_bad_animations_and_a_users_folder_are_refused(procedural, tmp_path):
     assert result.exit_code == 1 and "was not written by meshtalk rig" in result.output
     assert (out / "rig.glb").read_text() == "the user's own"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["rig.glb"]
+
+
+def _posed(data: RigData, weights: np.ndarray) -> np.ndarray:
+    return data.neutral[None] + np.einsum("tm,mvc->tvc", weights, data.targets)
+
+
+@pytest.fixture(scope="module")
+def solved_procedural(procedural, tmp_path_factory) -> tuple[Path, RigData, np.ndarray]:
+    """rig.glb solved from known weights on the procedural rig, and the poses it must show."""
+    path, data = procedural
+    folder = tmp_path_factory.mktemp("clients")
+    truth = random_weights(12, len(data.names), seed=5)
+    truth[:, [i for i, n in enumerate(data.names) if arkit_name(n) is None]] = 0.0
+    animation = known_weight_animation(folder / "known.npz", data, truth, fps=24.0)
+    solve_rig(RigConfig(animation=animation, rig=path, output=folder / "out"))
+    return folder / "out" / "rig.glb", data, _posed(data, truth)
+
+
+def test_the_rig_glb_passes_the_khronos_validator(solved_procedural, ict, tmp_path):
+    from tests import clients
+
+    clients.require("validator")
+    glb, _, _ = solved_procedural
+    counts = clients.glb_issues(clients.validate_glb(glb))
+    assert counts["numErrors"] == 0 and counts["numWarnings"] == 0, counts
+    path, data = ict
+    truth = random_weights(4, len(data.names), seed=6)
+    animation = known_weight_animation(tmp_path / "ict.npz", data, truth)
+    solve_rig(RigConfig(animation=animation, rig=path, output=tmp_path / "out"))
+    counts = clients.glb_issues(clients.validate_glb(tmp_path / "out" / "rig.glb"))
+    assert counts["numErrors"] == 0 and counts["numWarnings"] == 0, counts
+
+
+def test_three_js_plays_the_rig_glb_as_solved(solved_procedural):
+    from tests import clients
+
+    clients.require("three")
+    glb, _, posed = solved_procedural
+    frames = [0, 5, 11]
+    shown = clients.three_positions(glb, 24.0, frames)
+    assert np.abs(shown - posed[frames]).max() < 1e-6  # metres: a micrometre
+
+
+def test_blender_plays_the_rig_glb_as_solved(solved_procedural):
+    from tests import clients
+
+    clients.require("blender")
+    glb, _, posed = solved_procedural
+    shown = clients.blender_positions("glb", glb, 24.0, len(posed))
+    assert shown.shape == posed.shape
+    assert np.abs(shown - posed).max() < 1e-5  # 0.01 mm on every frame

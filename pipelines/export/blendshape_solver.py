@@ -28,6 +28,9 @@ MAX_ITERATIONS = 5000
 """FISTA iterations at most (frames of ICT-FaceKit's rig need 100-600)."""
 CHECK_EVERY = 10
 """Iterations between convergence checks (converged frames then leave the batch)."""
+INSIDE_MARGIN = 1e-6
+"""An unconstrained solution this far (in weight units) beyond a bound counts as inside the box
+and is clipped: the round-off of Cholesky where a weight is exactly 0 or 1."""
 RIDGE = 1e-9
 """Added to A's diagonal (of unit-length columns) so that Cholesky works on dependent targets."""
 
@@ -92,7 +95,8 @@ class BlendshapeSolver:
 
         rhs = np.where(self.used, rhs, 0.0)
         free = scipy.linalg.cho_solve(self.factor, rhs.T).T
-        inside = np.all((free >= 0) & (free <= self.upper), axis=1)
+        margin = INSIDE_MARGIN * self.norms  # round-off at a bound (a weight of exactly 0)
+        inside = np.all((free >= -margin) & (free <= self.upper + margin), axis=1)
         scaled = np.clip(free, 0.0, self.upper)
         self.stats = SolveStats(frames=len(rhs), inside=int(inside.sum()))
         outside = np.flatnonzero(~inside)
@@ -107,25 +111,42 @@ class BlendshapeSolver:
         active = np.arange(len(rhs))
         x, y = start.copy(), start.copy()
         momentum = np.ones((len(rhs), 1))
+        tried = np.zeros(start.shape, dtype=bool)  # the bounds of each frame's last failed polish
+        previous = np.zeros(start.shape, dtype=bool)
         iteration = 0
         while active.size and iteration < self.max_iterations:
             b = rhs[active]
-            for _ in range(CHECK_EVERY):
-                moved = np.clip(y - step * (y @ self.gram - b), 0.0, self.upper)
-                restart = np.einsum("ij,ij->i", y - moved, moved - x)[:, None] > 0
-                following = (1.0 + np.sqrt(1.0 + 4.0 * momentum**2)) / 2.0
-                y = moved + ((momentum - 1.0) / following) * (moved - x)
-                y = np.where(restart, moved, y)
+            for _ in range(CHECK_EVERY):  # in place where it can be: numpy's overhead counts
+                moved = y @ self.gram
+                moved -= b
+                moved *= -step
+                moved += y
+                np.maximum(moved, 0.0, out=moved)
+                np.minimum(moved, self.upper, out=moved)
+                change = moved - x
+                restart = np.einsum("ij,ij->i", y - moved, change)[:, None] > 0
+                following = (1.0 + np.sqrt(1.0 + 4.0 * momentum * momentum)) / 2.0
+                change *= np.where(restart, 0.0, (momentum - 1.0) / following)
+                change += moved
+                y, x = change, moved
                 momentum = np.where(restart, 1.0, following)
-                x = moved
             iteration += CHECK_EVERY
-            polished, exact = self._polish(x, b)
-            result[active[exact]] = polished[exact]
+            bounds = (x <= 0.0) | (x >= self.upper)
+            # Polish a frame once its bounds have settled (the same over the last check) and
+            # are not those its last polish failed with: a solve costs K^3/3 per frame.
+            ready = np.all(bounds == previous, axis=1) & np.any(bounds != tried, axis=1)
+            exact = np.zeros(len(active), dtype=bool)
+            if ready.any():
+                polished, exact[ready] = self._polish(x[ready], b[ready])
+                result[active[ready & exact]] = polished[exact[ready]]
+                tried[ready & ~exact] = bounds[ready & ~exact]
+            previous = bounds
             gradient_step = np.clip(x - step * (x @ self.gram - b), 0.0, self.upper) - x
             done = exact | (np.abs(gradient_step / self.norms).max(axis=1) < self.tolerance)
             result[active[done & ~exact]] = x[done & ~exact]
             keep = ~done
             active, x, y, momentum = active[keep], x[keep], y[keep], momentum[keep]
+            tried, previous = tried[keep], previous[keep]
         result[active] = x
         self.stats.iterations = iteration
         self.stats.unconverged = int(active.size)
