@@ -22,7 +22,9 @@ from meshtalk.cli import (
     render,
     retarget,
     rig,
+    stream,
     train,
+    view,
     weights,
 )
 from meshtalk.cli.common import state
@@ -61,6 +63,8 @@ app.command()(rig.rig)
 app.command(help=dub.DUB_HELP)(dub.dub)
 app.command("eval", help=evaluate.EVAL_HELP)(evaluate.evaluate)
 app.command()(export.export)
+app.command()(view.view)
+app.command()(stream.stream)
 
 
 def main() -> None:

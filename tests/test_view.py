@@ -1,0 +1,168 @@
+"""`meshtalk view`: the server's data and rules, and the page in a real Chromium (live_browser)."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+from meshtalk.pipelines.live.protocol import MESH_HEADER
+from tests.live_browser import browser, need_chromium, open_page, served
+
+BACKGROUND = np.array([0x20, 0x24, 0x2A])  # the page's scene background (face.js)
+
+
+@pytest.fixture(scope="module")
+def animation(tmp_path_factory) -> Path:
+    """Two sampled takes of the bundled example (different motion, one speech)."""
+    out = tmp_path_factory.mktemp("view") / "out"
+    command = [sys.executable, "-m", "meshtalk.cli.main", "animate", "--example", "-o", str(out),
+               "--takes", "2", "--no-video"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    return out
+
+
+def get(url: str, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+    """A raw GET (http.client does not normalise `..`)."""
+    where = urlparse(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    connection.request("GET", path, headers=headers or {})
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def npz(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def test_view_serves_the_takes_and_nothing_else(animation):
+    with served("view", str(animation)) as (_, url):
+        status, body = get(url, "/view.json")
+        assert status == 200
+        listing = json.loads(body)
+        assert [t["name"] for t in listing["takes"]] == ["take_0", "take_1"]
+        take = npz(animation / "take_1" / "animation.npz")
+        status, body = get(url, listing["takes"][1]["offsets"])
+        offsets = np.frombuffer(body, "<f4").reshape(take["vertices"].shape)
+        np.testing.assert_allclose(offsets + take["template"], take["vertices"], atol=1e-4)
+        status, body = get(url, listing["takes"][1]["mesh"])
+        magic, vertices, faces = MESH_HEADER.unpack_from(body)
+        assert (magic, vertices, faces) == (
+            b"MTMS",
+            *take["template"].shape[:1],
+            len(take["faces"]),
+        )
+        status, body = get(url, listing["takes"][0]["audio"])
+        assert status == 200 and body[:4] == b"RIFF"
+        import soundfile
+
+        speech, rate = soundfile.read(io.BytesIO(body), dtype="float32")
+        assert rate == int(take["audio_rate"]) and len(speech) == len(take["audio"])
+        status, _ = get(url, "/static/three/three.module.js")
+        assert status == 200
+        escapes = ("/static/../../../etc/passwd", "/static/..%2F..%2Fview.py", "/../view.py",
+                   "/static/../server.py", "/take/0/../../etc/passwd", "/etc/passwd")  # fmt: skip
+        for path in escapes:
+            assert get(url, path)[0] == 404, path
+        status, _ = get(url, "/view.json", {"Host": "attacker.example:80"})
+        assert status == 403  # DNS rebinding: a foreign Host is refused
+
+
+def test_view_refuses_bad_folders_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    bad = tmp_path / "bad" / "animation.npz"
+    bad.parent.mkdir()
+    bad.write_bytes(b"PK\x03\x04 not a zip")
+    cases = ((tmp_path / "empty", "holds no animation.npz"), (bad.parent, "unreadable"),
+             (tmp_path / "none", "not found"))  # fmt: skip
+    for folder, words in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "meshtalk.cli.main", "view", str(folder), "--no-open"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+
+
+def canvas_pixels(page) -> np.ndarray:
+    from PIL import Image
+
+    shot = page.locator("#face").screenshot()
+    return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(np.int32)
+
+
+def test_view_page_plays_the_animation_at_real_time(animation):
+    need_chromium()
+    take = npz(animation / "take_0" / "animation.npz")
+    probe = [int(i) for i in np.argsort(-np.ptp(take["vertices"][:, :, 1], axis=0))[:8]]
+    with served("view", str(animation)) as (_, url), browser() as instance:
+        page = open_page(instance, url)
+        page.wait_for_function("window.meshtalk.ready && window.meshtalk.draws > 2", timeout=90_000)
+        # The page's own script started the speech (page.evaluate would count as a gesture).
+        page.wait_for_function("window.meshtalk.playing === true", timeout=30_000)
+        clock = page.evaluate("""() => new Promise((done) => {
+            const a = [meshtalk.clock(), performance.now() / 1000];
+            setTimeout(() => done([a, [meshtalk.clock(), performance.now() / 1000]]), 2000);
+        })""")
+        audio_s, wall_s = clock[1][0] - clock[0][0], clock[1][1] - clock[0][1]
+        assert abs(audio_s - wall_s) < 0.15, clock
+        for _ in range(4):  # the frame drawn at audio time t is the animation's frame at t
+            drawn = page.evaluate(f"({{last: meshtalk.last, at: meshtalk.probe({probe})}})")
+            t, frame = drawn["last"]["t"], drawn["last"]["frame"]
+            expected = min(len(take["vertices"]) - 1, int(t * float(take["fps"]) + 1e-6))
+            assert frame == expected
+            np.testing.assert_allclose(drawn["at"], take["vertices"][frame, probe], atol=1e-3)
+            time.sleep(0.4)
+        page.evaluate("meshtalk.pause()")
+        page.evaluate("meshtalk.seek(1.0)")
+        page.wait_for_function("Math.abs(meshtalk.last.t - 1.0) < 0.01", timeout=10_000)
+        pixels = canvas_pixels(page)
+        face = np.abs(pixels - BACKGROUND).sum(axis=-1) > 30
+        assert face.mean() > 0.05  # the face covers more than 5% of the canvas
+        luminance = pixels[face].mean(axis=-1)
+        assert luminance.std() > 8 and np.ptp(luminance) > 60  # lit and shaded, not flat
+        shots = os.environ.get("MESHTALK_SCREENSHOTS")
+        if shots:
+            page.screenshot(path=str(Path(shots) / "view.png"))
+        assert page.console_errors == [] and page.evaluate("meshtalk.errors") == []
+
+
+def test_view_compare_shows_a_colour_bar_in_mm(animation):
+    need_chromium()
+    a = npz(animation / "take_0" / "animation.npz")
+    b = npz(animation / "take_1" / "animation.npz")
+    with served("view", str(animation / "take_0"), "--compare", str(animation / "take_1")) as (
+        _,
+        url,
+    ):
+        status, body = get(url, "/view.json")
+        compare = json.loads(body)["compare"]
+        distances = np.linalg.norm(a["vertices"] - b["vertices"], axis=-1)
+        assert compare["max_mm"] == pytest.approx(np.percentile(distances, 99), rel=1e-4)
+        with browser() as instance:
+            page = open_page(instance, url)
+            page.wait_for_function("window.meshtalk.ready && meshtalk.draws > 2", timeout=90_000)
+            bar = page.locator("#colorbar")
+            assert bar.is_visible()
+            assert bar.inner_text().count("mm") == 2
+            page.evaluate("meshtalk.pause(); meshtalk.seek(2.0)")
+            page.wait_for_function("Math.abs(meshtalk.last.t - 2.0) < 0.01", timeout=10_000)
+            pixels = canvas_pixels(page)
+            face = np.abs(pixels - BACKGROUND).sum(axis=-1) > 30
+            hue_spread = (pixels[face].max(axis=-1) - pixels[face].min(axis=-1)).std()
+            assert hue_spread > 10  # a heat map, not the skin colour alone
+            shots = os.environ.get("MESHTALK_SCREENSHOTS")
+            if shots:
+                page.screenshot(path=str(Path(shots) / "view_compare.png"))
+            assert page.console_errors == [] and page.evaluate("meshtalk.errors") == []
