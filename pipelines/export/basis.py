@@ -27,6 +27,9 @@ OFFSET_NAME = "offset"
 """The constant target held at weight 1."""
 OVERSAMPLE = 10
 """Extra sketch columns beyond the largest K tried (the range finder's accuracy)."""
+FIRST_SKETCH, MAX_FIRST_SKETCH = 64, 320
+"""The first sketch: 64 + T / 12 columns (a minute of speech needed K = 132 at 0.1 mm), at most
+320; it doubles when too small."""
 CHECK_FRAMES = 384
 """Frames K is searched on (the largest residuals and evenly spaced ones) before the full check."""
 
@@ -82,28 +85,44 @@ def fit_basis(
         num_vertices: V.
         budget: the largest distance allowed, in the chunks' units (> 0).
         seed: of the random sketch (the result is deterministic for a seed).
+
+    Passes over the frames: three for the subspace (sketch, power iteration, projection), one to
+    gather the frames K is searched on, one per check of K on every frame (usually one); the
+    sketch doubles (and the subspace is found again) when it holds too few directions.
     """
     width = 3 * num_vertices
-    sketch = min(frames, width, 64 + OVERSAMPLE)
+    sketch = min(frames, width, FIRST_SKETCH + frames // 12, MAX_FIRST_SKETCH)
     while True:
-        basis, coeffs = _subspace(chunks, frames, width, sketch, seed)
+        basis, coeffs, energy = _subspace(chunks, frames, width, sketch, seed)
         whole = sketch >= min(frames, width)
         usable = len(basis) if whole else max(1, len(basis) - OVERSAMPLE)
-        count = _choose(chunks, coeffs, basis, usable, budget)
-        if count is not None:
-            break
+        found = _choose(chunks, coeffs, basis, energy, usable, budget)
+        if found is not None:
+            return found
         if whole:  # the whole space: exact up to rounding
-            count = len(basis)
-            break
+            return _bounded(chunks, coeffs, basis, budget)
         sketch = min(frames, width, 2 * sketch)
-    return _bounded(chunks, coeffs[:, :count], basis[:count], budget)
+
+
+def _orthonormal(columns: np.ndarray) -> np.ndarray:
+    """Orthonormal columns spanning `columns` (tall and thin): each column scaled to unit length,
+    then Cholesky-QR twice through the small Gram matrix's eigenvectors, in float64 (far cheaper
+    than Householder QR on a tall matrix); only columns that add nothing are dropped."""
+    columns = columns.astype(np.float64)
+    norms = np.linalg.norm(columns, axis=0)
+    columns = columns[:, norms > 0] / norms[norms > 0]
+    for _ in range(2):
+        values, vectors = np.linalg.eigh(columns.T @ columns)
+        keep = values > max(values.max(), 1e-300) * 1e-15
+        columns = columns @ (vectors[:, keep] / np.sqrt(values[keep]))
+    return columns.astype(np.float32)
 
 
 def _subspace(
     chunks: Chunks, frames: int, width: int, sketch: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(L, 3V) orthonormal rows spanning the clip's leading displacements, ordered by their
-    singular values, and (T, L) the clip's coefficients on them."""
+    singular values, (T, L) the clip's coefficients on them and (T,) each frame's squared norm."""
     rng = np.random.default_rng(seed)
     omega = rng.standard_normal((frames, sketch)).astype(np.float32)
     range_ = np.zeros((width, sketch), np.float32)
@@ -112,58 +131,62 @@ def _subspace(
         rows = _stacked(chunk)
         range_ += rows.T @ omega[first : first + len(rows)]
         first += len(rows)
-    q = np.linalg.qr(range_)[0]
-    power = np.zeros_like(range_)  # one power iteration: D^T (D Q)
+    q = _orthonormal(range_)
+    power = np.zeros((width, q.shape[1]), np.float32)  # one power iteration: D^T (D Q)
     for chunk in chunks():
         rows = _stacked(chunk)
         power += rows.T @ (rows @ q)
-    q = np.linalg.qr(power)[0]
-    projected = np.concatenate([_stacked(chunk) @ q for chunk in chunks()])  # (T, L)
-    u, s, vt = np.linalg.svd(projected.astype(np.float64), full_matrices=False)
+    q = _orthonormal(power)
+    projected, energy = [], []
+    for chunk in chunks():
+        rows = _stacked(chunk)
+        projected.append(rows @ q)
+        energy.append(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+    u, s, vt = np.linalg.svd(np.concatenate(projected).astype(np.float64), full_matrices=False)
     keep = s > s[0] * 1e-7 if len(s) and s[0] > 0 else np.zeros(len(s), bool)
     keep[0] = True
     basis = (q @ vt[keep].T.astype(np.float32)).T  # (L, 3V)
     coeffs = (u[:, keep] * s[keep]).astype(np.float32)
-    return np.ascontiguousarray(basis), coeffs
+    return np.ascontiguousarray(basis), coeffs, np.concatenate(energy)
 
 
 def _choose(
-    chunks: Chunks, coeffs: np.ndarray, basis: np.ndarray, usable: int, budget: float
-) -> int | None:
-    """The smallest K <= `usable` within the budget on every frame, or None if none is."""
-    energy = np.concatenate(
-        [(_stacked(chunk).astype(np.float64) ** 2).sum(1) for chunk in chunks()]
-    )
+    chunks: Chunks,
+    coeffs: np.ndarray,
+    basis: np.ndarray,
+    energy: np.ndarray,
+    usable: int,
+    budget: float,
+) -> Basis | None:
+    """The bounded basis of the smallest K <= `usable` within the budget on every frame, or None.
+
+    K is searched on a sample (the frames with the largest residual energy at `usable`, and
+    evenly spaced ones), then checked on every frame from the arrays as written; a K that fails
+    there grows by a 32nd (at least one) until one passes."""
     cumulative = np.cumsum(coeffs.astype(np.float64) ** 2, axis=1)
-    low, high = 1, usable
+    residual = energy - cumulative[:, usable - 1]
+    sample = np.union1d(
+        np.argsort(residual)[-CHECK_FRAMES // 2 :],
+        np.linspace(0, len(energy) - 1, CHECK_FRAMES // 2).astype(int),
+    )
+    rows = _gather(chunks, sample)
+    if _frame_errors(rows, coeffs[sample, :usable], basis[:usable]).max() > budget:
+        return None
+    lo, hi = 1, usable
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _frame_errors(rows, coeffs[sample, :mid], basis[:mid]).max() <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    count = hi
     while True:
-        # Search K on a sample: the frames with the largest residual energy at `high`, and
-        # evenly spaced ones, then check the choice on every frame.
-        residual = energy - cumulative[:, high - 1]
-        sample = np.union1d(
-            np.argsort(residual)[-CHECK_FRAMES // 2 :],
-            np.linspace(0, len(energy) - 1, CHECK_FRAMES // 2).astype(int),
-        )
-        rows = _gather(chunks, sample)
-        lo, hi = low, high
-        if _frame_errors(rows, coeffs[sample, :hi], basis[:hi]).max() > budget:
-            if high == usable:
-                return None
-            low, high = high + 1, usable
-            continue
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if _frame_errors(rows, coeffs[sample, :mid], basis[:mid]).max() <= budget:
-                hi = mid
-            else:
-                lo = mid + 1
-        worst = _worst(chunks, coeffs[:, :hi], basis[:hi])
-        if worst <= budget:
-            return hi
-        low = hi + 1
-        if low > usable:
+        found = _bounded(chunks, coeffs[:, :count], basis[:count], budget)
+        if found.max_error <= budget:
+            return found
+        if count >= usable:
             return None
-        high = usable
+        count = min(usable, count + max(1, count // 32))
 
 
 def _gather(chunks: Chunks, indices: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The real clients the export tests open our files with: Blender, Khronos glTF-Validator, three.js.
 
-Installed by `.ci/run` (or by hand, the same commands) under `$MESHTALK_CI_CACHE`
-(default `~/.cache/meshtalk-ci/`):
+Installed by `.ci/run` (or by hand, the same commands) under `$MESHTALK_VENV_CACHE` (as `.ci/run`;
+default `~/.cache/meshtalk-ci/`):
 
 - `bpy-5.0.1/`: a virtualenv of Blender as a Python module (`pip install bpy==5.0.1 'numpy<2'`;
   bpy needs numpy < 2, the project 2.x, so it runs as a subprocess);
@@ -38,7 +38,7 @@ NODE_SCRIPTS = ("validate.mjs", "three_positions.mjs")
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("MESHTALK_CI_CACHE", Path.home() / ".cache" / "meshtalk-ci"))
+    return Path(os.environ.get("MESHTALK_VENV_CACHE", Path.home() / ".cache" / "meshtalk-ci"))
 
 
 def bpy_python() -> Path:
