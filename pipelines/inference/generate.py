@@ -10,7 +10,8 @@ piling up memory, and memory stays flat for speech of any length.
 Thread budgets on the CPU (the sampler is the critical path, and a step is many small torch calls
 separated by Python): torch runs one intra-op thread while the stages run; the video's drawing and
 encoding run in their own process, so that moderngl, which holds its interpreter lock while
-llvmpipe draws, never holds up the sampler's Python; llvmpipe and x264 get one thread each there.
+llvmpipe draws, never holds up the sampler's Python; llvmpipe and x264 there have threads of their
+own that wait without spinning (`render/stage.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ import numpy as np
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.inference.relay import Relay
 from meshtalk.pipelines.io.mesh import Mesh
+
+SAMPLER_THREADS = 1
+"""torch's intra-op threads while the stages run (the process's setting: the decoder's too). One:
+on 2 cores the other stages and the video process use the second core, and a team of two OpenMP
+threads waits at every one of a step's many barriers for a thread the scheduler took away (60 s of
+speech, float, no video, release sizes, load average 9-11 from other jobs: animate took 16-23 s
+with one thread, 33-56 s with two, and 188-225 s with two and the decoder in the sampler's
+thread)."""
 
 
 def generate(
@@ -105,7 +114,10 @@ def generate(
 
     given = 0
     stages = [decode, write] if video is None else [decode, write, draw]
-    with progress_bar(disable=not config.progress) as bar, Relay(stages, flush=True) as relay:
+    with (
+        progress_bar(disable=not config.progress) as bar,
+        Relay(stages, flush=True, threads=SAMPLER_THREADS) as relay,
+    ):
         task = bar.add_task("animating" if video is None else "animating + video", total=total)
         for chunk in _rechunked(audio_codes, config.chunk_frames, seconds):
             given += chunk.shape[1]

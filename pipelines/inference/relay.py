@@ -13,17 +13,19 @@ class Relay:
     holds back) and the threads end; the first exception of any stage is raised in the caller
     (also from `put`), and an interrupt of the caller stops the threads.
 
-    torch runs one intra-op thread in each stage while the relay runs (the stages themselves use
-    the cores), and the caller's setting is restored at the end.
+    torch runs `threads` intra-op threads while the relay runs (default one: the stages
+    themselves use the cores), and the caller's setting is restored at the end. torch's setting
+    is the process's, not a thread's (a stage setting it would change the caller's too), so the
+    relay sets it once, for all.
     """
 
     _END = object()
 
-    def __init__(self, stages, *, depth: int = 2, flush: bool = False) -> None:
+    def __init__(self, stages, *, depth: int = 2, flush: bool = False, threads: int = 1) -> None:
         import queue
         import threading
 
-        self.stages, self.flush = stages, flush
+        self.stages, self.flush, self.torch_threads = stages, flush, threads
         self.queues = [queue.Queue(maxsize=depth) for _ in stages]
         self.error: BaseException | None = None
         self.threads = [
@@ -35,7 +37,7 @@ class Relay:
         import torch
 
         self.threads_before = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(self.torch_threads)
         for thread in self.threads:
             thread.start()
         return self
@@ -64,9 +66,6 @@ class Relay:
             raise self.error
 
     def _serve(self, index: int) -> None:
-        import torch
-
-        torch.set_num_threads(1)
         inbox, stage = self.queues[index], self.stages[index]
         outbox = self.queues[index + 1] if index + 1 < len(self.stages) else None
         while True:

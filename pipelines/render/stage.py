@@ -6,9 +6,13 @@ sampler. The pipe between them holds about one chunk (`PIPE_BYTES`), so a slow v
 frames' producer instead of piling up memory. `finish` names each take's npz (the AAC track is
 read from its `audio`) and waits for the videos to be complete under their names.
 
-Thread budgets (2 cores): llvmpipe draws with `DRAW_THREADS` threads and x264 encodes with
-`ENCODER_THREADS`, so that the child's threads, the sampler and the files' threads do not
-oversubscribe the cores (see `benchmarks/animate.py`).
+Thread budgets (2 cores): torch samples with one thread in the parent (its OpenMP team spins at
+barriers, so a second thread there loses whenever another thread takes its core), while here
+llvmpipe draws with `DRAW_THREADS` rasteriser threads and x264 picks its own (both wait on
+condition variables, not spinning, so threads beyond the cores cost little and fill whatever the
+sampler leaves). Measured with 960 frames of release-size faces, load average 10-12 from other
+jobs: 2 draw threads and x264's own 77-78 frames/s at 11.3 ms of CPU a frame, 1 and 1 31-33
+frames/s at 11.9-12.3 ms.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ import numpy as np
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.render.worker import HEADER
 
-DRAW_THREADS = 1
+DRAW_THREADS = 2
 """llvmpipe's rasteriser threads in the video process (LP_NUM_THREADS)."""
-ENCODER_THREADS = 1
-"""x264's threads in the video process."""
+ENCODER_THREADS = 0
+"""x264's threads in the video process (0: its own choice, about 1.5 a core)."""
 PIPE_BYTES = 1 << 20
 """The pipe to the video process (Linux lets an unprivileged process ask for up to 1 MiB)."""
 F_SETPIPE_SZ = 1031
@@ -46,6 +50,7 @@ class VideoStage:
         fps: frames per second; audio_rate: the npz's audio rate (Hz).
         size: (width, height); orientation: the face's (3, 3) rotation, or None.
         audio: whether the videos get an AAC track (from each take's npz at `finish`).
+        colours: (V, 3) per-vertex colours in [0, 1] (`render/colours.py`), or None: plain.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class VideoStage:
         orientation: np.ndarray | None = None,
         audio: bool = True,
         samples: int = 0,
+        colours: np.ndarray | None = None,
     ) -> None:
         self.videos = [Path(video) for video in videos]
         environment = dict(os.environ, LP_NUM_THREADS=str(DRAW_THREADS))
@@ -75,6 +81,7 @@ class VideoStage:
         faces = np.ascontiguousarray(faces, dtype=np.int64)
         template = np.ascontiguousarray(template, dtype=np.float32)
         fps = Fraction(fps).limit_denominator(10_000)
+        paint = b"" if colours is None else np.ascontiguousarray(colours, np.float32).tobytes()
         self._send(
             {
                 "kind": "start",
@@ -87,9 +94,10 @@ class VideoStage:
                 "orientation": None if orientation is None else np.asarray(orientation).tolist(),
                 "faces": list(faces.shape),
                 "template": list(template.shape),
+                "colours": colours is not None,
                 "encoder_threads": ENCODER_THREADS,
             },
-            faces.tobytes() + template.tobytes(),
+            faces.tobytes() + template.tobytes() + paint,
         )
 
     def write(self, takes: list[np.ndarray]) -> None:

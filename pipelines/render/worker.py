@@ -10,8 +10,8 @@ Messages on stdin, each a 4-byte little-endian header length, a JSON header and 
 payload:
 
 - `start`: videos (paths), fps [numerator, denominator], size, audio_rate, samples, orientation
-  (3x3 or null), faces [F, 3] and template [V, 3] (their int64 and float32 bytes are the payload),
-  encoder_threads;
+  (3x3 or null), faces [F, 3] and template [V, 3] (their int64 and float32 bytes are the payload,
+  followed by (V, 3) float32 per-vertex colours when `colours` is true), encoder_threads;
 - `frames`: shape [takes, n, V, 3], float32 frames of every take (one video per take);
 - `finish`: audio, one animation npz per take whose `audio` member becomes the AAC track (null:
   silent). The videos are closed (renamed onto their names) and one JSON line answers on stdout:
@@ -92,7 +92,11 @@ def serve(stdin, stdout) -> int:
     faces_shape, template_shape = start["faces"], start["template"]
     split = int(np.prod(faces_shape)) * 8
     faces = np.frombuffer(payload[:split], np.int64).reshape(faces_shape)
-    template = np.frombuffer(payload[split:], np.float32).reshape(template_shape)
+    end = split + int(np.prod(template_shape)) * 4
+    template = np.frombuffer(payload[split:end], np.float32).reshape(template_shape)
+    colours = None
+    if start.get("colours"):
+        colours = np.frombuffer(payload[end:], np.float32).reshape(template_shape)
     fps = Fraction(*start["fps"])
     size = tuple(start["size"])
     audio = [LazyAudio() for _ in start["videos"]]
@@ -130,7 +134,7 @@ def serve(stdin, stdout) -> int:
                 chunk = np.frombuffer(payload, np.float32).reshape(header["shape"])
                 for step in range(chunk.shape[1]):
                     for take in range(chunk.shape[0]):
-                        images.put((take, renderer.render(chunk[take, step])))
+                        images.put((take, renderer.render(chunk[take, step], colours)))
                     if failure:
                         raise failure[0]
                 frames += chunk.shape[1]
