@@ -179,11 +179,18 @@ def test_part_colours_of_the_head(ict_dataset):
     np.testing.assert_allclose(colours[17500], COLOURS["teeth"])
     np.testing.assert_allclose(colours[12000], COLOURS["mouth"])  # the mouth socket
     np.testing.assert_allclose(colours[100], COLOURS["skin"])
-    eyes = colours[21451:24591]
-    assert np.isclose(eyes, COLOURS["sclera"]).all(1).sum() > 1000
-    assert np.isclose(eyes, COLOURS["iris"]).all(1).sum() > 500
-    hidden = head.faces[~visible]
-    assert len(hidden) and (hidden.min() >= 24591) and (hidden.max() < 25351)
+    # The clear outer shell of each eye is left out; the inner ball is white with an iris and a
+    # pupil facing forward.
+    eyes = colours[22221:23020]  # the left eye's inner ball (M_IrisLeft)
+    forward = head.vertices[22221:23020, 2] > np.percentile(head.vertices[22221:23020, 2], 97)
+    assert np.isclose(eyes[forward], COLOURS["pupil"]).all(1).any()
+    assert np.isclose(eyes, COLOURS["sclera"]).all(1).mean() > 0.5
+    assert np.isclose(eyes, COLOURS["iris"]).all(1).sum() > 20
+    hidden = np.unique(head.faces[~visible])
+    outer = np.arange(21451, 22221)  # the left eye's outer shell (M_ScleraLeft)
+    assert np.isin(outer, hidden).all() and not np.isin(np.arange(22221, 23020), hidden).any()
+    assert np.isin(np.arange(24591, 25351), hidden).all()  # tear film, blend, occlusion shells
+    assert not np.isin(np.arange(0, 21451), hidden).any()
     assert part_colours(read_mesh(topology / "template.ply")) is None  # no materials: plain
 
 

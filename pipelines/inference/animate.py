@@ -37,11 +37,13 @@ from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.export.formats import ExportOptions
 from meshtalk.pipelines.export.npz import Rows
 from meshtalk.pipelines.inference.generate import generate
+from meshtalk.pipelines.inference.head import head_for
 from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.inference.smoothing import SMOOTHED_REGIONS, RegionSmoother
 from meshtalk.pipelines.inference.writer import TakeWriter
 from meshtalk.pipelines.io.heap import bound_heap
 from meshtalk.pipelines.io.mesh import Mesh, read_mesh, surface_problem
+from meshtalk.pipelines.render.colours import video_mesh
 from meshtalk.pipelines.render.stage import VideoStage
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ class AnimateConfig(ExportOptions):
         if self.model is None:
             self.model = default_model.run_path()
             if self.template is None:
-                self.template = default_model.template_path()
+                self.template = default_model.default_template()
         elif self.template is None:
             problems.append("give the template mesh of --model's topology (TEMPLATE)")
             self.template = Path()
@@ -232,7 +234,7 @@ def animate(config: AnimateConfig) -> AnimateResult:
             scan.mean_abs,
         )
         suffix = config.template.suffix.lower()
-        target = template if transfer is None else transfer.mesh
+        target = getattr(mapping, "mesh", template) if transfer is None else transfer.mesh
         if transfer is not None:
             transfer.save(partial)
         orientation = None if transfer is None else face_orientation(transfer.transfer)
@@ -246,15 +248,17 @@ def animate(config: AnimateConfig) -> AnimateResult:
             stack.push(_abandon(writers))  # on an error: nothing left open in the partial folder
             video = None
             if config.video:  # drawn and encoded in a child process while the sampler runs
+                faces, colours = video_mesh(target, getattr(mapping, "parts", None))
                 video = stack.enter_context(
                     VideoStage(
                         [folder / "animation.mp4" for folder in folders],
-                        target.faces,
+                        faces,
                         target.vertices,
                         fps=fps,
                         audio_rate=front_end.sample_rate,
                         size=config.size,
                         orientation=orientation,
+                        colours=colours,
                     )
                 )
             generate(config, run, template, audio_codes, total, writers, smoothers, seconds, video)
@@ -305,6 +309,9 @@ def _model_template(config: AnimateConfig, run, template: Mesh):
     """
     if len(template.vertices) == run.num_vertices and config.transfer is None:
         return template, None, None
+    head = None if config.transfer is not None else head_for(config.template, template, run)
+    if head is not None:  # a rig beside it: the whole head follows the face (inference/head.py)
+        return head.source, head, None
     if not config.allow_transfer:
         raise MeshtalkError(
             config.template,

@@ -19,11 +19,13 @@ from meshtalk.pipelines.io.mesh import Mesh
 COLOURS = {
     "skin": (0.80, 0.64, 0.55),
     "mouth": (0.25, 0.08, 0.08),
+    "socket": (0.55, 0.36, 0.32),
     "tongue": (0.62, 0.30, 0.30),
     "teeth": (0.93, 0.91, 0.84),
     "sclera": (0.95, 0.95, 0.95),
-    "iris": (0.16, 0.11, 0.07),
-    "lashes": (0.10, 0.08, 0.07),
+    "iris": (0.30, 0.19, 0.10),
+    "pupil": (0.03, 0.03, 0.03),
+    "lashes": (0.20, 0.14, 0.11),
 }
 """RGB in [0, 1] of each part."""
 HIDDEN = "hidden"
@@ -38,9 +40,11 @@ MATERIAL_PARTS = (
     (r"skin|face|head|body|neck", "skin"),
 )
 """(pattern, part) for material names, first match wins (case-insensitive)."""
-RANGE_PARTS = {"mouth_socket": "mouth", "eye_sockets": "mouth"}
+RANGE_PARTS = {"mouth_socket": "mouth", "eye_sockets": "socket"}
+IRIS_DEGREES, PUPIL_DEGREES = 32.0, 13.0
+"""Half-angles of the iris and the pupil seen from the eyeball's centre."""
 """Named vertex ranges that override their material (ICT-FaceKit's mouth socket and eye sockets
-share the back of the head's material but are the dark inside of the mouth and the eyes)."""
+share the back of the head's material but are the dark inside of the mouth and around the eyes)."""
 
 
 def material_part(name: str) -> str | None:
@@ -80,6 +84,7 @@ def part_colours(
     for name, (start, end) in (ranges or {}).items():
         if name in RANGE_PARTS:
             vertex_part[start:end] = names.index(RANGE_PARTS[name])
+    _paint_eyeballs(mesh, face_part, vertex_part, names)
     table = np.asarray(list(COLOURS.values()) + [COLOURS["skin"]], dtype=np.float32)
     return table[vertex_part], face_part != names.index(HIDDEN)
 
@@ -93,3 +98,32 @@ def video_mesh(
         return mesh.faces, None
     colours, visible = painted
     return mesh.faces[visible], colours
+
+
+def _paint_eyeballs(
+    mesh: Mesh, face_part: np.ndarray, vertex_part: np.ndarray, names: tuple[str, ...]
+) -> None:
+    """Eyes made of two shells (ICT-FaceKit: a clear outer sclera/cornea shell over an inner
+    ball whose texture holds the iris): the outer shell is left out and the inner ball painted
+    white with an iris and a pupil where it faces forward (+z). In place."""
+    sclera, iris = names.index("sclera"), names.index("iris")
+    outer = np.unique(mesh.faces[face_part == sclera])
+    inner = np.unique(mesh.faces[face_part == iris])
+    if not len(outer) or not len(inner):
+        return
+    low, high = mesh.vertices[outer].min(0), mesh.vertices[outer].max(0)
+    inside = ((mesh.vertices[inner] >= low - 1e-3) & (mesh.vertices[inner] <= high + 1e-3)).all(1)
+    if (
+        inside.mean() < 0.9
+        or np.ptp(mesh.vertices[inner], 0).min() < 0.5 * np.ptp(mesh.vertices[outer], 0).min()
+    ):
+        return  # not two shells of the same size: the materials say it all
+    face_part[face_part == sclera] = names.index(HIDDEN)
+    middle = float(np.median(mesh.vertices[inner, 0]))
+    for side in (mesh.vertices[inner, 0] < middle, mesh.vertices[inner, 0] >= middle):
+        ball = inner[side]
+        offset = mesh.vertices[ball] - mesh.vertices[ball].mean(0)
+        forward = offset[:, 2] / np.maximum(np.linalg.norm(offset, axis=1), 1e-9)
+        vertex_part[ball] = sclera
+        vertex_part[ball[forward > np.cos(np.radians(IRIS_DEGREES))]] = iris
+        vertex_part[ball[forward > np.cos(np.radians(PUPIL_DEGREES))]] = names.index("pupil")

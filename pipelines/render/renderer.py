@@ -288,17 +288,18 @@ class MeshRenderer:
             self._cameras[key] = frame_camera(self.bounds, view, aspect, self.orientation)
         return self._cameras[key]
 
-    def render(self, vertices: np.ndarray) -> np.ndarray:
+    def render(self, vertices: np.ndarray, colours: np.ndarray | None = None) -> np.ndarray:
         """One frame of the mesh in this renderer's view.
 
         Args:
             vertices: (V, 3) float positions.
+            colours: (V, 3) per-vertex colours in [0, 1] (e.g. `colours.part_colours`), or None.
 
         Returns:
             (height, width, 3) uint8 RGB image, top row first.
         """
         views = ("front", "side") if self.view == "both" else (self.view,)
-        return self.render_panels([[Panel(vertices, view)] for view in views])
+        return self.render_panels([[Panel(vertices, view, colours)] for view in views])
 
     def render_panels(
         self, columns: Sequence[Sequence[Panel]], used_width: int | None = None

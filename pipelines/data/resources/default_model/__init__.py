@@ -6,7 +6,10 @@ the built-in procedural head): it is for trying the toolkit, not for real faces.
 train on Multiface (`meshtalk prep`, `meshtalk train`) or import the authors' released weights.
 
     default_model/run/        the run folder (stage 1 and the prior; no optimizer state)
-    default_model/template.ply  the head at rest, with its triangles
+    default_model/template.ply  the model's face at rest, with its triangles
+    default_model/head.obj, ict_rig.npz, ICTFaceModelMaterial.mtl, ICT-FaceKit-LICENSE.txt
+                              with a model of the ICT-FaceKit head: the whole head, its rig and
+                              the MIT license of the ICT-FaceKit model they derive from
     default_model/example.wav   a short sentence spoken by eSpeak NG (`meshtalk animate --example`)
 """
 
@@ -24,6 +27,10 @@ KEPT_SUFFIXES = (".json", ".safetensors", ".npy")
 """Files of a run folder the bundle keeps."""
 LEFT_OUT = ("optimizer.safetensors", "prior_targets.safetensors")
 """Not bundled: the optimizer state and stage 2's cache of stage-1 codes (remade when needed)."""
+HEAD_FILE, RIG_FILE = "head.obj", "ict_rig.npz"
+"""The whole ICT-FaceKit head and its rig (`inference/head.py`), when the model was trained on
+`synth --face ict` data; the model's MIT license travels with them (LICENSE_FILE)."""
+LICENSE_FILE = "ICT-FaceKit-LICENSE.txt"
 
 
 def folder() -> Path:
@@ -41,6 +48,17 @@ def template_path() -> Path:
     return folder() / "template.ply"
 
 
+def head_path() -> Path:
+    """The whole head the bundled model's face area belongs to (OBJ; its rig beside it)."""
+    return folder() / HEAD_FILE
+
+
+def default_template() -> Path:
+    """What `animate` draws with the bundled model: the whole head when it is bundled (its rig
+    turns the model's face area into the whole head), else the model's own template."""
+    return head_path() if (folder() / RIG_FILE).is_file() else template_path()
+
+
 def example_path() -> Path:
     """The bundled speech clip (WAV)."""
     return folder() / "example.wav"
@@ -51,7 +69,7 @@ def bundle(run: Path, template: Path, destination: Path | None = None) -> Path:
     `destination` (default: this package folder), and speak the example clip with eSpeak NG."""
     from meshtalk.pipelines.data.synth.espeak import speak
     from meshtalk.pipelines.io.audio import write_wav
-    from meshtalk.pipelines.io.mesh import read_mesh, write_mesh
+    from meshtalk.pipelines.io.mesh import copy_materials, read_mesh, write_mesh
 
     destination = Path(destination) if destination is not None else folder()
     target = destination / "run"
@@ -63,6 +81,15 @@ def bundle(run: Path, template: Path, destination: Path | None = None) -> Path:
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, copy)
     write_mesh(destination / "template.ply", read_mesh(template))
+    rig = Path(template).parent / RIG_FILE  # synth --face ict's topology/: the whole head too
+    for name in (HEAD_FILE, RIG_FILE, LICENSE_FILE):
+        (destination / name).unlink(missing_ok=True)
+    if rig.is_file():
+        head = read_mesh(rig.parent / HEAD_FILE)
+        write_mesh(destination / HEAD_FILE, head)
+        copy_materials(head, destination)
+        shutil.copyfile(rig, destination / RIG_FILE)
+        shutil.copyfile(rig.parent / LICENSE_FILE, destination / LICENSE_FILE)
     spoken = speak(EXAMPLE_TEXT, "en-us+m3", rate_wpm=150)
     write_wav(destination / "example.wav", spoken.samples, spoken.rate)
     return destination
