@@ -302,3 +302,22 @@ def test_bad_inputs_are_one_line_each(tmp_path, grid):
     assert (mine / "animation.glb").read_text() == "the user's own"
     record = json.loads((grid["out"] / "export.json").read_text())
     assert record["written_by"] == "meshtalk export"
+
+
+def test_dub_writes_the_formats_too(clip, tmp_path):
+    from meshtalk.pipelines.data.resources import default_model
+
+    out = tmp_path / "dub"
+    result = invoke("dub", clip / "animation.npz", default_model.example_path(), "-o", out,
+                    "--no-video", "--no-progress", "--formats", "glb", "--units", "cm")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    gltf, array = gltf_arrays(out / "animation.glb")
+    with np.load(out / "animation.npz") as npz:
+        template = npz["template"]
+    assert np.allclose(array(gltf.meshes[0].primitives[0].attributes.POSITION), template * 1e-3)
+    assert gltf.asset.extras["meshtalk"]["maxErrorMm"] <= 0.1
+    from meshtalk.pipelines.export import read_pc2
+
+    _, cache = read_pc2(out / "animation.pc2")
+    with np.load(out / "animation.npz") as npz:
+        assert np.allclose(cache, npz["vertices"] * 0.1, atol=1e-5)  # mm -> cm
