@@ -30,11 +30,17 @@ class RigData:
     names: list[str]
 
 
-def write_rig_glb(path: Path, rig: RigData, node_scale: float | None = None) -> Path:
-    """One mesh of one triangle primitive with named morph targets (mesh.extras.targetNames)."""
+def write_rig_glb(
+    path: Path, rig: RigData, node_scale: float | None = None, split: bool = False
+) -> Path:
+    """One mesh with named morph targets (mesh.extras.targetNames): one triangle primitive, or
+    with `split` two (the first and second half of the vertices, each with its own triangles)
+    whose morph targets are sparse accessors (only the vertices a target moves are stored)."""
     from pygltflib import (
         GLTF2,
         Accessor,
+        AccessorSparseIndices,
+        AccessorSparseValues,
         Attributes,
         Buffer,
         BufferView,
@@ -42,25 +48,29 @@ def write_rig_glb(path: Path, rig: RigData, node_scale: float | None = None) -> 
         Node,
         Primitive,
         Scene,
+        Sparse,
     )
 
     blob = bytearray()
     gltf = GLTF2(scene=0, scenes=[Scene(nodes=[0])], buffers=[Buffer()])
 
-    def add(array: np.ndarray, kind: str, component: int, bounds: bool) -> int:
+    def view(array: np.ndarray, role: int | None) -> int:
         blob.extend(b"\0" * (-len(blob) % 4))
-        role = 34962 if kind == "VEC3" else 34963  # ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER
         gltf.bufferViews.append(
             BufferView(buffer=0, byteOffset=len(blob), byteLength=array.nbytes, target=role)
         )
         blob.extend(array.tobytes())
+        return len(gltf.bufferViews) - 1
+
+    def add(array: np.ndarray, kind: str, component: int, bounds: bool) -> int:
+        role = 34962 if kind == "VEC3" else 34963  # ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER
         extra = {}
         if bounds:
             extra = {"min": array.min(axis=0).tolist(), "max": array.max(axis=0).tolist()}
         count = len(array) if array.ndim > 1 else array.size
         gltf.accessors.append(
             Accessor(
-                bufferView=len(gltf.bufferViews) - 1,
+                bufferView=view(array, role),
                 componentType=component,
                 count=count,
                 type=kind,
@@ -69,20 +79,54 @@ def write_rig_glb(path: Path, rig: RigData, node_scale: float | None = None) -> 
         )
         return len(gltf.accessors) - 1
 
-    position = add(np.ascontiguousarray(rig.neutral, "<f4"), "VEC3", 5126, True)
-    indices = add(np.ascontiguousarray(rig.faces, "<u4").ravel(), "SCALAR", 5125, False)
-    targets = [
-        {"POSITION": add(np.ascontiguousarray(target, "<f4"), "VEC3", 5126, True)}
-        for target in rig.targets
-    ]
-    primitive = Primitive(
-        attributes=Attributes(POSITION=position), indices=indices, targets=targets, mode=4
-    )
+    def add_sparse(target: np.ndarray) -> int:
+        target = target.astype("<f4")
+        moved = np.flatnonzero(np.abs(target).max(axis=1) > 1e-6).astype("<u4")
+        target[np.abs(target).max(axis=1) <= 1e-6] = 0.0
+        values = np.ascontiguousarray(target[moved], "<f4")
+        sparse = Sparse(
+            count=len(moved),
+            indices=AccessorSparseIndices(bufferView=view(moved, None), componentType=5125),
+            values=AccessorSparseValues(bufferView=view(values, None)),
+        )
+        gltf.accessors.append(
+            Accessor(
+                byteOffset=None,  # no bufferView: the unstored vertices are 0
+                componentType=5126,
+                count=len(target),
+                type="VEC3",
+                sparse=sparse,
+                min=target.min(axis=0).tolist(),
+                max=target.max(axis=0).tolist(),
+            )
+        )
+        return len(gltf.accessors) - 1
+
+    parts = [np.arange(len(rig.neutral))]
+    if split:
+        parts = np.array_split(np.arange(len(rig.neutral)), 2)
+    primitives = []
+    for part in parts:
+        inside = np.all((rig.faces >= part[0]) & (rig.faces <= part[-1]), axis=1)
+        faces = rig.faces[inside] - part[0]
+        position = add(np.ascontiguousarray(rig.neutral[part], "<f4"), "VEC3", 5126, True)
+        indices = add(np.ascontiguousarray(faces, "<u4").ravel(), "SCALAR", 5125, False)
+        targets = [
+            {"POSITION": add_sparse(target[part])}
+            if split
+            else {"POSITION": add(np.ascontiguousarray(target, "<f4"), "VEC3", 5126, True)}
+            for target in rig.targets
+        ]
+        primitives.append(
+            Primitive(
+                attributes=Attributes(POSITION=position), indices=indices, targets=targets, mode=4
+            )
+        )
     gltf.meshes.append(
         Mesh(
             name="face",
-            primitives=[primitive],
-            weights=[0.0] * len(targets),
+            primitives=primitives,
+            weights=[0.0] * len(rig.targets),
             extras={"targetNames": rig.names},
         )
     )

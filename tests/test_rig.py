@@ -71,7 +71,10 @@ def test_arkit_names_aliases_and_live_link_columns():
     assert arkit_name("viseme_aa") is None and arkit_name("jawOpenish") is None
     assert match_targets(["viseme_aa", "JawOpen", "jawOpen"]) == {"jawOpen": 1}
     assert len(LIVE_LINK_COLUMNS) == 63 and LIVE_LINK_COLUMNS[:3] == (
-        "Timecode", "BlendShapeCount", "EyeBlinkLeft")  # fmt: skip
+        "Timecode",
+        "BlendShapeCount",
+        "EyeBlinkLeft",
+    )
     jaw = LIVE_LINK_COLUMNS.index("JawForward")
     assert LIVE_LINK_COLUMNS[jaw : jaw + 4] == ("JawForward", "JawRight", "JawLeft", "JawOpen")
     mouth = LIVE_LINK_COLUMNS.index("MouthPucker")
@@ -111,11 +114,14 @@ def test_known_weights_solved_back_on_a_procedural_rig_through_the_cli(procedura
     truth[:, [i for i, n in enumerate(data.names) if arkit_name(n) is None]] = 0.0
     animation = known_weight_animation(tmp_path / "known.npz", data, truth, fps=30.0)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["rig", str(animation), str(path), "-o", str(out),
-                                 "--no-progress"])  # fmt: skip
+    result = runner.invoke(app, ["rig", str(animation), str(path), "-o", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert sorted(json.loads((out / "rig.json").read_text())["files"]) == [
-        "arkit_a2f.json", "arkit_livelink.csv", "fit.json", "rig.glb"]  # fmt: skip
+        "arkit_a2f.json",
+        "arkit_livelink.csv",
+        "fit.json",
+        "rig.glb",
+    ]
     with open(out / "arkit_livelink.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert tuple(rows[0]) == LIVE_LINK_COLUMNS and len(rows) == 91
@@ -161,6 +167,30 @@ def test_the_rig_glb_carries_the_solved_weights(procedural, tmp_path):
     assert np.array_equal(again.targets, data.targets)
 
 
+def test_a_rig_of_two_primitives_with_sparse_targets_reads_as_one_mesh(procedural, tmp_path):
+    from tests import clients
+
+    _, data = procedural
+    split = read_rig(write_rig_glb(tmp_path / "split.glb", data, split=True, node_scale=0.01))
+    assert np.array_equal(split.neutral, data.neutral)
+    assert np.abs(split.targets - data.targets).max() <= 1e-6  # sparse: a micrometre dropped
+    assert split.scale == pytest.approx(0.01)  # millimetres reported in metres' terms
+    half = len(data.neutral) // 2
+    assert split.faces.max() < len(data.neutral) and (split.faces >= half).any()
+    truth = random_weights(10, len(data.names), seed=7)
+    truth[:, [i for i, n in enumerate(data.names) if arkit_name(n) is None]] = 0.0
+    same = RigData(data.neutral, split.faces, data.targets, data.names)  # the split's triangles
+    animation = known_weight_animation(tmp_path / "known.npz", same, truth)
+    result = solve_rig(
+        RigConfig(animation=animation, rig=tmp_path / "split.glb", output=tmp_path / "out")
+    )
+    assert result.fit["carried"] == "same topology"
+    assert solved_back(result.weights, data, truth).max() < 1e-3
+    if clients.missing("validator") is None:
+        counts = clients.glb_issues(clients.validate_glb(tmp_path / "out" / "rig.glb"))
+        assert counts["numErrors"] == 0 and counts["numWarnings"] == 0, counts
+
+
 def test_known_weights_solved_back_on_the_ict_facekit_rig(ict, tmp_path):
     path, data = ict
     rig = read_rig(path)
@@ -174,7 +204,11 @@ def test_known_weights_solved_back_on_the_ict_facekit_rig(ict, tmp_path):
     assert result.fit["residual"]["residual_max_mm"] < 0.05
     assert result.fit["targets_missing"] == ["tongueOut"]
     assert set(result.fit["targets_ignored"]) == {
-        "PupilDilate_L", "PupilDilate_R", "cheekRaiser_L", "cheekRaiser_R"}  # fmt: skip
+        "PupilDilate_L",
+        "PupilDilate_R",
+        "cheekRaiser_L",
+        "cheekRaiser_R",
+    }
 
 
 def test_the_bundled_models_animation_onto_the_ict_rig_states_its_residual(ict, tmp_path, caplog):
@@ -188,11 +222,15 @@ def test_the_bundled_models_animation_onto_the_ict_rig_states_its_residual(ict, 
     from meshtalk.pipelines.inference.animate import run as animate
 
     path, _ = ict
-    animate(AnimateConfig(speech=default_model.example_path(), output=tmp_path / "anim",
-                          video=False))  # fmt: skip
+    animate(
+        AnimateConfig(speech=default_model.example_path(), output=tmp_path / "anim", video=False)
+    )
     with caplog.at_level(logging.INFO):
-        result = solve_rig(RigConfig(animation=tmp_path / "anim" / "animation.npz", rig=path,
-                                     output=tmp_path / "out"))  # fmt: skip
+        result = solve_rig(
+            RigConfig(
+                animation=tmp_path / "anim" / "animation.npz", rig=path, output=tmp_path / "out"
+            )
+        )
     fit = json.loads((tmp_path / "out" / "fit.json").read_text())
     residual = fit["residual"]
     assert fit["carried"] == "transferred" and fit["frames"] == 178
@@ -216,8 +254,9 @@ def _bad_rig(tmp_path: Path, kind: str) -> Path:
     elif kind == "count":
         write_rig_glb(path, RigData(data.neutral, data.faces, data.targets[:, :-3], data.names))
     elif kind == "visemes":
-        write_rig_glb(path, RigData(data.neutral, data.faces, data.targets[:2],
-                                    ["viseme_aa", "viseme_O"]))  # fmt: skip
+        write_rig_glb(
+            path, RigData(data.neutral, data.faces, data.targets[:2], ["viseme_aa", "viseme_O"])
+        )
     return path
 
 
@@ -227,10 +266,13 @@ def _bad_rig(tmp_path: Path, kind: str) -> Path:
         ("text", "not a GLB"),
         ("no_targets", "has no morph targets"),
         ("count", "has 33 vertices, its mesh 36"),
-        ("visemes", "has no ARKit targets (eyeBlinkLeft ... tongueOut, or eyeBlink_L): its 2 "
-                    "morph targets are viseme_aa, viseme_O"),
+        (
+            "visemes",
+            "has no ARKit targets (eyeBlinkLeft ... tongueOut, or eyeBlink_L): its 2 "
+            "morph targets are viseme_aa, viseme_O",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_rigs_are_one_line_each(procedural, tmp_path, kind, message):
     path, data = procedural
     animation = known_weight_animation(tmp_path / "a.npz", data, np.zeros((3, len(data.names))))

@@ -319,6 +319,9 @@ def write_animated_rig(rig: Rig, output: str | Path, weights: np.ndarray, fps: f
     )
 
     gltf = _load(rig.path)
+    for accessor in gltf.accessors:  # pygltflib reads a missing byteOffset as 0; glTF forbids
+        if accessor.bufferView is None:  # one without a bufferView (all-zero sparse targets)
+            accessor.byteOffset = None
     blob = bytearray(_buffer(gltf, rig.path, 0) if gltf.buffers else b"")
     if not gltf.buffers:
         from pygltflib import Buffer
