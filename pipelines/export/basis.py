@@ -15,6 +15,7 @@ with the largest residual energy and then checked on every frame.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -27,9 +28,9 @@ OFFSET_NAME = "offset"
 """The constant target held at weight 1."""
 OVERSAMPLE = 10
 """Extra sketch columns beyond the largest K tried (the range finder's accuracy)."""
-FIRST_SKETCH, MAX_FIRST_SKETCH = 64, 320
-"""The first sketch: 64 + T / 12 columns (a minute of speech needed K = 132 at 0.1 mm), at most
-320; it doubles when too small."""
+FIRST_SKETCH, PER_DECADE = 80, 86
+"""The first sketch: 80 + 86 log10(T / 178) columns, from K at 0.1 mm on the bundled model's
+speech (40 for 178 frames, 124 for a minute, 210 for ten) with room; it doubles when too small."""
 CHECK_FRAMES = 384
 """Frames K is searched on (the largest residuals and evenly spaced ones) before the full check."""
 
@@ -91,7 +92,8 @@ def fit_basis(
     sketch doubles (and the subspace is found again) when it holds too few directions.
     """
     width = 3 * num_vertices
-    sketch = min(frames, width, FIRST_SKETCH + frames // 12, MAX_FIRST_SKETCH)
+    grown = PER_DECADE * math.log10(max(frames, 178) / 178)
+    sketch = min(frames, width, FIRST_SKETCH + round(grown))
     while True:
         basis, coeffs, energy = _subspace(chunks, frames, width, sketch, seed)
         whole = sketch >= min(frames, width)
