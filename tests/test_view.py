@@ -166,3 +166,9 @@ def test_view_compare_shows_a_colour_bar_in_mm(animation):
             if shots:
                 page.screenshot(path=str(Path(shots) / "view_compare.png"))
             assert page.console_errors == [] and page.evaluate("meshtalk.errors") == []
+
+
+def test_view_elsewhere_than_localhost_warns(animation):
+    with served("view", str(animation), "--host", "0.0.0.0") as (process, url):
+        assert get(url, "/view.json")[0] == 200
+    assert "warning: listening on 0.0.0.0" in process.stderr_text

@@ -10,7 +10,8 @@ What it serves, and nothing else (any other path is 404, `../` included):
 Security: it binds 127.0.0.1 unless told otherwise; every request's Host header must name the
 server (a DNS-rebinding page cannot read it); a WebSocket handshake whose Origin is not the
 server's own page is refused with 403 (a foreign web page in the user's browser cannot connect;
-programs that send no Origin can); at most `max_clients` WebSockets at a time (503 beyond);
+programs that send no Origin can; listening elsewhere, with `--host`, the Origin must be the
+address the page was loaded from); at most `max_clients` WebSockets at a time (503 beyond);
 messages over `protocol.MAX_MESSAGE` bytes close that client only.
 """
 
@@ -87,6 +88,12 @@ class LiveServer:
             app.router.add_get("/ws", self._ws)
         return app
 
+    @property
+    def local(self) -> bool:
+        """Listening on this machine only: the Host header must then name it (with `--host`
+        elsewhere, any name of the machine may, and the Origin must be the page's own)."""
+        return self.host in ("127.0.0.1", "localhost", "::1")
+
     def own_hosts(self) -> set[str]:
         hosts = {f"{name}:{self.port}" for name in LOCAL_HOSTS}
         hosts.add(f"{self.host}:{self.port}")
@@ -104,7 +111,7 @@ class LiveServer:
         from aiohttp import web
 
         async def checked(request):
-            if request.host not in self.own_hosts():
+            if self.local and request.host not in self.own_hosts():
                 raise web.HTTPForbidden(text="unknown Host\n")
             return await handler(request)
 
@@ -138,7 +145,8 @@ class LiveServer:
         from aiohttp import web
 
         origin = request.headers.get("Origin")
-        if origin is not None and origin not in self.own_origins():
+        own = self.own_origins() if self.local else {f"http://{request.host}"}
+        if origin is not None and origin not in own:
             log.warning("refused a WebSocket from origin %s", origin)
             raise web.HTTPForbidden(text="foreign origin\n")
         if len(self.clients) >= self.max_clients:

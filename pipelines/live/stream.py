@@ -301,6 +301,7 @@ def run(config: StreamConfig) -> None:
         run_, vertices, argmax=config.argmax, seed=config.seed,
         temperature=config.temperature, int8=config.int8,
     )  # fmt: skip
+    animator.warm_up()
     with recorder if recorder is not None else contextlib.nullcontext():
         session = Session(config, animator, recorder)
         mesh = ("application/octet-stream", protocol.pack_mesh(vertices, faces))

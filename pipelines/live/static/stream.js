@@ -2,7 +2,7 @@
 import { Stage, fetchMesh, percentile } from "/static/face.js";
 
 const HEADER = 40; // protocol.FRAME_HEADER
-const MAX_BACKLOG = 30; // 1 s at 30 fps
+const MAX_BACKLOG = 3; // 100 ms at 30 fps: beyond it, latency would grow
 const params = new URLSearchParams(location.search);
 const watch = (params.get("watch") || "").split(",").filter(Boolean).map(Number);
 const state = {
@@ -109,9 +109,9 @@ function draw() {
 function showStats() {
   const p = (values, q) => (values.length ? percentile(values, q).toFixed(0) : "-");
   $("stats").textContent =
-    `frames ${state.received} drawn ${state.drawn} skipped ${state.skipped} | ` +
-    `latency to sent p50 ${p(serverMs, 50)} p95 ${p(serverMs, 95)} ms, ` +
-    `to drawn p50 ${p(drawnMs, 50)} p95 ${p(drawnMs, 95)} ms`;
+    `frames received ${state.received}, drawn ${state.drawn}, skipped ${state.skipped}\n` +
+    `latency from the audio to the frame sent: p50 ${p(serverMs, 50)} ms, p95 ${p(serverMs, 95)} ms\n` +
+    `latency from the audio to the frame drawn: p50 ${p(drawnMs, 50)} ms, p95 ${p(drawnMs, 95)} ms`;
 }
 
 async function startMicrophone() {
