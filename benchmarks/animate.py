@@ -373,7 +373,7 @@ def main() -> None:
             speech = speech_file(tmp, seconds)
             for weights in ("float", "int8"):
                 row = stage_seconds(run, speech, tmp / "video", video=True, int8=weights == "int8")
-                row.update(speech=label, weights=weights, default_settings=weights == "float")
+                row.update(speech=label, weights=weights, default_settings=weights == "int8")
                 figures["with_video"].append(row)
         figures["render_encode_alone"] = video_alone(tmp / "video" / "animation.npz", 960)
         figures["render_fps"] = render_rate()

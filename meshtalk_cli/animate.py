@@ -50,8 +50,13 @@ def animate(
         int, typer.Option(help="Samples of the upper face, one folder each (OUT/take_<i>/).")
     ] = 1,
     int8: Annotated[
-        bool, typer.Option("--int8", help="Sample with int8 weights (CPU only, faster).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--int8/--float",
+            help="Sampler weights: int8 (CPU only, about twice as fast) or float. Default: int8 "
+            "on the CPU, float elsewhere.",
+        ),
+    ] = None,
     channel: shared.ChannelOption = None,
     device: shared.DeviceOption = "auto",
     smooth: shared.SmoothOption = None,

@@ -525,6 +525,13 @@ def test_int8_sampling_and_settings_are_checked(inputs, tmp_path):
     result = invoke(inputs, tmp_path / "out", "--no-video", "--int8", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     assert json.loads(str(arrays(tmp_path / "out" / "animation.npz")["provenance"]))["int8"]
+    # On the CPU int8 is the default; --float samples with the model's own weights.
+    for options, int8 in (((), True), (("--float",), False)):
+        out = tmp_path / f"out_{int8}"
+        result = invoke(inputs, out, "--no-video", "--argmax", "--device", "cpu", *options)
+        assert result.exit_code == 0, result.stderr
+        npz = arrays(out / "animation.npz")
+        assert json.loads(str(npz["provenance"]))["int8"] is int8
 
 
 def test_a_damaged_run_topology_is_one_line(inputs, tmp_path):

@@ -23,6 +23,7 @@ files appear at once, at the end (`OutputFolder`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -83,8 +84,10 @@ class AnimateConfig(ExportOptions):
     """Take the most likely code at every step instead of drawing (deterministic)."""
     takes: int = 1
     """Samples of the same speech, each in its own folder OUT/take_<i>/ (1: directly in OUT)."""
-    int8: bool = False
-    """Sample with int8 weights (CPU only; about 4x fewer bytes read per step)."""
+    int8: bool | None = None
+    """Sample with int8 weights (CPU only; about 4x fewer bytes read per step); None: int8 on the
+    CPU, float elsewhere (int8's animations differ from float's by about 0.01 mm at the lips where
+    two float takes differ by 0.6 mm: benchmarks/int8_default.py)."""
     device: str = "auto"
     """auto, cpu, cuda or mps."""
     smooth: bool | None = None
@@ -194,6 +197,8 @@ def animate(config: AnimateConfig) -> AnimateResult:
     device = resolve_device(config.device)
     if config.int8 and device.type != "cpu":
         raise MeshtalkError(None, f"--int8 samples on the CPU; --device resolved to {device.type}")
+    config = copy.copy(config)  # the caller's keeps its None
+    config.int8 = device.type == "cpu" if config.int8 is None else config.int8
     template = read_mesh(config.template)
     run = load_run(config.model, device)
     if run.prior is None:
