@@ -53,6 +53,14 @@ def stream(
             show_default=False,
         ),
     ] = None,
+    rig: Annotated[
+        Path | None,
+        typer.Option(
+            help="A GLB rig with ARKit-named morph targets: each frame also as its 52 ARKit "
+            "weights (a second message, kind 1), solved as meshtalk rig does.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Animate speech as it arrives: frames to the page and to any WebSocket client (binary)."""
     values = dict(locals())

@@ -324,3 +324,41 @@ def test_stream_from_the_page_microphone(speech, bundled, animated_gaps, tmp_pat
         ("the page draws >= 95% of the frames", drawn >= 0.95),
         ("latency to drawn p95", p95 <= TARGET_P95_MS),
     )
+
+
+def test_stream_sends_arkit_weights_of_a_rig(speech, bundled, animated_gaps, tmp_path):
+    """--rig: each frame also as ARKit weights; on a rig of the model's topology (in metres)
+    whose jawOpen is the animation's widest mouth, jawOpen follows the lips' opening."""
+    from tests.rigs import RigData, write_rig_glb
+
+    vertices, faces, upper, lower = bundled
+    out = tmp_path / "open"
+    command = [sys.executable, "-m", "meshtalk.cli.main", "animate", "--example", "-o", str(out),
+               "--argmax", "--no-video"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    with np.load(out / "animation.npz", allow_pickle=False) as archive:
+        frames = archive["vertices"]
+    widest = frames[np.argmax((frames[:, upper, 1] - frames[:, lower, 1]).max(axis=1))]
+    smile = np.zeros_like(vertices)
+    smile[upper, 0] = 1.0  # a target the speech barely uses
+    targets = np.stack([widest - vertices, smile]) * 0.001
+    rig = RigData(vertices * 0.001, faces, targets.astype(np.float32), ["jawOpen", "mouthLeft"])
+    path = write_rig_glb(tmp_path / "rig.glb", rig)
+    with served("stream", "--input", str(speech[0]), "--argmax", "--rig", str(path)) as (
+        process,
+        url,
+    ):
+        setup, messages = asyncio.run(collect(url))
+        assert process.wait(timeout=60) == 0
+    from meshtalk.pipelines.export.arkit import ARKIT_NAMES
+
+    assert setup["arkit"] == list(ARKIT_NAMES)
+    offsets = [m for m in messages if m["kind"] == protocol.KIND_OFFSETS]
+    weights = [m for m in messages if m["kind"] == protocol.KIND_ARKIT]
+    assert [m["index"] for m in weights] == [m["index"] for m in offsets]
+    table = np.stack([m["values"] for m in weights])
+    assert table.shape[1] == 52 and table.min() >= 0 and table.max() <= 1
+    jaw = table[:, ARKIT_NAMES.index("jawOpen")]
+    gaps = frame_gaps(offsets, vertices, upper, lower)
+    assert correlation(jaw, gaps) >= 0.9
+    assert jaw.max() > 0.5

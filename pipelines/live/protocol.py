@@ -14,12 +14,15 @@ Then one binary message per frame, little-endian, `FRAME_HEADER` (40 bytes) then
     offset  type     field
     0       4 bytes  magic b"MTFR"
     4       uint32   frame index (0, 1, 2, ... from the start of the stream)
-    8       uint32   kind: 0 = vertex offsets from the template
-    12      uint32   count: float32 values that follow (V x 3 for offsets)
+    8       uint32   kind: 0 = vertex offsets from the template; 1 = ARKit weights (`--rig`)
+    12      uint32   count: float32 values that follow (V x 3 offsets; 52 weights)
     16      float64  the frame's audio time in s, from the stream's first sample
     24      float64  server clock (s) when the last sample the frame needs arrived
     32      float64  server clock (s) when the frame was sent
     40      float32 x count
+
+With `--rig RIG.glb` each frame is two messages of one index: its offsets (kind 0), then the
+rig's 52 ARKit weights in [0, 1] in ARKit's order (kind 1; the setup's "arkit" lists the names).
 
 The server clock is `time.monotonic()` of the server: `sent - arrived` is the server's latency
 for that frame; a client that wants the latency to its own display estimates the clock offset
@@ -44,13 +47,16 @@ MESH_MAGIC = b"MTMS"
 FRAME_HEADER = struct.Struct("<4sIIIddd")
 MESH_HEADER = struct.Struct("<4sII")
 KIND_OFFSETS = 0
+KIND_ARKIT = 1
 MAX_MESSAGE = 64 * 1024
 """Largest message a client may send (2 s of 16 kHz Int16 audio)."""
 
 
-def pack_frame(index: int, time_s: float, arrived: float, sent: float, offsets) -> bytes:
-    values = np.ascontiguousarray(offsets, dtype="<f4").reshape(-1)
-    header = FRAME_HEADER.pack(FRAME_MAGIC, index, KIND_OFFSETS, values.size, time_s, arrived, sent)
+def pack_frame(
+    index: int, time_s: float, arrived: float, sent: float, values, kind: int = KIND_OFFSETS
+) -> bytes:
+    values = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
+    header = FRAME_HEADER.pack(FRAME_MAGIC, index, kind, values.size, time_s, arrived, sent)
     return header + values.tobytes()
 
 

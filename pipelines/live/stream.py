@@ -50,6 +50,7 @@ class StreamConfig:
     int8: bool = False
     max_clients: int = MAX_CLIENTS
     record: Path | None = None
+    rig: Path | None = None
 
     def __post_init__(self) -> None:
         from meshtalk.pipelines.data.resources import default_model
@@ -75,8 +76,10 @@ class StreamConfig:
 class Session:
     """One stream: the animator in its thread, the clients, the figures."""
 
-    def __init__(self, config: StreamConfig, animator: LiveAnimator, recorder=None) -> None:
-        self.config, self.animator, self.recorder = config, animator, recorder
+    def __init__(
+        self, config: StreamConfig, animator: LiveAnimator, recorder=None, rig=None
+    ) -> None:
+        self.config, self.animator, self.recorder, self.rig = config, animator, recorder, rig
         self.audio: queue.Queue = queue.Queue()
         self.outboxes: dict = {}
         self.audio_client = None
@@ -100,6 +103,7 @@ class Session:
             "lookahead_s": round(self.animator.lookahead_s, 4),
             "mesh": "/mesh.bin",
             "input": "page" if self.config.input == "page" else "server",
+            "arkit": None if self.rig is None else _arkit_names(),
         }
 
     # --- audio in (any thread) ----------------------------------------------------------------
@@ -149,18 +153,23 @@ class Session:
             while len(self.arrivals) > 1 and self.arrivals[0][0] <= sample:
                 self.arrivals.popleft()
             arrived = self.arrivals[0][1]
-            self.loop.call_soon_threadsafe(self._send, frame, arrived)
+            weights = None if self.rig is None else self.rig.weights(frame.offsets)
+            self.loop.call_soon_threadsafe(self._send, frame, arrived, weights)
 
     # --- frames out (the event loop) ------------------------------------------------------------
 
-    def _send(self, frame, arrived: float) -> None:
+    def _send(self, frame, arrived: float, weights=None) -> None:
         sent = time.monotonic()
         self.server_ms.append(1000 * (sent - arrived))
         self.frames_sent += 1
-        message = protocol.pack_frame(frame.index, frame.time_s, arrived, sent, frame.offsets)
+        messages = [protocol.pack_frame(frame.index, frame.time_s, arrived, sent, frame.offsets)]
+        if weights is not None:
+            messages.append(protocol.pack_frame(frame.index, frame.time_s, arrived, sent,
+                                                weights, protocol.KIND_ARKIT))  # fmt: skip
         for ws, outbox in list(self.outboxes.items()):
             try:
-                outbox.put_nowait(message)
+                for message in messages:
+                    outbox.put_nowait(message)
             except asyncio.QueueFull:
                 log.warning("a client fell %d frames behind: closed", CLIENT_BACKLOG)
                 self.outboxes.pop(ws, None)
@@ -269,6 +278,12 @@ class Recorder:
         self.stack.__exit__(*exc)
 
 
+def _arkit_names() -> list[str]:
+    from meshtalk.pipelines.export.arkit import ARKIT_NAMES
+
+    return list(ARKIT_NAMES)
+
+
 def _source(config: StreamConfig):
     from meshtalk.pipelines.live import sources
 
@@ -301,9 +316,14 @@ def run(config: StreamConfig) -> None:
         run_, vertices, argmax=config.argmax, seed=config.seed,
         temperature=config.temperature, int8=config.int8,
     )  # fmt: skip
+    rig = None
+    if config.rig is not None:
+        from meshtalk.pipelines.live.rigged import RigWeights
+
+        rig = RigWeights(config.rig, vertices, faces)
     animator.warm_up()
     with recorder if recorder is not None else contextlib.nullcontext():
-        session = Session(config, animator, recorder)
+        session = Session(config, animator, recorder, rig)
         mesh = ("application/octet-stream", protocol.pack_mesh(vertices, faces))
         server = LiveServer(
             "stream.html", {"/mesh.bin": mesh}, websocket=session.client,

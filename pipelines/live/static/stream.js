@@ -154,8 +154,9 @@ function connect() {
       else if (message.type === "pong") onPong(message);
       return;
     }
-    state.received += 1;
     const frame = parseFrame(event.data);
+    if (frame.kind !== 0) return; // ARKit weights (--rig): for other programs
+    state.received += 1;
     frame.receivedAt = performance.now() / 1000;
     queue.push(frame);
   };
