@@ -1,19 +1,30 @@
-"""Does the bundled default model open its mouth for real speech, and keep it shut in silence?
+"""Does the bundled default model speak, keep its mouth shut in silence, blink, and move smoothly?
 
-Animates each real recording in ../shared/reference/speech/ (or the files given) with the bundled
-model (or `--model RUN --template MESH` of the built-in head's topology), `--takes` samples each,
-and measures per frame the lip gap: the largest vertical distance between the upper and lower lip
-margins along the mouth cut of the built-in head (0 with the lips closed at rest). Frames are
-voiced where the speech's RMS energy around the frame (one frame, 1/30 s) is at least `--voiced-db`
-above the recording's noise floor (its 10th percentile), silent where it is at most `--silent-db`
-above it. Reports the mean gap on each and their ratio (the target is at least 3).
+Animates each real recording in ../shared/reference/speech/ (or the files given) and eSpeak NG
+sentences that are not in the training data (`--sentences`, voices the training never used) with
+the bundled model (or `--model RUN --template MESH`), `--takes` samples each, and measures:
 
-    python benchmarks/default_model.py [SPEECH ...] [--takes 3] [--json results.json]
+- the lip gap per frame: the largest vertical distance between the inner lips (the ICT-FaceKit
+  head's landmarks 61-67, 62-66, 63-65; the built-in head's lip margins along its mouth cut).
+  Frames are voiced where the speech's RMS energy around the frame (1/30 s) is at least
+  `--voiced-db` above the recording's noise floor (its 10th percentile), silent where it is at
+  most `--silent-db` above it; reported: the mean gap on each and their ratio (target >= 3);
+- blinks per minute (ICT-FaceKit head): an eye is closed on a frame where its lid gap (landmarks
+  43-47 and 38-40) is under a third of the rest; a blink is a run of closed frames. The training
+  data's own rate is measured on its frames (`--data`, the same detector) when given;
+- the crease: on every frame, the largest difference between neighbouring lip vertices' motion
+  (mouth mask > 0.5), the worst frame against the same on the training data's frames (`--data`;
+  target <= 2x);
+- the expression swap of the run's last validation (stage 1: how far swapping the expression
+  input moves the upper face against the mouth; target >= 3x).
+
+    python benchmarks/default_model.py [SPEECH ...] [--takes 3] [--data DATASET] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import tempfile
@@ -25,25 +36,75 @@ from rich.console import Console
 from rich.table import Table
 
 from meshtalk.pipelines.data.layout import FPS
-from meshtalk.pipelines.data.synth.face import builtin_head
 from meshtalk.pipelines.inference.animate import AnimateConfig
 from meshtalk.pipelines.inference.animate import run as animate
 from meshtalk.pipelines.io.audio import load_audio
-from meshtalk.pipelines.io.mesh import read_mesh
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_SPEECH = ROOT.parent / "shared" / "reference" / "speech"
+UNSEEN_SENTENCES = (
+    ("Please call Stella and ask her to bring these things with her from the store.", "en-gb-x-rp"),
+    ("Six spoons of fresh snow peas, five thick slabs of blue cheese.", "en-us+klatt"),
+    ("We also need a small plastic snake and a big toy frog for the kids.", "en-us+m7"),
+    ("She can scoop these things into three red bags, and we will go meet her.", "en-gb-scotland"),
+)
+"""Sentences (the speech accent archive's elicitation paragraph) in voices training never used."""
 
 
-def lip_pairs(template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Upper and lower lip margin vertices of the built-in head whose vertices `template` has."""
+def lip_measures(template: Path, run: Path):
+    """(gap function of (T, V, 3) frames, lid-gap function or None, lip vertices or None)."""
+    rig = template.parent / "ict_rig.npz"
+    if rig.is_file():
+        with np.load(rig, allow_pickle=False) as data:
+            landmarks = data["landmarks_68"]
+            face_area = int(data["face_area"])
+        upper, lower = landmarks[[61, 62, 63]], landmarks[[67, 66, 65]]
+        lids = (landmarks[[43, 44, 37, 38]], landmarks[[47, 46, 41, 40]])
+
+        def lid_gaps(v: np.ndarray) -> np.ndarray:  # (T, 2): each eye's smallest lid gap
+            gap = v[:, lids[0], 1] - v[:, lids[1], 1]
+            return np.stack([gap[:, :2].mean(1), gap[:, 2:].mean(1)], 1)
+
+        mouth = np.load(run / "topology" / "masks" / "mouth.npy", allow_pickle=False)
+        lips = np.flatnonzero(mouth[:face_area] > 0.5)
+        return (lambda v: (v[:, upper, 1] - v[:, lower, 1]).max(1)), lid_gaps, lips
+    from meshtalk.pipelines.data.synth.face import builtin_head
+    from meshtalk.pipelines.io.mesh import read_mesh
+
+    rest = read_mesh(template).vertices
     for grid in (48, *range(16, 97)):
         head = builtin_head(grid)
-        if len(head.mesh.vertices) == len(template) and np.allclose(
-            head.mesh.vertices, template, atol=1e-3
-        ):
-            return head.mouth_upper, head.mouth_lower
-    raise SystemExit("the template is not the built-in head (meshtalk synth's topology)")
+        if len(head.mesh.vertices) == len(rest):
+            pairs = (head.mouth_upper, head.mouth_lower)
+            return (lambda v, p=pairs: (v[:, p[0], 1] - v[:, p[1], 1]).max(1)), None, None
+    raise SystemExit(f"{template}: neither the ICT-FaceKit head nor the built-in head")
+
+
+def blinks_per_minute(lid_gaps: np.ndarray, rest: np.ndarray) -> float:
+    """Blinks a minute in (T, 2) lid gaps: runs of frames where both eyes are under 1/3 open."""
+    closed = (lid_gaps < rest / 3).all(1)
+    onsets = int(np.count_nonzero(closed[1:] & ~closed[:-1]) + closed[0])
+    return onsets / (len(lid_gaps) / FPS / 60)
+
+
+def crease(frames: np.ndarray, rest: np.ndarray, edges: np.ndarray) -> float:
+    """The worst frame's largest difference (mm) between neighbouring vertices' motion."""
+    motion = frames[:, : len(rest)] - rest[None]
+    worst = 0.0
+    for start in range(0, len(motion), 256):
+        part = motion[start : start + 256]
+        difference = np.linalg.norm(part[:, edges[:, 0]] - part[:, edges[:, 1]], axis=2)
+        worst = max(worst, float(difference.max()))
+    return worst
+
+
+def lip_edges(template: Path, lips: np.ndarray) -> np.ndarray:
+    from meshtalk.pipelines.io.mesh import read_mesh
+
+    faces = read_mesh(template.parent / "template.ply").faces
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    keep = np.isin(edges, lips).all(1)
+    return np.unique(np.sort(edges[keep], axis=1), axis=0)
 
 
 def frame_energy_db(samples: np.ndarray, rate: int, frames: int) -> np.ndarray:
@@ -57,36 +118,34 @@ def frame_energy_db(samples: np.ndarray, rate: int, frames: int) -> np.ndarray:
     return np.asarray(energy)
 
 
-def measure(
-    speech: Path,
-    model: Path | None,
-    template: Path | None,
-    takes: int,
-    voiced_db: float,
-    silent_db: float,
-) -> dict:
+def measure(speech: Path, args, template: Path, run: Path) -> dict:
+    gap_of, lid_gaps_of, lips = lip_measures(template, run)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "out"
         config = AnimateConfig(
-            speech=speech, output=out, model=model, template=template, takes=takes, video=False
+            speech=speech,
+            output=out,
+            model=args.model,
+            template=args.template,
+            takes=args.takes,
+            video=False,
         )
         animate(config)
-        runs = [out] if takes == 1 else [out / f"take_{i}" for i in range(takes)]
+        runs = [out] if args.takes == 1 else [out / f"take_{i}" for i in range(args.takes)]
         vertices = []
         for run in runs:
             with np.load(run / "animation.npz", allow_pickle=False) as archive:
                 vertices.append(archive["vertices"])
-        rest = read_mesh(config.template).vertices
-    upper, lower = lip_pairs(rest)
-    gaps = np.stack([(v[:, upper, 1] - v[:, lower, 1]).max(axis=1) for v in vertices])
+                rest = archive["template"]
+    gaps = np.stack([gap_of(v) for v in vertices])
     samples = load_audio(speech, 16_000)
     energy = frame_energy_db(samples, 16_000, gaps.shape[1])
     floor = float(np.percentile(energy, 10))
-    voiced = energy >= floor + voiced_db
-    silent = energy <= floor + silent_db
+    voiced = energy >= floor + args.voiced_db
+    silent = energy <= floor + args.silent_db
     voiced_gap = float(gaps[:, voiced].mean())
     silent_gap = float(gaps[:, silent].mean())
-    return {
+    result = {
         "speech": speech.name,
         "frames": int(gaps.shape[1]),
         "voiced_frames": int(voiced.sum()),
@@ -97,30 +156,101 @@ def measure(
         "ratio": round(voiced_gap / max(silent_gap, 1e-3), 2),
         "max_gap_mm": round(float(gaps.max()), 2),
     }
+    if lid_gaps_of is not None:
+        rest_lids = lid_gaps_of(rest[None])[0]
+        rates = [blinks_per_minute(lid_gaps_of(v), rest_lids) for v in vertices]
+        result["blinks_per_minute"] = round(float(np.mean(rates)), 1)
+        edges = lip_edges(template, lips)
+        result["lip_crease_mm"] = round(max(crease(v, rest, edges) for v in vertices), 3)
+    return result
+
+
+def training_data(data: Path, template: Path, run: Path) -> dict:
+    """Blinks per minute and the lip crease on the training data's own frames (ICT head): the
+    first three identities' first ten sentences, each against its neutral segment's first frame."""
+    from meshtalk.pipelines.data.layout import NEUTRAL_SEGMENT
+    from meshtalk.pipelines.io.mesh import read_bin
+
+    _, lid_gaps_of, lips = lip_measures(template, run)
+    edges = lip_edges(template, lips)
+    blinks, seconds, worst = 0.0, 0.0, 0.0
+    for identity in sorted(p for p in data.iterdir() if p.name.startswith("m--"))[:3]:
+        tracked = identity / "tracked_mesh"
+        size = len(np.fromfile(identity / "vert_mean.bin", np.float32)) // 3
+        rest = read_bin(sorted((tracked / NEUTRAL_SEGMENT).glob("*.bin"))[0], size)
+        rest_lids = lid_gaps_of(rest[None])[0]
+        for segment in sorted(tracked.glob("SEN_*"))[:10]:
+            frames = np.stack([read_bin(f, size) for f in sorted(segment.glob("*.bin"))])
+            minutes = len(frames) / FPS / 60
+            blinks += blinks_per_minute(lid_gaps_of(frames), rest_lids) * minutes
+            seconds += minutes * 60
+            worst = max(worst, crease(frames, rest, edges))
+    return {"blinks_per_minute": round(blinks / (seconds / 60), 1), "lip_crease_mm": worst}
+
+
+def unseen_speech(folder: Path) -> list[Path]:
+    """The unseen sentences spoken by eSpeak NG into `folder` (WAV)."""
+    from meshtalk.pipelines.data.synth.espeak import speak
+    from meshtalk.pipelines.io.audio import write_wav
+
+    files = []
+    for index, (text, voice) in enumerate(UNSEEN_SENTENCES):
+        spoken = speak(text, voice, rate_wpm=165)
+        silence = np.zeros(int(0.6 * spoken.rate), np.float32)
+        path = folder / f"unseen_{index}_{voice.replace('+', '_')}.wav"
+        write_wav(path, np.concatenate([silence, spoken.samples, silence]), spoken.rate)
+        files.append(path)
+    return files
+
+
+def expression_swap(run: Path) -> float | None:
+    """The run's last validated expression swap (upper face over mouth), if recorded."""
+    metrics = run / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    values = [
+        float(row["value"])
+        for row in csv.DictReader(metrics.open())
+        if row["name"] == "val/expression_swap_upper_over_mouth"
+    ]
+    return values[-1] if values else None
 
 
 def main() -> None:
+    from meshtalk.pipelines.data.resources import default_model
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("speech", nargs="*", type=Path, help="recordings (default: the reference)")
     parser.add_argument("--model", type=Path, help="run folder (default: the bundled model)")
-    parser.add_argument("--template", type=Path, help="template of --model (the built-in head)")
+    parser.add_argument("--template", type=Path, help="template of --model")
     parser.add_argument("--takes", type=int, default=3, help="samples per recording")
     parser.add_argument("--voiced-db", type=float, default=15.0, help="voiced: dB above floor")
     parser.add_argument("--silent-db", type=float, default=6.0, help="silent: dB above floor")
+    parser.add_argument("--data", type=Path, help="the training data (synth --face ict)")
+    parser.add_argument("--no-unseen", action="store_true", help="skip the eSpeak sentences")
     add_json_option(parser)
     args = parser.parse_args()
     check_json(parser, args)
+    template = args.template or default_model.default_template()
+    run = args.model or default_model.run_path()
     files = args.speech or sorted(REFERENCE_SPEECH.glob("*.wav"))
     if not files:
         sys.exit(f"no recordings given and none in {REFERENCE_SPEECH}")
-    results = [
-        measure(f, args.model, args.template, args.takes, args.voiced_db, args.silent_db)
-        for f in files
-    ]
-    table = Table(title="lip gap of the default model on real speech")
-    for column in ("speech", "voiced frames", "silent frames", "voiced gap mm", "silent gap mm"):
+    with tempfile.TemporaryDirectory() as folder:
+        if not args.no_unseen:
+            files = [*files, *unseen_speech(Path(folder))]
+        results = [measure(f, args, template, run) for f in files]
+    summary = {"takes": args.takes, "recordings": results}
+    swap = expression_swap(run)
+    summary["expression_swap_upper_over_mouth"] = swap
+    if args.data is not None:
+        summary["training_data"] = training_data(args.data, template, run)
+    table = Table(title="the default model on real speech and unseen eSpeak NG sentences")
+    for column in ("speech", "voiced", "silent", "voiced gap mm", "silent gap mm"):
         table.add_column(column)
-    table.add_column("ratio (target >= 3)")
+    table.add_column("ratio (>= 3)")
+    table.add_column("blinks/min")
+    table.add_column("lip crease mm")
     for r in results:
         table.add_row(
             r["speech"],
@@ -129,10 +259,29 @@ def main() -> None:
             f"{r['voiced_gap_mm']:.2f}",
             f"{r['silent_gap_mm']:.2f}",
             f"{r['ratio']:.1f}",
+            str(r.get("blinks_per_minute", "-")),
+            str(r.get("lip_crease_mm", "-")),
         )
     Console().print(table)
+    if "training_data" in summary:
+        data = summary["training_data"]
+        rates = [r["blinks_per_minute"] for r in results if "blinks_per_minute" in r]
+        creases = [r["lip_crease_mm"] for r in results if "lip_crease_mm" in r]
+        summary["blinks_per_minute_over_training"] = round(
+            float(np.mean(rates)) / max(data["blinks_per_minute"], 1e-6), 2
+        )
+        summary["lip_crease_over_training"] = round(
+            max(creases) / max(data["lip_crease_mm"], 1e-6), 2
+        )
+        Console().print(
+            f"training data: {data['blinks_per_minute']} blinks/min, lip crease "
+            f"{data['lip_crease_mm']:.3f} mm; model/training: blinks "
+            f"{summary['blinks_per_minute_over_training']}x (target 0.7-1.3), crease "
+            f"{summary['lip_crease_over_training']}x (target <= 2)"
+        )
+    Console().print(f"expression swap (stage 1's last validation): {swap} (target >= 3)")
     if args.json:
-        write_json(args.json, json.dumps({"recordings": results, "takes": args.takes}, indent=2))
+        write_json(args.json, json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

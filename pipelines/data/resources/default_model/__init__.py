@@ -59,6 +59,22 @@ def default_template() -> Path:
     return head_path() if (folder() / RIG_FILE).is_file() else template_path()
 
 
+def lip_pairs(num_vertices: int):
+    """(upper, lower) inner-lip vertex pairs of the bundled ICT-FaceKit head (its 68-point
+    landmarks 61-67, 62-66, 63-65) for a mesh of its face area or whole head; None when the
+    bundled model is not of that head or the mesh has other vertices."""
+    import numpy as np
+
+    rig = folder() / RIG_FILE
+    if not rig.is_file():
+        return None
+    with np.load(rig, allow_pickle=False) as data:
+        landmarks, face_area = data["landmarks_68"], int(data["face_area"])
+        if num_vertices not in (face_area, len(data["neutral"])):
+            return None
+    return landmarks[[61, 62, 63]], landmarks[[67, 66, 65]]
+
+
 def example_path() -> Path:
     """The bundled speech clip (WAV)."""
     return folder() / "example.wav"
