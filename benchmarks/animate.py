@@ -10,7 +10,9 @@ Side by side in one run, on the CPU:
    audio codes, sampling, decoding, smoothing, writing npz + PC2; sampling, decoding + smoothing
    and writing overlap in three threads), and the real-time factor;
 2. with the video, 10 s and 60 s of speech to an mp4 (target: 60 s in at most 20 s with the
-   default settings): the wall clock, and the wait for the video process after the last frame;
+   default settings): the wall clock, the wait for the video process after the last frame, and
+   beside it the earlier path (animate without video, then `render_video` from the npz in this
+   process with x264 veryfast);
 3. render + encode alone: the video process (`VideoStage`) fed 960 frames of that animation,
    beside the earlier path (`render_video` in this process with x264 veryfast; target >= 100
    frames/s), and MeshRenderer alone at 640x480;
@@ -221,6 +223,28 @@ def video_alone(animation: Path, frames: int) -> dict:
             "earlier_in_process_fps": earlier_fps, "speedup": stage_fps / earlier_fps}  # fmt: skip
 
 
+def earlier_video(animation: Path) -> float:
+    """Seconds of the earlier path's video: `render_video` from the npz after the animation, in
+    this process, x264 veryfast, with the npz's speech."""
+    from meshtalk.pipelines.export.npz import iter_rows
+    from meshtalk.pipelines.io import video as video_module
+    from meshtalk.pipelines.render import render_video
+
+    with np.load(animation, allow_pickle=False) as archive:
+        faces, template = archive["faces"], archive["template"]
+    options = video_module.VIDEO_OPTIONS
+    video_module.VIDEO_OPTIONS = EARLIER_OPTIONS
+    try:
+        start = time.perf_counter()
+        audio = iter_rows(animation, "audio", 1 << 16)
+        path = animation.parent / "earlier.mp4"
+        frames = iter_rows(animation, "vertices")
+        render_video(frames, faces, path, fps=30, audio=audio, template=template)
+        return time.perf_counter() - start
+    finally:
+        video_module.VIDEO_OPTIONS = options
+
+
 def encoder_quality(animation: Path) -> list[dict]:
     """The x264 settings side by side on an animation's frames: encoding frames/s (one thread),
     bytes per minute, and PSNR (RGB, dB) of the decoded frames against the rendered ones and
@@ -374,6 +398,13 @@ def main() -> None:
             for weights in ("float", "int8"):
                 row = stage_seconds(run, speech, tmp / "video", video=True, int8=weights == "int8")
                 row.update(speech=label, weights=weights, default_settings=weights == "int8")
+                # The earlier path side by side: animate without video, then the video rendered
+                # from the npz in this process with x264 veryfast.
+                alike = next(r for r in figures["runs"] if r["speech"] == label
+                             and r["weights"] == weights)  # fmt: skip
+                row["earlier_video_after_s"] = earlier_video(tmp / "video" / "animation.npz")
+                row["earlier_path_s"] = alike["wall_s"] + row["earlier_video_after_s"]
+                row["earlier_path_over_now"] = row["earlier_path_s"] / row["wall_s"]
                 figures["with_video"].append(row)
         figures["render_encode_alone"] = video_alone(tmp / "video" / "animation.npz", 960)
         figures["render_fps"] = render_rate()
@@ -408,13 +439,15 @@ def print_tables(console: Console, figures: dict) -> None:
         "writing run side by side)"
     )
     table = Table(title="meshtalk animate with the video (speech to an mp4)")
-    for column in ("speech", "weights", "wall (s)", "sampling", "wait for the video", "RTF"):
+    for column in ("speech", "weights", "wall (s)", "sampling", "wait for the video", "RTF",
+                   "earlier path (s)", "earlier / now"):  # fmt: skip
         table.add_column(column, justify="right")
     for row in figures["with_video"]:
         weights = row["weights"] + (" (default)" if row["default_settings"] else "")
         table.add_row(
             row["speech"], weights, f"{row['wall_s']:.2f}", f"{row['sampling']:.2f}",
             f"{row['video']:.2f}", f"{row['duration_s'] / row['wall_s']:.1f}x",
+            f"{row['earlier_path_s']:.2f}", f"{row['earlier_path_over_now']:.2f}",
         )  # fmt: skip
     console.print(table)
     alone = figures["render_encode_alone"]
