@@ -218,3 +218,19 @@ def test_bad_ict_input_is_one_line(tmp_path):
     assert not (tmp_path / "b").exists()
     with pytest.raises(MeshtalkError, match="--face must be one of"):
         SynthConfig(tmp_path / "c", face="egg")
+
+
+@needs_ict
+def test_a_damaged_ict_model_is_one_line(tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("generic_neutral_mesh.obj", "ICTFaceModelMaterial.mtl", "vertex_indices.json"):
+        shutil.copyfile(ICT / name, folder / name)
+    shutil.copyfile(ICT / "LICENSE", folder / "LICENSE")
+    (folder / "shapes.npz").write_bytes((ICT / "shapes.npz").read_bytes()[:5000])  # truncated
+    args = ["synth", str(tmp_path / "out"), "--face", "ict", "--face-model", str(folder)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "cannot read the ICT-FaceKit model" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ whose whole head has the template's vertices and whose face area is the model's 
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def read_rig(path: Path) -> HeadRig:
                     for n, (a, b) in zip(data["part_names"], data["part_ranges"])
                 },
             )
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise MeshtalkError(path, f"not a readable head rig: {error}") from None
     if rig.expressions.shape[1:] != rig.neutral.shape or not 0 < rig.face_area <= len(rig.neutral):
         raise MeshtalkError(path, "the rig's shapes, neutral and face area do not agree")

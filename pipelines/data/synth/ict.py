@@ -15,6 +15,7 @@ expression weights (`pipelines/inference/ict_head.py`).
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def load_ict(folder: str | Path) -> IctModel:
             identities = shapes["identities"].astype(np.float32) * CM_TO_MM
         indices = json.loads((folder / "vertex_indices.json").read_text())
         landmarks = np.asarray(indices["idx_to_landmark_verts"], dtype=np.int64)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise MeshtalkError(folder, f"cannot read the ICT-FaceKit model: {error}") from None
     if len(head.vertices) != NUM_VERTICES or neutral.shape != (NUM_VERTICES, 3):
         raise MeshtalkError(folder, f"the ICT-FaceKit head has {NUM_VERTICES} vertices")
