@@ -170,6 +170,11 @@ def _abort(writers, images: queue.Queue, encoder: threading.Thread, error: BaseE
 
 
 def main() -> None:
+    import signal
+
+    # An interrupt at the terminal reaches this process too: the parent decides (it closes the
+    # pipe, and the partial videos go), so no second traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     status = serve(sys.stdin.buffer, sys.stdout)
     sys.stdout.flush()
     raise SystemExit(status)
