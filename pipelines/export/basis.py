@@ -102,7 +102,7 @@ def fit_basis(
         if found is not None:
             return found
         if whole:  # the whole space: exact up to rounding
-            return _bounded(chunks, coeffs, basis, budget)
+            return _bounded(chunks, coeffs, basis, budget)[0]
         sketch = min(frames, width, 2 * sketch)
 
 
@@ -163,32 +163,34 @@ def _choose(
     """The bounded basis of the smallest K <= `usable` within the budget on every frame, or None.
 
     K is searched on a sample (the frames with the largest residual energy at `usable`, and
-    evenly spaced ones), then checked on every frame from the arrays as written; a K that fails
-    there grows by a 32nd (at least one) until one passes."""
+    evenly spaced ones), then checked on every frame from the arrays as written; the frames that
+    fail that check join the sample and K is searched again above the one that failed."""
     cumulative = np.cumsum(coeffs.astype(np.float64) ** 2, axis=1)
     residual = energy - cumulative[:, usable - 1]
     sample = np.union1d(
         np.argsort(residual)[-CHECK_FRAMES // 2 :],
         np.linspace(0, len(energy) - 1, CHECK_FRAMES // 2).astype(int),
     )
-    rows = _gather(chunks, sample)
-    if _frame_errors(rows, coeffs[sample, :usable], basis[:usable]).max() > budget:
-        return None
-    lo, hi = 1, usable
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _frame_errors(rows, coeffs[sample, :mid], basis[:mid]).max() <= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    count = hi
+    lo = 1
     while True:
-        found = _bounded(chunks, coeffs[:, :count], basis[:count], budget)
+        rows = _gather(chunks, sample)
+        if _frame_errors(rows, coeffs[sample, :usable], basis[:usable]).max() > budget:
+            return None
+        hi = usable
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _frame_errors(rows, coeffs[sample, :mid], basis[:mid]).max() <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        found, errors = _bounded(chunks, coeffs[:, :hi], basis[:hi], budget)
         if found.max_error <= budget:
             return found
-        if count >= usable:
+        if hi >= usable:
             return None
-        count = min(usable, count + max(1, count // 32))
+        failing = np.flatnonzero(errors > budget)
+        worst = failing[np.argsort(errors[failing])[-CHECK_FRAMES:]]
+        sample, lo = np.union1d(sample, worst), hi + 1
 
 
 def _gather(chunks: Chunks, indices: np.ndarray) -> np.ndarray:
@@ -201,19 +203,21 @@ def _gather(chunks: Chunks, indices: np.ndarray) -> np.ndarray:
     return np.concatenate(picked)
 
 
-def _worst(chunks: Chunks, coeffs: np.ndarray, basis: np.ndarray) -> float:
-    worst, first = 0.0, 0
+def _worst(chunks: Chunks, coeffs: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """(T,) each frame's largest vertex distance from its reconstruction."""
+    errors, first = [], 0
     for chunk in chunks():
         rows = _stacked(chunk)
-        errors = _frame_errors(rows, coeffs[first : first + len(rows)], basis)
-        worst = max(worst, float(errors.max()))
+        errors.append(_frame_errors(rows, coeffs[first : first + len(rows)], basis))
         first += len(rows)
-    return worst
+    return np.concatenate(errors)
 
 
-def _bounded(chunks: Chunks, coeffs: np.ndarray, basis: np.ndarray, budget: float) -> Basis:
-    """The basis as targets with weights in [0, 1] and the offset target; the error measured on
-    every frame from the float32 arrays written."""
+def _bounded(
+    chunks: Chunks, coeffs: np.ndarray, basis: np.ndarray, budget: float
+) -> tuple[Basis, np.ndarray]:
+    """The basis as targets with weights in [0, 1] and the offset target, and (T,) each frame's
+    error, measured on every frame from the float32 arrays written."""
     low, high = coeffs.min(axis=0), coeffs.max(axis=0)
     span = np.where(high - low > 0, high - low, 1.0).astype(np.float32)
     weights = np.clip((coeffs - low) / span, 0.0, 1.0).astype(np.float32)
@@ -221,14 +225,15 @@ def _bounded(chunks: Chunks, coeffs: np.ndarray, basis: np.ndarray, budget: floa
     offset = (low.astype(np.float64) @ basis.astype(np.float64)).astype(np.float32)
     all_targets = np.concatenate([offset[None], targets]).astype(np.float32)
     all_weights = np.concatenate([np.ones((len(weights), 1), np.float32), weights], axis=1)
-    error = _worst(chunks, all_weights, all_targets)
+    errors = _worst(chunks, all_weights, all_targets)
     num_vertices = basis.shape[1] // 3
-    return Basis(
+    found = Basis(
         targets=all_targets.reshape(-1, num_vertices, 3),
         weights=all_weights,
-        max_error=error,
+        max_error=float(errors.max()),
         budget=budget,
     )
+    return found, errors
 
 
 def exact_basis(chunks: Chunks, frames: int, num_vertices: int) -> Basis:
