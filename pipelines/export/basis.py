@@ -107,17 +107,11 @@ def fit_basis(
 
 
 def _orthonormal(columns: np.ndarray) -> np.ndarray:
-    """Orthonormal columns spanning `columns` (tall and thin): each column scaled to unit length,
-    then Cholesky-QR twice through the small Gram matrix's eigenvectors, in float64 (far cheaper
-    than Householder QR on a tall matrix); only columns that add nothing are dropped."""
-    columns = columns.astype(np.float64)
-    norms = np.linalg.norm(columns, axis=0)
-    columns = columns[:, norms > 0] / norms[norms > 0]
-    for _ in range(2):
-        values, vectors = np.linalg.eigh(columns.T @ columns)
-        keep = values > max(values.max(), 1e-300) * 1e-15
-        columns = columns @ (vectors[:, keep] / np.sqrt(values[keep]))
-    return columns.astype(np.float32)
+    """Orthonormal columns spanning `columns` (tall and thin): Householder QR in float64. (A
+    Cholesky-QR through the Gram matrix, cheaper, squares the power iteration's already squared
+    spectrum and dropped the weak directions a 0.1 mm budget needs: 10 min of speech took K=292
+    instead of 210.)"""
+    return np.linalg.qr(columns.astype(np.float64))[0].astype(np.float32)
 
 
 def _subspace(
