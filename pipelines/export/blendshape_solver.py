@@ -52,6 +52,8 @@ class BlendshapeSolver:
         basis: (K, M, 3) the targets' offsets on the M vertices fitted.
         tolerance: see `TOLERANCE`.
         max_iterations: see `MAX_ITERATIONS`.
+        ridge: added to the diagonal of the unit-column system (see `RIDGE`); a larger one shares
+            the weight between targets that move the fitted vertices alike.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class BlendshapeSolver:
         basis: np.ndarray,
         tolerance: float = TOLERANCE,
         max_iterations: int = MAX_ITERATIONS,
+        ridge: float = RIDGE,
     ) -> None:
         import scipy.linalg
 
@@ -72,7 +75,7 @@ class BlendshapeSolver:
         gram = self.unit.T @ self.unit
         gram[~self.used] = 0.0
         gram[:, ~self.used] = 0.0
-        gram[np.diag_indices(self.count)] += np.where(self.used, RIDGE, 1.0)
+        gram[np.diag_indices(self.count)] += np.where(self.used, ridge, 1.0)
         self.gram = gram
         self.factor = scipy.linalg.cho_factor(gram)
         self.lipschitz = float(np.linalg.eigvalsh(gram)[-1])

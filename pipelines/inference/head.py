@@ -27,7 +27,8 @@ RIG_FILE = "ict_rig.npz"
 GAZE_DEGREES = (30.0, 25.0)
 """Eyeball rotation at full eyeLookIn/Out (horizontal) and eyeLookUp/Down (vertical) weight."""
 RIDGE = 1e-4
-"""Relative ridge on the fit's normal equations (shapes that move the face area alike share)."""
+"""Ridge on the fit's normal equations of unit-length shapes (shapes that move the face area
+alike share the weight, so the parts outside it do not flip between them from frame to frame)."""
 
 
 @dataclass
@@ -90,33 +91,6 @@ def read_rig(path: Path) -> HeadRig:
     return rig
 
 
-class WeightSolver:
-    """Expression weights in [0, 1] whose face-area motion is nearest a frame's (least squares
-    with a small ridge, solved on the E x E normal equations; bounds by projected gradient)."""
-
-    def __init__(self, rig: HeadRig, iterations: int = 200) -> None:
-        basis = rig.expressions[:, : rig.face_area].reshape(len(rig.names), -1).astype(np.float64)
-        self.basis = basis
-        gram = basis @ basis.T
-        self.gram = gram + RIDGE * np.trace(gram) / len(gram) * np.eye(len(gram))
-        self.step = 1.0 / float(np.linalg.eigvalsh(self.gram).max())
-        self.iterations = iterations
-
-    def solve(self, motion: np.ndarray) -> np.ndarray:
-        """Weights (T, E) for face-area motions (T, face_area, 3) from the rig's neutral."""
-        target = motion.reshape(len(motion), -1).astype(np.float64) @ self.basis.T  # (T, E)
-        weights = np.clip(np.linalg.solve(self.gram, target.T).T, 0.0, 1.0)
-        previous, momentum = weights.copy(), 1.0
-        for _ in range(self.iterations):  # FISTA on the box
-            grad = weights @ self.gram - target
-            candidate = np.clip(weights - self.step * grad, 0.0, 1.0)
-            following = (1 + np.sqrt(1 + 4 * momentum**2)) / 2
-            weights = candidate + (momentum - 1) / following * (candidate - previous)
-            weights = np.clip(weights, 0.0, 1.0)
-            previous, momentum = candidate, following
-        return previous.astype(np.float32)
-
-
 class HeadMapping:
     """Frames of the model's face area -> frames of the whole head (`TakeWriter`'s mapping).
 
@@ -129,12 +103,14 @@ class HeadMapping:
     def __init__(self, rig: HeadRig, mesh: Mesh, source: Mesh) -> None:
         self.rig, self.mesh, self.source = rig, mesh, source
         self.parts = rig.parts  # named vertex ranges, for the video's colours
-        self.solver = WeightSolver(rig)
+        from meshtalk.pipelines.export.blendshape_solver import BlendshapeSolver
+
+        self.solver = BlendshapeSolver(rig.expressions[:, : rig.face_area], ridge=RIDGE)
         self.weights: list[np.ndarray] = []
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         motion = np.asarray(frames, np.float32) - self.source.vertices[None]
-        weights = self.solver.solve(motion)
+        weights = self.solver.solve(motion).astype(np.float32)
         self.weights.append(weights)
         return self.rig.pose(weights)
 
