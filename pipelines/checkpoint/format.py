@@ -117,11 +117,13 @@ def check_fits(
         raise MeshtalkError(path, f"{problem}: " + "; ".join(parts))
 
 
-def load_component_state(folder: Path, module: nn.Module) -> None:
+def load_component_state(folder: Path, module: nn.Module, assign: bool = False) -> None:
     """Load a saved component's tensors into `module` (names and shapes must match exactly).
 
-    The loaded tensors become the module's own (`assign`): no second copy of the weights, and a
-    module built on the meta device (nothing allocated or computed) is filled this way."""
+    With `assign` the loaded tensors become the module's own: no second copy of the weights, and
+    a module built on the meta device (nothing allocated or computed) is filled this way. Without
+    it they are copied into the module's existing tensors, which an optimizer made before may
+    hold (resuming training)."""
     path = Path(folder) / WEIGHTS_FILE
     state = load_tensors(path)
     check_fits(module, state, path)
@@ -129,7 +131,7 @@ def load_component_state(folder: Path, module: nn.Module) -> None:
     for name, tensor in state.items():  # the module's dtypes, as a copy into it would give
         if tensor.dtype != expected[name].dtype:
             state[name] = tensor.to(expected[name].dtype)
-    module.load_state_dict(state, assign=True)
+    module.load_state_dict(state, assign=assign)
     left = [name for name, tensor in module.state_dict().items() if tensor.is_meta]
     left += [name for name, tensor in module.named_buffers() if tensor.is_meta]
     if left:

@@ -334,8 +334,8 @@ def _load_latent(stage: StageCheckpoint, front_end: AudioFrontEnd) -> LatentAuto
         )
     with _no_random_initialisation():  # every tensor is loaded below
         model = LatentAutoencoder(sizes)
-    load_component_state(encoder, model.encoder)
-    load_component_state(decoder, model.decoder)
+    load_component_state(encoder, model.encoder, assign=True)
+    load_component_state(decoder, model.decoder, assign=True)
     return model
 
 
@@ -376,7 +376,7 @@ def _load_prior(
     # every tensor (the masks too) is loaded below.
     with torch.device("meta"):
         model = ContextModel(sizes)
-    load_component_state(folder, model)
+    load_component_state(folder, model, assign=True)
     return model
 
 
