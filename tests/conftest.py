@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Bit-for-bit comparisons between runs (a resumed run equals an uninterrupted one, in this process
+# and in subprocesses) need one summation order everywhere: torch's CPU kernels split sums by the
+# number of threads, and on some CPUs (seen on an Intel Xeon, not on an AMD EPYC) one and two
+# threads differ in the last bit. Every test process, and every process a test starts, runs torch
+# on one thread.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 from meshtalk.pipelines.data.prep import PrepConfig
 from meshtalk.pipelines.data.prep import run as prep
@@ -13,6 +21,13 @@ from meshtalk.pipelines.data.synth import run as synth
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 TOPOLOGY = REFERENCE / "meshtalk_topology"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

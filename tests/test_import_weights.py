@@ -669,7 +669,7 @@ def test_animate_uses_the_imported_run_as_the_release_would(imported, tmp_path):
     out = tmp_path / "out"
     result = invoke(
         "animate", tmp_path / "speech.wav", tmp_path / "face.ply", "-o", out,
-        "--model", model, "--argmax", "--no-video", "--no-smooth",
+        "--model", model, "--argmax", "--no-video", "--no-smooth", "--float",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     animation = np.load(out / "animation.npz")

@@ -215,7 +215,9 @@ def test_shipped_config_files_load():
         assert training.steps > 0 and model.heads in (4, 8, 16, 64), path
         # The release's and the paper's settings keep the method's equal weights; the CPU demos
         # raise the upper face for the synthetic data (benchmarks/quality.py measures it).
-        expected = {"latent-tiny": 3.0, "latent-default": 6.0}.get(path.stem, 1.0)
+        expected = {"latent-tiny": 3.0, "latent-default": 6.0, "latent-ict-default": 6.0}.get(
+            path.stem, 1.0
+        )
         assert training.upper_face_weight == expected, path
 
 
