@@ -30,6 +30,7 @@ def check_real_time(figures: dict, *checks: tuple[str, bool]) -> None:
     load = max(os.getloadavg()[0], figures.get("load at start", 0.0))
     cores = os.cpu_count() or 1
     failed = [name for name, ok in checks if not ok]
+    print(f"real-time figures: {figures}")  # shown with -s, and on a failure
     if failed and load > BUSY_LOAD * cores:
         pytest.skip(
             f"real-time targets not judged: load average {load:.1f} on {cores} cores; "
