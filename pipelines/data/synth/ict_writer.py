@@ -37,11 +37,12 @@ from meshtalk.pipelines.data.synth.writer import (
     _write_frames,
     espeak_audio,
     identity_name,
+    write_identity_stats,
 )
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.io.atomic import write_text_atomic
 from meshtalk.pipelines.io.audio import write_wav
-from meshtalk.pipelines.io.mesh import copy_materials, write_bin, write_mesh
+from meshtalk.pipelines.io.mesh import copy_materials, write_mesh
 
 HEAD_FILE = "head.obj"
 RIG_FILE = "ict_rig.npz"
@@ -231,10 +232,7 @@ def _write_identity(
             coefficients=coefficients,
         )
         advance()
-    stacked = np.concatenate(all_faces)
-    write_bin(identity_dir / "vert_mean.bin", stacked.mean(0))
-    write_text_atomic(identity_dir / "vert_var.txt", f"{float(stacked.var()):.6f}\n")
-    write_text_atomic(identity_dir / "frame_list.txt", "\n".join(frame_list) + "\n")
+    write_identity_stats(identity_dir, all_faces, frame_list)
 
 
 def _write_ground_truth(

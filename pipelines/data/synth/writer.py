@@ -373,6 +373,17 @@ def _write_identity(
         )
         advance()
 
+    write_identity_stats(identity_dir, all_faces, frame_list, kept)
+
+
+def write_identity_stats(
+    identity_dir: Path,
+    all_faces: list[np.ndarray],
+    frame_list: list[str],
+    kept: np.ndarray | None = None,
+) -> None:
+    """An identity's `vert_mean.bin`, `vert_var.txt` and `frame_list.txt` (Multiface's files)
+    from its written frames; `kept` expands the mean to Multiface's vertex count."""
     stacked = np.concatenate(all_faces)
     mean = stacked.mean(0)
     if kept is not None:
