@@ -45,7 +45,11 @@ def picture(animation: Path, output: Path, seed: int) -> None:
         f"eyes most closed ({eyes.mean(1).min():.1f} mm)": int(np.argmin(eyes.mean(1))),
     }
     renderer = MeshRenderer(
-        head.faces[visible], head.vertices, size=(PANEL * len(frames), 2 * PANEL), samples=4
+        head.faces[visible],
+        head.vertices,
+        size=(PANEL * len(frames), 2 * PANEL),
+        samples=4,
+        frame_on=rig.neutral[: rig.face_area],  # the face, as the video frames it
     )
     with renderer:
         image = renderer.render_panels(

@@ -28,7 +28,8 @@ def invoke(*args: str):
 
 @pytest.fixture(scope="session")
 def clip(tmp_path_factory) -> Path:
-    """The bundled clip (178 frames, 4744 vertices) animated with every format, PC2 in metres."""
+    """The bundled clip (178 frames, the whole ICT-FaceKit head) animated with every format, PC2
+    in metres."""
     out = tmp_path_factory.mktemp("clip") / "out"
     result = invoke(
         "animate", "--example", "-o", out, "--no-video", "--no-progress",
@@ -163,13 +164,19 @@ def test_glb_of_animate_holds_the_clip_within_its_recorded_error(clip):
         vertices, template, fps = npz["vertices"], npz["template"], float(npz["fps"])
     record = gltf.asset.extras["meshtalk"]
     assert record["units"] == "m" and record["upAxis"] == "Y" and record["budgetMm"] == 0.1
-    assert record["maxErrorMm"] <= 0.1 and 20 <= record["targets"] <= 64
+    # The bundled model's head moves through its rig's 57 expression shapes (and turned eyes):
+    # a few dozen targets at most hold every frame within the budget.
+    assert record["maxErrorMm"] <= 0.1 and 2 <= record["targets"] <= 64
     mesh = gltf.meshes[0]
     primitive = mesh.primitives[0]
     assert mesh.extras["targetNames"][0] == "offset"
     assert len(mesh.extras["targetNames"]) == len(primitive.targets) == record["targets"] + 1
+    # The head's UV seams add corners after its own vertices, each a copy of the one named.
+    seams = np.asarray(record.get("seamVertices", []), dtype=np.int64)
+    order = np.concatenate([np.arange(len(template)), seams])
     base = array(primitive.attributes.POSITION)
-    assert np.allclose(base, template * 1e-3, atol=1e-7)  # vertex order kept, metres
+    assert len(base) == len(order)
+    assert np.allclose(base, template[order] * 1e-3, atol=1e-7)  # vertex order kept, metres
     for index in [primitive.attributes.POSITION] + [t["POSITION"] for t in primitive.targets]:
         data, accessor = array(index), gltf.accessors[index]
         assert accessor.min == data.min(axis=0).tolist()
@@ -183,7 +190,7 @@ def test_glb_of_animate_holds_the_clip_within_its_recorded_error(clip):
     assert weights.min() >= 0 and weights.max() <= 1 and (weights[:, 0] == 1).all()
     deltas = np.stack([array(t["POSITION"]) for t in primitive.targets])
     rebuilt = base[None] + np.einsum("tk,kvc->tvc", weights, deltas)
-    error_mm = np.linalg.norm(rebuilt - vertices * 1e-3, axis=2).max() * 1e3
+    error_mm = np.linalg.norm(rebuilt - vertices[:, order] * 1e-3, axis=2).max() * 1e3
     assert error_mm <= record["maxErrorMm"] + 1e-4
     assert (clip / "animation.wav").is_file()
     size = (clip / "animation.glb").stat().st_size
@@ -197,7 +204,9 @@ def test_units_scale_pc2_and_template_but_not_the_npz(clip):
     _, cache = read_pc2(clip / "animation.pc2")
     with np.load(clip / "animation.npz") as npz:
         assert np.allclose(cache, npz["vertices"] * 1e-3, atol=1e-8)
-        assert np.allclose(read_mesh(clip / "template.ply").vertices, npz["template"] * 1e-3)
+        (template,) = [p for p in clip.glob("template.*") if p.suffix in (".ply", ".obj")]
+        # OBJ keeps 6 decimals: 1 micrometre in metres.
+        assert np.allclose(read_mesh(template).vertices, npz["template"] * 1e-3, atol=1e-6)
         assert guess_units(npz["template"]) == "mm"
         assert guess_units(npz["template"] * 0.1) == "cm"
         assert guess_units(npz["template"] * 1e-3) == "m"
@@ -314,7 +323,8 @@ def test_dub_writes_the_formats_too(clip, tmp_path):
     gltf, array = gltf_arrays(out / "animation.glb")
     with np.load(out / "animation.npz") as npz:
         template = npz["template"]
-    assert np.allclose(array(gltf.meshes[0].primitives[0].attributes.POSITION), template * 1e-3)
+    positions = array(gltf.meshes[0].primitives[0].attributes.POSITION)
+    assert np.allclose(positions[: len(template)], template * 1e-3)
     assert gltf.asset.extras["meshtalk"]["maxErrorMm"] <= 0.1
     from meshtalk.pipelines.export import read_pc2
 

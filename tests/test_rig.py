@@ -212,9 +212,10 @@ def test_known_weights_solved_back_on_the_ict_facekit_rig(ict, tmp_path):
 
 
 def test_the_bundled_models_animation_onto_the_ict_rig_states_its_residual(ict, tmp_path, caplog):
-    """The bundled model's procedural head (4744 vertices, mm) carried onto ICT-FaceKit's head
-    (26,719 vertices, m) through the retarget path: the rig expresses part of that motion (its
-    lips do not part there, #29) and the report says how much it leaves."""
+    """The bundled model animates the ICT-FaceKit head (26,719 vertices, mm); its frames solved on
+    the same head as an ARKit rig (m): the same topology, so nothing is transferred, and the rig's
+    shapes express nearly all of the motion (what they leave: the turned eyeballs, which are
+    rotations, and the shapes a rig of ARKit's 52 lacks)."""
     import logging
 
     from meshtalk.pipelines.data.resources import default_model
@@ -233,12 +234,12 @@ def test_the_bundled_models_animation_onto_the_ict_rig_states_its_residual(ict, 
         )
     fit = json.loads((tmp_path / "out" / "fit.json").read_text())
     residual = fit["residual"]
-    assert fit["carried"] == "transferred" and fit["frames"] == 178
-    assert (tmp_path / "out" / "transfer.npz").is_file()
+    assert fit["carried"] == "same topology" and fit["frames"] == 178
+    assert not (tmp_path / "out" / "transfer.npz").exists()
     assert (tmp_path / "out" / "speech.wav").is_file()  # the animation's speech, beside the GLB
-    assert 0 < residual["residual_mean_mm"] < residual["motion_mean_mm"]
+    assert 0 <= residual["residual_mean_mm"] < 0.2 * residual["motion_mean_mm"]
     assert residual["residual_mean_mm"] <= residual["residual_max_mm"]
-    assert 0.3 < residual["explained_fraction"] < 1.0
+    assert residual["explained_fraction"] > 0.9
     assert result.weights[:, ARKIT_NAMES.index("jawOpen")].max() > 0.05
     stated = f"residual max {residual['residual_max_mm']:.3g} mm"
     assert stated in caplog.text

@@ -180,17 +180,16 @@ def test_bundled_model_animates_the_example_without_model_or_template(tmp_path):
     result = CliRunner().invoke(app, ["animate", "--example", "-o", str(out), "--no-video"])
     assert result.exit_code == 0, result.output
     with np.load(out / "animation.npz", allow_pickle=False) as npz:
-        vertices = npz["vertices"]
-    # The whole ICT-FaceKit head (its rig bundled), or the built-in head of an older bundle.
+        vertices, weights = npz["vertices"], npz["expression_weights"]
+        names = list(npz["expression_names"])
+    # The whole ICT-FaceKit head (its rig bundled): teeth, tongue, eyes follow the face.
+    assert vertices.shape[1] == 26719
     pairs = default_model.lip_pairs(vertices.shape[1])
-    if pairs is None:
-        head = builtin_head(48)
-        assert vertices.shape[1] == len(head.mesh.vertices)
-        pairs = head.mouth_upper, head.mouth_lower
-    else:
-        assert vertices.shape[1] == 26719  # the whole head: teeth, tongue, eyes follow the face
     gaps = vertices[:, pairs[0], 1] - vertices[:, pairs[1], 1]
     assert gaps.max() > 3.0  # the mouth opens while it speaks
+    # Each frame's expression weights (ARKit's names) come with it, and the mouth's follow the gap.
+    assert weights.shape == (len(vertices), len(names)) and "jawOpen" in names
+    assert np.corrcoef(weights[:, names.index("jawOpen")], gaps.max(1))[0, 1] > 0.8
     # The same run through SPEECH, and --model without its template is one error line.
     again = CliRunner().invoke(
         app, ["animate", str(default_model.example_path()), "-o", str(tmp_path / "b"), "--no-video"]

@@ -24,6 +24,7 @@ from meshtalk.pipelines.train.latent import (
     TrainLatentConfig,
     load_config_file,
     run,
+    warmed_up_noise,
 )
 from meshtalk.pipelines.train.loop import MetricsLog
 
@@ -204,6 +205,9 @@ def test_config_file_problems_are_all_named_on_one_line(tmp_path):
     bad.write_text("train:\n  upper_face_weight: -1\n")
     with pytest.raises(MeshtalkError, match="upper_face_weight must be >= 0, got -1"):
         load_config_file(bad)
+    bad.write_text("train:\n  gumbel_warmup: -5\n")
+    with pytest.raises(MeshtalkError, match="gumbel_warmup must be >= 0, got -5"):
+        load_config_file(bad)
     bad.write_text("model: [unclosed\n")
     with pytest.raises(MeshtalkError, match="not valid YAML at line"):
         load_config_file(bad)
@@ -215,9 +219,12 @@ def test_shipped_config_files_load():
         assert training.steps > 0 and model.heads in (4, 8, 16, 64), path
         # The release's and the paper's settings keep the method's equal weights; the CPU demos
         # raise the upper face for the synthetic data (benchmarks/quality.py measures it).
-        expected = {"latent-tiny": 3.0, "latent-default": 6.0, "latent-ict-default": 6.0}.get(
-            path.stem, 1.0
-        )
+        expected = {
+            "latent-tiny": 3.0,
+            "latent-default": 6.0,
+            "latent-ict-default": 6.0,
+            "latent-ict-live": 6.0,
+        }.get(path.stem, 1.0)
         assert training.upper_face_weight == expected, path
 
 
@@ -260,3 +267,11 @@ def test_checkpoint_files_are_complete_or_absent(tiny_store, tmp_path):
     assert not list(out.glob(".latent*"))  # no temporary directory left behind
     state = ckpt.load_tensors(out / "latent" / ckpt.OPTIMIZER_FILE)
     assert any(name.endswith(".exp_avg") for name in state)
+
+
+def test_gumbel_warmup_scales_the_noise_from_zero_to_full():
+    noise = torch.full((3, 2, 4, 8, 16), 2.0)
+    assert warmed_up_noise(noise, 0, 100).abs().max() == 0
+    torch.testing.assert_close(warmed_up_noise(noise, 25, 100), noise * 0.25)
+    assert warmed_up_noise(noise, 100, 100) is noise
+    assert warmed_up_noise(noise, 0, 0) is noise  # no warm-up: the method's noise from step 0

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# A default model of the ICT-FaceKit head, from nothing: synthetic speech of that head (USC ICT,
-# MIT license), prep, both training stages with the `default` preset on a short schedule
-# (examples/configs/*-ict-default.yaml), then copied into the package
-# (pipelines/data/resources/default_model/, replacing the bundled model) with the whole head, its
-# rig and the model's license. Reproducible: same seed, same data, same run. Not bundled yet: its
-# run is not better than the built-in head's model (README, "A realistic default face").
+# The bundled default model and its low-latency twin, from nothing: synthetic speech of the
+# ICT-FaceKit head (USC ICT, MIT license), prep (twice: the release's 1 s audio window and the
+# paper's -500/+100 ms one), both training stages of each with the `default` preset and the
+# Gumbel noise warmed up (examples/configs/*-ict-*.yaml), then copied into the package
+# (pipelines/data/resources/default_model/: the model, the whole head with its rig and license,
+# and live/ the twin that `meshtalk stream` uses). Reproducible: same seed, same data, same runs.
 #
-# Measured on 2 cores shared with other jobs (load 8-14): synth 100 s, prep 15 s, stage 1 17 min,
-# stage 2 26 s.
+# Measured on 2 cores: synth 100 s, each prep 15 s, each stage 1 about 30 min on one core (the two
+# run side by side), each stage 2 about a minute: about 35 minutes in all.
 #
 #   examples/recipes/ict-default-model.sh [WORK_DIR] [ICT_FACEKIT_DIR]
 #       # defaults: out/ict-default-model, ../shared/reference/ict_facekit
 #
 # ICT_FACEKIT_DIR holds the model as repacked in ../shared/reference/ict_facekit (its README:
 # generic_neutral_mesh.obj, ICTFaceModelMaterial.mtl, vertex_indices.json, shapes.npz, LICENSE).
-# Training runs on one thread (OMP_NUM_THREADS=1): on 2 cores shared with other jobs, two threads
-# were 4x slower than one (barrier waits).
+# Each training runs on one thread (OMP_NUM_THREADS=1): on 2 cores two threads of one run were
+# slower than one (barrier waits), and one run per core trains both models at once.
 set -euo pipefail
 
 work="${1:-out/ict-default-model}"
@@ -23,6 +23,7 @@ ict="${2:-../shared/reference/ict_facekit}"
 meshtalk="${MESHTALK:-meshtalk}"
 python="${PYTHON:-python}"
 here="$(cd "$(dirname "$0")/../.." && pwd)"
+configs="$here/examples/configs"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 
 # 10 identities (each its own face from the identity components and eSpeak NG voice) x 30 English
@@ -30,20 +31,30 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREAD
 "$meshtalk" synth "$work/data" --face ict --face-model "$ict" --identities 10 --sentences 30 \
     --seed 19 --expression-drift 0.15
 "$meshtalk" prep "$work/data" -o "$work/store"
-"$meshtalk" train latent --data "$work/store" -o "$work/run" --device cpu --resume \
-    --config "$here/examples/configs/latent-ict-default.yaml"
-"$meshtalk" train prior --latent "$work/run" --data "$work/store" -o "$work/run" --device cpu \
-    --resume --config "$here/examples/configs/prior-ict-default.yaml"
+"$meshtalk" prep "$work/data" -o "$work/store-live" --window paper
+
+train() {  # STORE RUN LATENT_CONFIG
+    "$meshtalk" train latent --data "$1" -o "$2" --device cpu --resume --config "$3"
+    "$meshtalk" train prior --latent "$2" --data "$1" -o "$2" --device cpu --resume \
+        --config "$configs/prior-ict-default.yaml"
+}
+train "$work/store" "$work/run" "$configs/latent-ict-default.yaml" &
+default=$!
+train "$work/store-live" "$work/run-live" "$configs/latent-ict-live.yaml" &
+live=$!
+wait "$default"
+wait "$live"
 
 # Weights, configs and topology (no optimizer state), the face area's template, the whole head
-# with its rig and license (from the data's topology/), and a spoken clip.
-"$python" - "$work/run" "$work/data/topology/template.ply" \
-    "$here/pipelines/data/resources/default_model" <<'PY'
+# with its rig and license (from the data's topology/), a spoken clip, and the twin in live/.
+"$python" - "$work" "$here/pipelines/data/resources/default_model" <<'PY'
 import sys
 from pathlib import Path
 
-from meshtalk.pipelines.data.resources.default_model import bundle
+from meshtalk.pipelines.data.resources.default_model import bundle, bundle_live
 
-out = bundle(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+work, destination = Path(sys.argv[1]), Path(sys.argv[2])
+out = bundle(work / "run", work / "data" / "topology" / "template.ply", destination)
+bundle_live(work / "run-live", destination)
 print(f"bundled into {out}")
 PY

@@ -264,6 +264,7 @@ def animate(config: AnimateConfig) -> AnimateResult:
                         size=config.size,
                         orientation=orientation,
                         colours=colours,
+                        frame_on=getattr(mapping, "frame_on", None),
                     )
                 )
             generate(config, run, template, audio_codes, total, writers, smoothers, seconds, video)

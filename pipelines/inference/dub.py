@@ -47,6 +47,7 @@ from meshtalk.pipelines.inference.animate import (
     _smoothing_masks,
     _speech,
 )
+from meshtalk.pipelines.inference.head import bundled_head_for
 from meshtalk.pipelines.inference.output import OutputFolder, export_problems
 from meshtalk.pipelines.inference.smoothing import RegionSmoother
 from meshtalk.pipelines.io.mesh import Mesh, surface_problem
@@ -234,7 +235,9 @@ def dub(config: DubConfig) -> DubResult:
     out.check()
     device = resolve_device(config.device)
     run_ = load_run(config.model, device)
-    original = read_original(config.original, run_.num_vertices)
+    # An animation of the bundled whole head: its face area is dubbed, the head follows.
+    head = bundled_head_for(config.original, run_)
+    original = read_original(config.original, run_.num_vertices if head is None else head.count)
     if original.faces is None and config.video:
         raise MeshtalkError(
             config.original, "has no faces, which the video needs (--no-video writes the rest)"
@@ -274,12 +277,14 @@ def dub(config: DubConfig) -> DubResult:
     masks = _smoothing_masks(config, run_)
     with out.writing() as partial, torch.inference_mode():
         audio_codes = front_end.audio_codes(run_.latent.encoder.audio_encoder, samples)
-        writer = TakeWriter(partial, mesh, ".ply", total, None, 1.0, exports=config)
-        dubber = _Dubber(config, run_, original.template, masks)
+        suffix, face = (".ply", None) if head is None else (".obj", head.rig.face_area)
+        target = mesh if head is None else head.mesh
+        writer = TakeWriter(partial, target, suffix, total, None, 1.0, head, exports=config)
+        dubber = _Dubber(config, run_, original.template[:face], masks)
         clock = time.perf_counter()
         chunks = original.chunks(float(fps), config.chunk_frames)
         for first in range(0, encoded, config.chunk_frames):
-            chunk = next(chunks)[: encoded - first]
+            chunk = next(chunks)[: encoded - first, :face]
             codes = dubber.encode(chunk, audio_codes[:, first : first + len(chunk)])
             writer.codes.append(codes)
             writer.write(dubber.decode(codes))

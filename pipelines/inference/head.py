@@ -103,6 +103,8 @@ class HeadMapping:
     def __init__(self, rig: HeadRig, mesh: Mesh, source: Mesh) -> None:
         self.rig, self.mesh, self.source = rig, mesh, source
         self.parts = rig.parts  # named vertex ranges, for the video's colours
+        self.frame_on = rig.neutral[: rig.face_area]  # the video frames the face, not the bust
+        self.count = len(rig.neutral)
         from meshtalk.pipelines.export.blendshape_solver import BlendshapeSolver
 
         self.solver = BlendshapeSolver(rig.expressions[:, : rig.face_area], ridge=RIDGE)
@@ -139,3 +141,24 @@ def head_for(path: Path, mesh: Mesh, run) -> HeadMapping | None:  # noqa: ANN001
         face_materials=None,
     )
     return HeadMapping(rig, replace(mesh, vertices=rig.neutral.copy()), source)
+
+
+def bundled_head_for(path: Path, run) -> HeadMapping | None:  # noqa: ANN001
+    """The mapping onto the bundled model's whole head when the animation file `path` (an npz
+    of `animate`'s) holds frames of that head and `run` animates its face area; else None (the
+    file is then read as frames of the run's own topology)."""
+    from meshtalk.pipelines.data.resources import default_model
+    from meshtalk.pipelines.export.npz import member_shape
+    from meshtalk.pipelines.io.mesh import read_mesh
+
+    head = default_model.head_path()
+    if not head.is_file() or not (head.parent / RIG_FILE).is_file():
+        return None
+    try:
+        count = member_shape(Path(path), "vertices")[0][1]
+    except (MeshtalkError, OSError, ValueError, IndexError, zipfile.BadZipFile):
+        return None
+    if count == run.num_vertices:
+        return None
+    mapping = head_for(head, read_mesh(head), run)
+    return mapping if mapping is not None and len(mapping.mesh.vertices) == count else None

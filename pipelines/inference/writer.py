@@ -88,8 +88,9 @@ class TakeWriter:
         return frames
 
     def finish(self, **members) -> None:
-        """Close the streams; the npz's other members (faces, template, codes, then `members`:
-        arrays, or `Rows` written a chunk at a time)."""
+        """Close the streams; the npz's other members (faces, template, codes, with a head rig's
+        mapping expression_weights (T, E) and expression_names (E,), then `members`: arrays, or
+        `Rows` written a chunk at a time)."""
         self.vertices.close()
         self.pc2.close()
         npz = self.npz
@@ -97,6 +98,10 @@ class TakeWriter:
         npz.add("template", self.template.vertices.astype(np.float32))
         if self.codes:
             npz.add("codes", np.concatenate(self.codes).astype(np.int64))
+        weights = getattr(self.mapping, "weights", None)
+        if weights:  # a whole head driven through its rig: each frame's expression weights
+            npz.add("expression_weights", np.concatenate(weights).astype(np.float32))
+            npz.add("expression_names", np.asarray(self.mapping.rig.names))
         for name, value in members.items():
             if isinstance(value, Rows):
                 npz.add_rows(name, value)

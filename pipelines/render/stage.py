@@ -51,6 +51,8 @@ class VideoStage:
         size: (width, height); orientation: the face's (3, 3) rotation, or None.
         audio: whether the videos get an AAC track (from each take's npz at `finish`).
         colours: (V, 3) per-vertex colours in [0, 1] (`render/colours.py`), or None: plain.
+        frame_on: (N, 3) points the camera is framed on instead of the template (the face of a
+            whole head), or None.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class VideoStage:
         audio: bool = True,
         samples: int = 0,
         colours: np.ndarray | None = None,
+        frame_on: np.ndarray | None = None,
     ) -> None:
         self.videos = [Path(video) for video in videos]
         environment = dict(os.environ, LP_NUM_THREADS=str(DRAW_THREADS))
@@ -82,6 +85,9 @@ class VideoStage:
         template = np.ascontiguousarray(template, dtype=np.float32)
         fps = Fraction(fps).limit_denominator(10_000)
         paint = b"" if colours is None else np.ascontiguousarray(colours, np.float32).tobytes()
+        if frame_on is not None:
+            frame_on = np.ascontiguousarray(frame_on, dtype=np.float32).reshape(-1, 3)
+            paint += frame_on.tobytes()
         self._send(
             {
                 "kind": "start",
@@ -95,6 +101,7 @@ class VideoStage:
                 "faces": list(faces.shape),
                 "template": list(template.shape),
                 "colours": colours is not None,
+                "frame_on": None if frame_on is None else list(frame_on.shape),
                 "encoder_threads": ENCODER_THREADS,
             },
             faces.tobytes() + template.tobytes() + paint,

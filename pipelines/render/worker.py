@@ -94,9 +94,13 @@ def serve(stdin, stdout) -> int:
     faces = np.frombuffer(payload[:split], np.int64).reshape(faces_shape)
     end = split + int(np.prod(template_shape)) * 4
     template = np.frombuffer(payload[split:end], np.float32).reshape(template_shape)
-    colours = None
+    colours = frame_on = None
     if start.get("colours"):
-        colours = np.frombuffer(payload[end:], np.float32).reshape(template_shape)
+        colours_end = end + int(np.prod(template_shape)) * 4
+        colours = np.frombuffer(payload[end:colours_end], np.float32).reshape(template_shape)
+        end = colours_end
+    if start.get("frame_on"):
+        frame_on = np.frombuffer(payload[end:], np.float32).reshape(start["frame_on"])
     fps = Fraction(*start["fps"])
     size = tuple(start["size"])
     audio = [LazyAudio() for _ in start["videos"]]
@@ -110,6 +114,7 @@ def serve(stdin, stdout) -> int:
             size=size,
             samples=start["samples"],
             orientation=None if orientation is None else np.asarray(orientation),
+            frame_on=frame_on,
         )
         with renderer:
             for path, track in zip(start["videos"], audio):

@@ -118,12 +118,13 @@ class LatentStage(Stage):
         training = self.training
         torch.manual_seed(seed_for(training.seed, step, self.dist.rank))  # dropout
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        gumbel = warmed_up_noise(batch["gumbel"].transpose(0, 1), step, training.gumbel_warmup)
         self.model.train()
         with self.autocast:
             losses = self.trained(
                 batch,
                 self.masks,
-                batch["gumbel"].transpose(0, 1),
+                gumbel,
                 training.cross_modality,
                 training.upper_face_weight,
             )
@@ -149,6 +150,12 @@ class LatentStage(Stage):
     def pictures(self) -> None:
         path = self.output / "val_error_map.png"
         save_error_map(self.model, self.validation, self.device, path)
+
+
+def warmed_up_noise(gumbel: torch.Tensor, step: int, warmup: int) -> torch.Tensor:
+    """The Gumbel noise of `step` scaled by step / warmup during the first `warmup` steps (0 at
+    step 0: argmax codes), unchanged from then on (`LatentTrainingConfig.gumbel_warmup`)."""
+    return gumbel * (step / warmup) if step < warmup else gumbel
 
 
 def fit_to_data(model: LatentModelConfig, store: PreparedStore, data: Path) -> LatentModelConfig:
