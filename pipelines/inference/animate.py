@@ -337,18 +337,10 @@ def _model_template(config: AnimateConfig, run, template: Mesh):
     except MeshtalkError as error:
         if error.path != config.template:
             raise
-        from meshtalk.pipelines.data.resources import default_model
-
-        problem = error.problem
-        if problem.startswith("no face found") and default_model.is_bundled(config.model):
-            problem += (
-                " (the bundled model's head is procedural, not a real face: a real head needs "
-                "--landmarks, or a model trained on real faces)"
-            )
         raise MeshtalkError(
             config.template,
             f"has {len(template.vertices)} vertices, not the {run.num_vertices} of the model's "
-            f"topology, and cannot take its motion by transfer: {problem}",
+            f"topology, and cannot take its motion by transfer: {error.problem}",
         ) from None
     log.info(
         "%s is not of the model's topology (%d vertices, the model's %d): animating the model's "
