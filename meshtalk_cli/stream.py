@@ -11,9 +11,7 @@ from meshtalk.cli import options as shared
 from meshtalk.cli.common import run_with
 from meshtalk.cli.view import HostOption, NoOpenOption, PortOption
 
-ModelOption = shared.model_option(
-    "Trained run folder (default: the bundled low-latency model, -500/+100 ms audio window)."
-)
+ModelOption = shared.model_option("Trained run folder (default: the bundled model).")
 
 
 def stream(

@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# The bundled default model and its low-latency twin, from nothing: synthetic speech of the
-# ICT-FaceKit head (USC ICT, MIT license), prep (twice: the release's 1 s audio window and the
-# paper's -500/+100 ms one), both training stages of each with the `default` preset and the
-# Gumbel noise warmed up (examples/configs/*-ict-*.yaml), then copied into the package
-# (pipelines/data/resources/default_model/: the model, the whole head with its rig and license,
-# and live/ the twin that `meshtalk stream` uses). Reproducible: same seed, same data, same runs.
+# The bundled default model, from nothing: synthetic speech of the ICT-FaceKit head (USC ICT, MIT
+# license), prep, both training stages with the `default` preset and the Gumbel noise warmed up
+# (examples/configs/latent-ict-default.yaml, prior-ict-default.yaml), then copied into the package
+# (pipelines/data/resources/default_model/: the model, the whole head with its rig and license).
+# Reproducible: same seed, same data, same run (rerunning the synth below reproduced every
+# training file byte for byte).
 #
-# Measured on 2 cores: synth 100 s, each prep 15 s, each stage 1 about 30 min on one core (the two
-# run side by side), each stage 2 about a minute: about 35 minutes in all.
+# Measured on 2 cores: synth 30-100 s, prep 15-27 s, stage 1 25-30 min on one core, stage 2 about
+# a minute: about half an hour in all.
+#
+# Its low-latency twin (the paper's -500/+100 ms window: prep --window paper, then
+# examples/configs/latent-ict-live.yaml) is not bundled: trained the same way its lips part only
+# 1.5-1.7x wider on voiced than on silent frames (this model: 3.05x).
 #
 #   examples/recipes/ict-default-model.sh [WORK_DIR] [ICT_FACEKIT_DIR]
 #       # defaults: out/ict-default-model, ../shared/reference/ict_facekit
 #
 # ICT_FACEKIT_DIR holds the model as repacked in ../shared/reference/ict_facekit (its README:
 # generic_neutral_mesh.obj, ICTFaceModelMaterial.mtl, vertex_indices.json, shapes.npz, LICENSE).
-# Each training runs on one thread (OMP_NUM_THREADS=1): on 2 cores two threads of one run were
-# slower than one (barrier waits), and one run per core trains both models at once.
+# Training runs on one thread (OMP_NUM_THREADS=1): on 2 cores shared with other jobs, two threads
+# were 4x slower than one (barrier waits).
 set -euo pipefail
 
 work="${1:-out/ict-default-model}"
@@ -31,30 +35,20 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREAD
 "$meshtalk" synth "$work/data" --face ict --face-model "$ict" --identities 10 --sentences 30 \
     --seed 19 --expression-drift 0.15
 "$meshtalk" prep "$work/data" -o "$work/store"
-"$meshtalk" prep "$work/data" -o "$work/store-live" --window paper
-
-train() {  # STORE RUN LATENT_CONFIG
-    "$meshtalk" train latent --data "$1" -o "$2" --device cpu --resume --config "$3"
-    "$meshtalk" train prior --latent "$2" --data "$1" -o "$2" --device cpu --resume \
-        --config "$configs/prior-ict-default.yaml"
-}
-train "$work/store" "$work/run" "$configs/latent-ict-default.yaml" &
-default=$!
-train "$work/store-live" "$work/run-live" "$configs/latent-ict-live.yaml" &
-live=$!
-wait "$default"
-wait "$live"
+"$meshtalk" train latent --data "$work/store" -o "$work/run" --device cpu --resume \
+    --config "$configs/latent-ict-default.yaml"
+"$meshtalk" train prior --latent "$work/run" --data "$work/store" -o "$work/run" --device cpu \
+    --resume --config "$configs/prior-ict-default.yaml"
 
 # Weights, configs and topology (no optimizer state), the face area's template, the whole head
-# with its rig and license (from the data's topology/), a spoken clip, and the twin in live/.
+# with its rig and license (from the data's topology/) and a spoken clip.
 "$python" - "$work" "$here/pipelines/data/resources/default_model" <<'PY'
 import sys
 from pathlib import Path
 
-from meshtalk.pipelines.data.resources.default_model import bundle, bundle_live
+from meshtalk.pipelines.data.resources.default_model import bundle
 
 work, destination = Path(sys.argv[1]), Path(sys.argv[2])
 out = bundle(work / "run", work / "data" / "topology" / "template.ply", destination)
-bundle_live(work / "run-live", destination)
 print(f"bundled into {out}")
 PY

@@ -57,7 +57,7 @@ class StreamConfig:
 
         problems = []
         if self.model is None:
-            self.model = default_model.live_default()
+            self.model = default_model.run_path()
         self.model = Path(self.model)
         if self.input not in INPUTS and not Path(self.input).is_file():
             problems.append(f"--input must be page, -, mic or a speech file; {self.input} is none")

@@ -11,8 +11,6 @@ train on Multiface (`meshtalk prep`, `meshtalk train`) or import the authors' re
                               with a model of the ICT-FaceKit head: the whole head, its rig and
                               the MIT license of the ICT-FaceKit model they derive from
     default_model/example.wav   a short sentence spoken by eSpeak NG (`meshtalk animate --example`)
-    default_model/live/run/   the low-latency twin (same recipe, the paper's -500/+100 ms audio
-                              window, same face): `meshtalk stream`'s default, when bundled
 """
 
 from __future__ import annotations
@@ -43,17 +41,6 @@ def folder() -> Path:
 def run_path() -> Path:
     """The bundled run folder."""
     return folder() / "run"
-
-
-def live_run_path() -> Path:
-    """The bundled low-latency run folder (`meshtalk stream`'s default model)."""
-    return folder() / "live" / "run"
-
-
-def live_default() -> Path:
-    """What `meshtalk stream` runs without --model: the low-latency twin when it is bundled,
-    else the bundled model."""
-    return live_run_path() if (live_run_path() / "prior").is_dir() else run_path()
 
 
 def template_path() -> Path:
@@ -117,14 +104,6 @@ def bundle(run: Path, template: Path, destination: Path | None = None) -> Path:
     return destination
 
 
-def bundle_live(run: Path, destination: Path | None = None) -> Path:
-    """Copy the low-latency twin's trained run into `destination`/live/run (default: this
-    package folder); it animates the bundled model's face (`bundle` first)."""
-    destination = Path(destination) if destination is not None else folder()
-    copy_run(run, destination / "live" / "run")
-    return destination / "live"
-
-
 def copy_run(run: Path, target: Path) -> None:
     """Weights, configs and topology of a run folder (no optimizer state) into `target`."""
     if target.exists():
@@ -137,5 +116,5 @@ def copy_run(run: Path, target: Path) -> None:
 
 
 def is_bundled(run: str | Path) -> bool:
-    """Whether `run` is one of the bundled run folders (the default model or its live twin)."""
-    return Path(run).resolve() in (run_path().resolve(), live_run_path().resolve())
+    """Whether `run` is the bundled default model's run folder."""
+    return Path(run).resolve() == run_path().resolve()
