@@ -1,11 +1,12 @@
 """Cost of animating a mesh of another topology: registration and binding once, then a transfer
-per frame, for targets from 6k to 400k vertices.
+per frame, for targets from 6k to 1.6M vertices.
 
 The MeshTalk template (6172 vertices) is registered automatically onto targets made from it
-(tests/transfer_heads.py): re-meshed to about 6k vertices, subdivided once (25k), twice (98k) and
-three times (393k), and a bust (the 6k head on a neck and shoulders). Each size runs in its own
-child process, so that peak resident memory (VmHWM) is that target's alone. The transfer of
-256 frames of motion in chunks of 64 (as `animate` writes them) gives the cost per frame, the
+(tests/transfer_heads.py): re-meshed to about 6k vertices, subdivided once (25k), twice (98k),
+three times (393k) and four times (1.57M), and a bust (the 6k head on a neck and shoulders); and
+once with `--landmarks` (100k-landmarks: eight landmark pairs give the similarity). Each size runs
+in its own child process, so that peak resident memory (VmHWM) is that target's alone. The transfer
+of 256 frames of motion in chunks of 64 (as `animate` writes them) gives the cost per frame, the
 median of 5 repeats. Ratios are to the smallest target.
 
     python benchmarks/transfer.py [--json results.json [--force]] [--sizes 6k,25k]
@@ -28,7 +29,9 @@ from _measure import add_json_option, check_json, write_json
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT.parent / "shared" / "reference" / "meshtalk_topology" / "face_template.obj"
 FRAMES, CHUNK, REPEATS = 256, 64, 5
-SIZES = ("6k", "25k", "100k", "400k", "bust")
+SIZES = ("6k", "25k", "100k", "400k", "1.6M", "bust", "100k-landmarks")
+LANDMARKS = (1399, 4443, 4477, 1572, 15, 3985, 3210, 6016)
+"""MeshTalk template vertices given as landmark pairs (the subdivided targets keep them first)."""
 
 
 def target(name: str, template):
@@ -40,7 +43,7 @@ def target(name: str, template):
         return heads.resampled(template, 6000).mesh
     if name == "bust":
         return heads.bust(heads.resampled(template, 6000)).mesh
-    times = {"25k": 1, "100k": 2, "400k": 3}[name]
+    times = {"25k": 1, "100k": 2, "100k-landmarks": 2, "400k": 3, "1.6M": 4}[name]
     return heads.subdivided(template, times).mesh
 
 
@@ -82,7 +85,10 @@ def measure(name: str) -> dict:
     frames = motion(template)
     rss_before = peak_rss_mb()
     clock = time.perf_counter()
-    registration = register(template, mesh)
+    pairs = None
+    if name.endswith("-landmarks"):
+        pairs = (np.array(LANDMARKS), np.array(LANDMARKS))
+    registration = register(template, mesh, pairs)
     registration_s = time.perf_counter() - clock
     clock = time.perf_counter()
     transfer = bind(registration, template, mesh)

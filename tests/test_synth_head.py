@@ -175,7 +175,9 @@ def test_bundled_model_animates_the_example_without_model_or_template(tmp_path):
     from meshtalk.pipelines.data.resources import default_model
 
     if not (default_model.run_path() / "prior").is_dir():
-        pytest.fail("the bundled default model is missing: run examples/recipes/default-model.sh")
+        pytest.fail(
+            "the bundled default model is missing: run examples/recipes/ict-default-model.sh"
+        )
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["animate", "--example", "-o", str(out), "--no-video"])
     assert result.exit_code == 0, result.output

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The bundled default model, from nothing: synthetic speech of the built-in head, prep, both
+# The earlier default model (bundled until the ICT-FaceKit one, examples/recipes/ict-default-model.sh,
+# replaced it), from nothing: synthetic speech of the built-in procedural head, prep, both
 # training stages with the `default` preset, then copied into the package
-# (pipelines/data/resources/default_model/). Reproducible: same seed, same data, same run.
+# (pipelines/data/resources/default_model/, replacing the bundled one). Reproducible: same seed, same data, same run.
 #
 #   examples/recipes/default-model.sh [WORK_DIR]     # default WORK_DIR: out/default-model
 #

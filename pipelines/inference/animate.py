@@ -75,7 +75,7 @@ class AnimateConfig(ExportOptions):
     None: the bundled default model's head (only with the bundled model)."""
     model: Path | None = None
     """A trained run folder with a prior (stage 2). None: the bundled default model (trained on
-    synthetic speech of the built-in head, for trying the toolkit)."""
+    synthetic speech of the ICT-FaceKit head, for trying the toolkit)."""
     seed: int = 0
     """Seed of the sampler's noise: the same seed gives the same animation on the same device."""
     temperature: float = 1.0

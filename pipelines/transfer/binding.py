@@ -15,8 +15,15 @@ target vertex is bound to the closest of the triangles its own triangles voted f
 upper lip is carried by the upper lip. The same holds for eyelids and for targets whose lips meet.
 
 Rigid parts: a separate component of the target that is small beside the largest one (an eyeball,
-teeth, a tongue, lashes) moves as one rigid body, the rotation and shift that best fit the motion
-its vertices are bound to (least squares, per frame), so it never shears.
+teeth, a tongue, lashes) moves as one rigid body, so it never shears, with the region it sits in.
+When the template's region masks are known (a run's `topology/masks`: lips, eyelid landmarks), a
+part inside the head (its vertices, at the median, deeper than `SKIN_DEPTH` below the fitted
+template) moves with the head, which is still (the model's frames are head-centred: SPEC, "head
+pose removed"), or, for parts of the mouth below the lips' middle (lower teeth, tongue), with the
+jaw: the rigid motion that best fits the chin under the lips. Eyeballs do not bob when the eyelids
+close over them, upper teeth stay with the skull and lower teeth go with the chin. A part on the
+skin (lashes or brows modelled apart), and every part when no masks are known, takes the rotation
+and shift that best fit the motion its own vertices are bound to (least squares, per frame).
 
 Closest points come from open3d's BVH (`closest.SurfaceQuery`): memory O(V + F) whatever the
 sizes. Binding and registration are saved together (`save_transfer`, `OUT/transfer.npz`) with the
@@ -42,9 +49,10 @@ from meshtalk.pipelines.transfer.registration import Registration, register
 log = logging.getLogger(__name__)
 
 FORMAT = "meshtalk-transfer"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of transfer.npz; a file of another version is refused (made again in seconds).
-2: the binding knows the sides of a mouth, and rigid parts (`rigid`)."""
+2: the binding knows the sides of a mouth, and rigid parts (`rigid`).
+3: rigid parts move with the region they sit in (`part_region`, `jaw_anchors`)."""
 FALLOFF_START, FALLOFF_END = 0.03, 0.08
 """Target vertices farther from the fitted template than the first fraction of the target's
 size follow its motion less, linearly, down to nothing at the second."""
@@ -54,6 +62,20 @@ share no edge with lie on a slit (lips or eyelids meeting in coincident rows).""
 RIGID_PART = 0.2
 """A separate component of the target with fewer vertices than this fraction of the largest
 component's moves rigidly (eyeballs, teeth, tongue, lashes)."""
+ON_SKIN, WITH_HEAD, WITH_JAW = -1, 0, 1
+"""What a rigid part moves with: the skin its vertices are bound to, the head, or the jaw."""
+REGION_NAMES = {ON_SKIN: "skin", WITH_HEAD: "head", WITH_JAW: "jaw"}
+SKIN_DEPTH = 0.05
+"""A rigid part whose vertices lie, at the median, within this many inter-ocular distances of the
+fitted template (3 mm on an adult face) rides on the skin; a deeper one sits inside the head."""
+FEATURE_REACH = 1.0
+"""A part deeper inside and farther than this many inter-ocular distances from both the eyes and
+the lips (glasses, earrings, a helmet) moves with the head."""
+CHIN_REACH, CHIN_WIDTH = 0.9, 0.4
+"""The jaw's anchors: template vertices off the lips, below them down to this many inter-ocular
+distances under the lips' centre and within the second of the face's midline."""
+MIN_ANCHORS = 8
+"""Fewer chin anchors than this: the jaw's parts stay still like the head's."""
 KEYS = (
     "format",
     "format_version",
@@ -67,6 +89,8 @@ KEYS = (
     "similarity",
     "fitted",
     "rigid",
+    "part_region",
+    "jaw_anchors",
     "info",
 )
 """Members of transfer.npz."""
@@ -86,6 +110,9 @@ class Transfer:
         target: (Nt, 3) float32 the target's vertices at rest.
         info: what made it (landmarks or automatic, mean fit distance), for people.
         rigid: (Nt,) int32 the rigid part each target vertex belongs to, -1 for none.
+        part_region: (P,) int32 what each rigid part moves with (ON_SKIN, WITH_HEAD, WITH_JAW).
+        jaw_anchors: int64 template vertices (the chin) whose rigid motion the jaw's parts follow
+            (fewer than MIN_ANCHORS: they stay still).
     """
 
     corners: np.ndarray
@@ -98,6 +125,8 @@ class Transfer:
     target: np.ndarray
     info: dict
     rigid: np.ndarray | None = None
+    part_region: np.ndarray | None = None
+    jaw_anchors: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         import scipy.sparse
@@ -114,6 +143,17 @@ class Transfer:
         self.rigid = np.asarray(self.rigid, dtype=np.int32)
         self._parts = [np.flatnonzero(self.rigid == part) for part in np.unique(self.rigid)]
         self._parts = [part for part in self._parts if self.rigid[part[0]] >= 0]
+        if self.part_region is None:
+            self.part_region = np.full(len(self._parts), ON_SKIN, dtype=np.int32)
+        self.part_region = np.asarray(self.part_region, dtype=np.int32)
+        if len(self.part_region) != len(self._parts):
+            raise ValueError(
+                f"{len(self.part_region)} part regions for {len(self._parts)} rigid parts"
+            )
+        self.jaw_anchors = np.asarray(
+            np.zeros(0) if self.jaw_anchors is None else self.jaw_anchors, dtype=np.int64
+        )
+        self._fitted = np.asarray(self.fitted, dtype=np.float64)
 
     @property
     def num_source(self) -> int:
@@ -149,16 +189,26 @@ class Transfer:
         columns = np.ascontiguousarray(moved.transpose(1, 0, 2)).reshape(self.num_source, n * 3)
         result = (self._matrix @ columns).reshape(self.num_target, n, 3).transpose(1, 0, 2)
         result = result + self._target
-        for part in self._parts:
-            result[:, part] = _rigid_fit(self._target[part], result[:, part])
+        jaw = None
+        for part, region in zip(self._parts, self.part_region):
+            rest = self._target[part]
+            if region == ON_SKIN:
+                result[:, part] = _rigid_fit(rest, result[:, part])
+            elif region == WITH_JAW and len(self.jaw_anchors) >= MIN_ANCHORS:
+                if jaw is None:
+                    chin = self._fitted[self.jaw_anchors]
+                    jaw = _rigid_motion(chin, chin + moved[:, self.jaw_anchors])
+                rotation, rest_centre, moved_centre = jaw
+                result[:, part] = (rest - rest_centre) @ rotation + moved_centre
+            else:
+                result[:, part] = rest  # with the head, which is still
         return result[0] if single else result
 
 
-def _rigid_fit(rest: np.ndarray, moved: np.ndarray) -> np.ndarray:
-    """(n, k, 3) the rigid motions of `rest` (k, 3) that best fit each frame of `moved`.
-
-    The least-squares rotation (Kabsch, no reflection) and shift, for all frames at once.
-    """
+def _rigid_motion(rest: np.ndarray, moved: np.ndarray):
+    """The least-squares rigid motions (Kabsch, no reflection) carrying `rest` (k, 3) onto each
+    frame of `moved` (n, k, 3): (n, 3, 3) rotations for row vectors, the (3,) centre of `rest`
+    and the (n, 1, 3) centres of `moved`; a point p goes to (p - rest centre) @ R + moved centre."""
     rest = rest.astype(np.float64)
     moved = moved.astype(np.float64)
     rest_centre = rest.mean(axis=0)
@@ -167,13 +217,25 @@ def _rigid_fit(rest: np.ndarray, moved: np.ndarray) -> np.ndarray:
     u, _, vt = np.linalg.svd(covariance)
     flip = np.sign(np.linalg.det(u @ vt))
     u[:, :, 2] *= flip[:, None]
-    rotation = u @ vt  # rest @ rotation (row vectors)
-    fitted = (rest - rest_centre) @ rotation + moved_centre
+    return u @ vt, rest_centre, moved_centre
+
+
+def _rigid_fit(rest: np.ndarray, moved: np.ndarray) -> np.ndarray:
+    """(n, k, 3) the rigid motions of `rest` (k, 3) that best fit each frame of `moved`."""
+    rotation, rest_centre, moved_centre = _rigid_motion(rest, moved)
+    fitted = (rest.astype(np.float64) - rest_centre) @ rotation + moved_centre
     return fitted.astype(np.float32)
 
 
-def bind(registration: Registration, source: Mesh, target: Mesh) -> Transfer:
-    """Locate every target vertex on the fitted template (see the module docstring)."""
+def bind(
+    registration: Registration,
+    source: Mesh,
+    target: Mesh,
+    masks: dict[str, np.ndarray] | None = None,
+) -> Transfer:
+    """Locate every target vertex on the fitted template (see the module docstring); `masks`:
+    the template's region masks (a run's `topology/masks`), which let rigid parts inside the
+    head move with the head or the jaw."""
     # Bound on the fitted template as it is saved (float32), so that a saved transfer and one
     # bound again from it place every vertex alike.
     fitted = np.asarray(registration.vertices, dtype=np.float32).astype(np.float64)
@@ -192,12 +254,17 @@ def bind(registration: Registration, source: Mesh, target: Mesh) -> Transfer:
             int((falloff < 1).sum()),
         )
     rigid = rigid_parts(target)
+    regions = template_regions(fitted, masks, registration.up)
+    part_region = parts_regions(rigid, points, distance, regions)
     info = {
         **registration.info(),
         "mean_distance": float(distance.mean()),
         "max_distance": float(distance.max()),
         "rigid_parts": int(rigid.max(initial=-1) + 1),
         "rigid_vertices": int((rigid >= 0).sum()),
+        "rigid_parts_moving_with": {
+            name: int((part_region == code).sum()) for code, name in REGION_NAMES.items()
+        },
         "vertices_moving_less": int((falloff < 1).sum()),
     }
     return Transfer(
@@ -211,7 +278,78 @@ def bind(registration: Registration, source: Mesh, target: Mesh) -> Transfer:
         target=target.vertices.astype(np.float32),
         info=info,
         rigid=rigid,
+        part_region=part_region,
+        jaw_anchors=None if regions is None else regions["jaw"],
     )
+
+
+def template_regions(
+    fitted: np.ndarray, masks: dict[str, np.ndarray] | None, up: np.ndarray
+) -> dict | None:
+    """Where the fitted template's eyes, lips, head and jaw are, from its region masks.
+
+    Returns None when the masks do not say where the lips and both eyes are; else a dict of `eyes`
+    (2, 3) and `lips` (3,) centres, `up` (3,) the face's up (the registration's, `up`, made square
+    to the line between the eyes), `iod` (the inter-ocular distance), and `jaw`: the template
+    vertices whose rigid motion the jaw's parts follow, those off the lips below them (the chin).
+    """
+    if not masks or "mouth" not in masks or "eyelids" not in masks:
+        return None
+    fitted = np.asarray(fitted, dtype=np.float64)
+    count = len(fitted)
+    masks = {name: np.asarray(mask, dtype=np.float64) for name, mask in masks.items()}
+    if any(mask.shape != (count,) for mask in masks.values()):
+        return None
+    lips, lids = masks["mouth"] > 0.5, masks["eyelids"] > 0.5
+    if lips.sum() < 3 or lids.sum() < 2:
+        return None
+    lid_points = fitted[lids]
+    centred = lid_points - lid_points.mean(0)
+    lateral = np.linalg.svd(centred, full_matrices=False)[2][0]
+    side = centred @ lateral > 0
+    if side.all() or not side.any():
+        return None
+    eyes = np.stack([lid_points[~side].mean(0), lid_points[side].mean(0)])
+    lip_centre = fitted[lips].mean(0)
+    iod = float(np.linalg.norm(eyes[1] - eyes[0]))
+    up = np.asarray(up, dtype=np.float64).copy()
+    up -= (up @ lateral) * lateral
+    if iod <= 0 or np.linalg.norm(up) <= 0:
+        return None
+    up /= np.linalg.norm(up)
+    height = (fitted - lip_centre) @ up
+    across = np.abs((fitted - lip_centre) @ lateral)
+    lip_floor = height[lips].min()
+    chin = ~lips & (height < lip_floor) & (height > -CHIN_REACH * iod) & (across < CHIN_WIDTH * iod)
+    return {
+        "eyes": eyes,
+        "lips": lip_centre,
+        "up": up,
+        "iod": iod,
+        "jaw": np.flatnonzero(chin).astype(np.int64),
+    }
+
+
+def parts_regions(
+    rigid: np.ndarray, points: np.ndarray, distance: np.ndarray, regions: dict | None
+) -> np.ndarray:
+    """(P,) int32 what each rigid part moves with (see the module docstring)."""
+    count = int(rigid.max(initial=-1) + 1)
+    result = np.full(count, ON_SKIN, dtype=np.int32)
+    if regions is None:
+        return result
+    iod = regions["iod"]
+    for part in range(count):
+        members = rigid == part
+        if np.median(distance[members]) <= SKIN_DEPTH * iod:
+            continue  # on the skin
+        centre = points[members].mean(0)
+        to_eyes = np.linalg.norm(regions["eyes"] - centre, axis=1).min()
+        to_lips = float(np.linalg.norm(regions["lips"] - centre))
+        below = (centre - regions["lips"]) @ regions["up"] < 0
+        mouth = to_lips < to_eyes and to_lips <= FEATURE_REACH * iod
+        result[part] = WITH_JAW if mouth and below else WITH_HEAD
+    return result
 
 
 def _sided_closest(
@@ -341,11 +479,13 @@ def make_transfer(
     landmarks: tuple[np.ndarray, np.ndarray] | None = None,
     landmark_file: Path | None = None,
     target_path: Path | None = None,
+    masks: dict[str, np.ndarray] | None = None,
 ) -> Transfer:
     """Register the template `source` onto `target` and bind the target's vertices to it
-    (`target_path`: the target's file, named when no face is found on it)."""
+    (`target_path`: the target's file, named when no face is found on it; `masks`: the
+    template's region masks, see `bind`)."""
     registration = register(source, target, landmarks, landmark_file, target_path=target_path)
-    return bind(registration, source, target)
+    return bind(registration, source, target, masks)
 
 
 def save_transfer(path: str | Path, transfer: Transfer) -> None:
@@ -364,6 +504,8 @@ def save_transfer(path: str | Path, transfer: Transfer) -> None:
         "similarity": transfer.similarity.astype(np.float64),
         "fitted": transfer.fitted.astype(np.float32),
         "rigid": np.asarray(transfer.rigid, dtype=np.int32),
+        "part_region": np.asarray(transfer.part_region, dtype=np.int32),
+        "jaw_anchors": np.asarray(transfer.jaw_anchors, dtype=np.int64),
         "info": np.asarray(json.dumps(transfer.info, sort_keys=True)),
     }
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as handle:
@@ -413,6 +555,14 @@ def load_transfer(path: str | Path, source: Mesh, target: Mesh) -> Transfer:
         or corners.max(initial=0) >= vertices
         or not np.isfinite(weights).all()
         or arrays["rigid"].shape != (count,)
+        or arrays["part_region"].shape != (len(np.unique(arrays["rigid"][arrays["rigid"] >= 0])),)
+        or not np.isin(arrays["part_region"], list(REGION_NAMES)).all()
+        or any(
+            arrays[key].ndim != 1
+            or arrays[key].min(initial=0) < 0
+            or arrays[key].max(initial=0) >= vertices
+            for key in ("jaw_anchors",)
+        )
     ):
         raise MeshtalkError(path, "the transfer's arrays do not fit its meshes (damaged file?)")
     return Transfer(
@@ -426,4 +576,6 @@ def load_transfer(path: str | Path, source: Mesh, target: Mesh) -> Transfer:
         target=target.vertices.astype(np.float32),
         info=json.loads(str(arrays["info"])),
         rigid=arrays["rigid"].astype(np.int32),
+        part_region=arrays["part_region"].astype(np.int32),
+        jaw_anchors=arrays["jaw_anchors"].astype(np.int64),
     )

@@ -73,8 +73,12 @@ def transfer_for(
     transfer_file: Path | None = None,
     landmarks: Path | None = None,
     target_path: Path | None = None,
+    masks: dict[str, np.ndarray] | None = None,
 ) -> tuple[Transfer, float]:
-    """A transfer from `source` onto `target`: read from `transfer_file`, or made (registered).
+    """A transfer from `source` onto `target`: read from `transfer_file`, or made (registered;
+    `masks`: the source's region masks, so that the target's eyeballs and teeth move with the
+    head and the jaw; default: those of the bundled model when `source` is its face, see
+    `known_masks`).
 
     Returns:
         The transfer and the seconds the registration took (0 when read from a file).
@@ -89,7 +93,9 @@ def transfer_for(
     if landmarks is not None:
         pairs = read_landmark_pairs(landmarks, len(source.vertices), len(target.vertices))
     clock = time.perf_counter()
-    transfer = make_transfer(source, target, pairs, landmarks, target_path)
+    if masks is None:
+        masks = known_masks(source.vertices)
+    transfer = make_transfer(source, target, pairs, landmarks, target_path, masks)
     seconds = time.perf_counter() - clock
     log.info(
         "registered the model's template onto the mesh in %.1f s (%s alignment, scale %.3g, "
@@ -100,6 +106,28 @@ def transfer_for(
         transfer.info["mean_distance"],
     )
     return transfer, seconds
+
+
+def known_masks(template: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The region masks of a template made by the bundled model: its face area, or a mesh that
+    begins with it (the whole head `animate` writes), the masks padded with zeros; else None."""
+    from meshtalk.pipelines.data.resources import default_model
+
+    topology = default_model.run_path() / "topology"
+    try:
+        face = np.load(topology / "template.npy", allow_pickle=False)
+        if len(template) < len(face) or not np.allclose(
+            np.asarray(template[: len(face)], dtype=np.float64), face, atol=1e-4
+        ):
+            return None
+        masks = {
+            path.stem: np.load(path, allow_pickle=False)
+            for path in sorted((topology / "masks").glob("*.npy"))
+        }
+    except (OSError, ValueError):
+        return None
+    padding = len(template) - len(face)
+    return {name: np.pad(mask.astype(np.float32), (0, padding)) for name, mask in masks.items()}
 
 
 TRANSFER_FILE = "transfer.npz"
@@ -161,6 +189,11 @@ def prepare_transfer(
     mesh = read_target(mesh_path)
     source = run_template_mesh(run, model)
     transfer, _ = transfer_for(
-        source, mesh, transfer_file=transfer_file, landmarks=landmarks, target_path=mesh_path
+        source,
+        mesh,
+        transfer_file=transfer_file,
+        landmarks=landmarks,
+        target_path=mesh_path,
+        masks=run.masks or None,
     )
     return PreparedTransfer(source=source, mesh=mesh, transfer=transfer, made=transfer_file is None)

@@ -1,8 +1,9 @@
-"""The bundled default model: a small run trained on synthetic speech of the built-in head.
+"""The bundled default model: a small run trained on synthetic speech of the ICT-FaceKit head.
 
 `meshtalk animate SPEECH -o OUT/` uses it when no `--model` is given. It was trained by
-`examples/recipes/default-model.sh` on `meshtalk synth` data (eSpeak NG voices reading English,
-the built-in procedural head): it is for trying the toolkit, not for real faces. For real quality
+`examples/recipes/ict-default-model.sh` on `meshtalk synth --face ict` data (eSpeak NG voices
+reading English, the ICT-FaceKit head's face area driven through its ARKit-style expression
+shapes): it is for trying the toolkit, not for real faces. For real quality
 train on Multiface (`meshtalk prep`, `meshtalk train`) or import the authors' released weights.
 
     default_model/run/        the run folder (stage 1 and the prior; no optimizer state)
