@@ -57,12 +57,17 @@ def segments(store: PreparedStore, split: str) -> list[Segment]:
 
 def eyelid_pairs(topology: Path) -> list[tuple[list[int], list[int]]]:
     """(upper lid, lower lid) landmark vertices of each eye: each eyelid list holds the upper
-    margin's vertices, then the lower margin's (pipelines/data/masks.py)."""
+    margin's vertices, then the lower margin's (pipelines/data/masks.py); six points are the
+    68-point landmarks' eye (corner, two upper, corner, two lower: ICT-FaceKit's topology), whose
+    upper pair is taken against the lower pair below it, the corners left out."""
     landmarks = yaml.safe_load((topology / "landmarks.yaml").read_text())
     pairs = []
     for key in ("left_eyelid", "right_eyelid"):
         ids = landmarks[key]
-        pairs.append((ids[: len(ids) // 2], ids[len(ids) // 2 :]))
+        if len(ids) == 6:
+            pairs.append(([ids[1], ids[2]], [ids[5], ids[4]]))
+        else:
+            pairs.append((ids[: len(ids) // 2], ids[len(ids) // 2 :]))
     return pairs
 
 

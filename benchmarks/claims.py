@@ -35,7 +35,11 @@ DIR writes claims_frames.png (a grid of test frames: data, sample, regression) a
 claims_error_map.png (per-vertex error); --workdir keeps the dataset and the runs, and --reuse
 measures them again without training.
 
-    python benchmarks/claims.py [--quick] [--json claims.json] [--figures DIR] [--workdir DIR]
+`--world ict` makes the same split on the ICT-FaceKit head (`synth --face ict`, 6,706 vertices,
+eSpeak NG voices), the bundled default model's world; its stage 1 costs about 5x more per step.
+
+    python benchmarks/claims.py [--quick] [--world ict] [--json claims.json] [--figures DIR]
+                                [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -87,6 +91,13 @@ DATASET = (
 """`meshtalk synth` options of the full run: 51 identities train on their first 5 sentences, the
 13 held out validate (3) and test (10) on their 6th; the built-in head at grid 24 (about 1.2k
 vertices); no dropped frames, so every test segment is one unbroken take."""
+ICT_FACEKIT = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "ict_facekit"
+ICT_DATASET = (
+    "--identities", "64", "--sentences", "6", "--face", "ict", "--face-model", str(ICT_FACEKIT),
+    "--expression-drift", "0.6", "--drop-rate", "0", "--voice", "espeak", "--seed", "0",
+)  # fmt: skip
+"""`--world ict`: the same split on the ICT-FaceKit head (`synth --face ict`: its 6,706-vertex face
+area driven through its expression shapes, eSpeak NG voices), the bundled default model's world."""
 QUICK_DATASET = (
     "--identities", "6", "--sentences", "3", "--grid", "16", "--expression-drift", "0.6",
     "--drop-rate", "0", "--voice", "formant", "--seed", "0",
@@ -318,6 +329,12 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="measure what an earlier run left in --workdir"
     )
+    parser.add_argument(
+        "--world",
+        choices=("builtin", "ict"),
+        default="builtin",
+        help="the synthetic world: the built-in head (1.2k vertices) or the ICT-FaceKit head",
+    )
     args = parser.parse_args()
     check_json(parser, args)
     if args.reuse and not args.workdir:
@@ -327,6 +344,12 @@ def main() -> None:
     console = Console(width=160)
     sizes = QUICK if args.quick else FULL
     dataset = QUICK_DATASET if args.quick else DATASET
+    if args.world == "ict":
+        if not ICT_FACEKIT.is_dir():
+            parser.error(f"--world ict needs the ICT-FaceKit model in {ICT_FACEKIT}")
+        dataset = ICT_DATASET
+        if args.quick:
+            dataset = ("--identities", "6", "--sentences", "3", *ICT_DATASET[4:])
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="meshtalk-claims-") as tmp:
         work = args.workdir or Path(tmp)

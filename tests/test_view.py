@@ -57,11 +57,18 @@ def test_view_serves_the_takes_and_nothing_else(animation):
         np.testing.assert_allclose(offsets + take["template"], take["vertices"], atol=1e-4)
         status, body = get(url, listing["takes"][1]["mesh"])
         magic, vertices, faces = MESH_HEADER.unpack_from(body)
+        # The bundled head is made of parts: the page draws the faces the video draws (not the
+        # clear shells over the eyes) and paints the parts as the video does.
+        assert take["drawn_faces"].sum() < len(take["faces"])
         assert (magic, vertices, faces) == (
             b"MTMS",
             *take["template"].shape[:1],
-            len(take["faces"]),
+            int(take["drawn_faces"].sum()),
         )
+        status, body = get(url, listing["takes"][1]["colours"])
+        colours = np.frombuffer(body, "<f4").reshape(take["template"].shape)
+        np.testing.assert_array_equal(colours, take["part_colours"])
+        assert len(np.unique(colours, axis=0)) >= 6  # skin, mouth, teeth, tongue, sclera, iris
         status, body = get(url, listing["takes"][0]["audio"])
         assert status == 200 and body[:4] == b"RIFF"
         import soundfile
@@ -132,6 +139,13 @@ def test_view_page_plays_the_animation_at_real_time(animation):
         assert face.mean() > 0.05  # the face covers more than 5% of the canvas
         luminance = pixels[face].mean(axis=-1)
         assert luminance.std() > 8 and np.ptp(luminance) > 60  # lit and shaded, not flat
+        # painted by part: the vertex colours are the npz's (sRGB -> linear)
+        drawn_colours = np.array(page.evaluate(
+            "Array.from(meshtalk.takes[0].face.geometry.attributes.color.array)"
+        )).reshape(-1, 3)  # fmt: skip
+        srgb = take["part_colours"]
+        linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+        np.testing.assert_allclose(drawn_colours, linear, atol=1e-5)
         shots = os.environ.get("MESHTALK_SCREENSHOTS")
         if shots:
             page.screenshot(path=str(Path(shots) / "view.png"))

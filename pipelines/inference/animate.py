@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 CHUNK_FRAMES = 64
 """Frames sampled, decoded, smoothed and written at a time (5 MB of release-size vertices; small
 enough that the three stages overlap on short clips too)."""
+CHUNK_BYTES = 128 << 20
+"""At most about this much float32 mesh data per chunk of frames (fewer frames for large meshes)."""
 MAX_TAKES = 64
 """More takes than this are a typo rather than a wish (each is a full set of files)."""
 VIDEO_SIZE = (640, 480)
@@ -240,6 +242,11 @@ def animate(config: AnimateConfig) -> AnimateResult:
         )
         suffix = config.template.suffix.lower()
         target = getattr(mapping, "mesh", template) if transfer is None else transfer.mesh
+        # A million-vertex head: fewer frames per chunk, so that the chunks queued between the
+        # stages stay small (a chunk of 64 frames of 1.6M vertices is 1.2 GB).
+        config.chunk_frames = max(
+            1, min(config.chunk_frames, CHUNK_BYTES // (12 * max(1, len(target.vertices))))
+        )
         if transfer is not None:
             transfer.save(partial)
         orientation = None if transfer is None else face_orientation(transfer.transfer)

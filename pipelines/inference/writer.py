@@ -19,6 +19,7 @@ from meshtalk.pipelines.export import (
 from meshtalk.pipelines.export.formats import METRES, ExportOptions, write_formats
 from meshtalk.pipelines.export.npz import Rows
 from meshtalk.pipelines.io.mesh import Mesh, copy_materials, write_mesh
+from meshtalk.pipelines.render.colours import part_colours
 
 AUDIO_ROWS = 1 << 16
 """Samples of the npz's audio read back at a time for the video."""
@@ -88,9 +89,10 @@ class TakeWriter:
         return frames
 
     def finish(self, **members) -> None:
-        """Close the streams; the npz's other members (faces, template, codes, with a head rig's
-        mapping expression_weights (T, E) and expression_names (E,), then `members`: arrays, or
-        `Rows` written a chunk at a time)."""
+        """Close the streams; the npz's other members (faces, template, codes; for a head of
+        parts (materials) part_colours (V, 3) in [0, 1] and drawn_faces (F,) bool, as the video
+        paints and draws them; with a head rig's mapping expression_weights (T, E) and
+        expression_names (E,); then `members`: arrays, or `Rows` written a chunk at a time)."""
         self.vertices.close()
         self.pc2.close()
         npz = self.npz
@@ -98,6 +100,10 @@ class TakeWriter:
         npz.add("template", self.template.vertices.astype(np.float32))
         if self.codes:
             npz.add("codes", np.concatenate(self.codes).astype(np.int64))
+        painted = part_colours(self.template, getattr(self.mapping, "parts", None))
+        if painted is not None:  # a head of parts: their colours for viewers (`meshtalk view`)
+            npz.add("part_colours", painted[0].astype(np.float32))
+            npz.add("drawn_faces", painted[1].astype(bool))
         weights = getattr(self.mapping, "weights", None)
         if weights:  # a whole head driven through its rig: each frame's expression weights
             npz.add("expression_weights", np.concatenate(weights).astype(np.float32))

@@ -1,7 +1,9 @@
 """`meshtalk view OUT/`: an animation with its speech in the browser (three.js, served locally).
 
 The npz of each take is converted once at start into what the page needs: the template
-(`protocol.pack_mesh`), float32 vertex offsets per frame (T x V x 3, little-endian) and the speech
+(`protocol.pack_mesh`; of a head of parts only the faces its video draws), float32 vertex offsets
+per frame (T x V x 3, little-endian), the parts' colours when the npz has them (`part_colours`,
+V x 3 float32: skin, a dark mouth, teeth, white eyes with a dark iris, as in the mp4) and the speech
 as a 16-bit WAV. `--compare OTHER/` adds the per-vertex distance between the two animations
 (T x V float32, in the animations' units: millimetres for Multiface and the bundled model).
 """
@@ -52,6 +54,7 @@ class Take:
     audio: np.ndarray  # (N,) float32
     audio_rate: int
     source: Path
+    colours: np.ndarray | None = None  # (V, 3) float32 in [0, 1]: the parts' colours
 
 
 def archives(folder: Path) -> list[Path]:
@@ -91,6 +94,12 @@ def read_take(path: Path, name: str) -> Take:
                 else np.zeros(0, np.float32)
             )
             rate = int(archive["audio_rate"]) if "audio_rate" in archive else 16_000
+            colours = (
+                np.asarray(archive["part_colours"], dtype=np.float32)
+                if "part_colours" in archive
+                else None
+            )
+            drawn = np.asarray(archive["drawn_faces"]) if "drawn_faces" in archive else None
     except MeshtalkError:
         raise
     except (
@@ -115,7 +124,13 @@ def read_take(path: Path, name: str) -> Take:
         raise MeshtalkError(path, f"fps must be in (0, 1000], got {fps}")
     if not 1000 <= rate <= 384_000 or not np.isfinite(audio).all():
         raise MeshtalkError(path, "its audio is not usable (rate or samples)")
-    return Take(name, vertices, template, faces, fps, audio, rate, path)
+    if colours is not None and (colours.shape != template.shape or not np.isfinite(colours).all()):
+        raise MeshtalkError(path, f"part_colours {colours.shape} do not match {template.shape}")
+    if drawn is not None:
+        if drawn.shape != (len(faces),) or drawn.dtype != bool or not drawn.any():
+            raise MeshtalkError(path, f"drawn_faces must be (F,) bool, got {drawn.shape}")
+        faces = faces[drawn]
+    return Take(name, vertices, template, faces, fps, audio, rate, path, colours)
 
 
 def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
@@ -160,8 +175,13 @@ def routes(takes: list[Take], distances: np.ndarray | None) -> dict[str, tuple[s
             "mesh": f"{base}/mesh.bin",
             "offsets": f"{base}/offsets.bin",
             "audio": None,
+            "colours": None,
             "duration_s": len(take.vertices) / take.fps,
         }
+        if take.colours is not None:
+            colours = np.clip(take.colours, 0.0, 1.0).astype("<f4")
+            data[f"{base}/colours.bin"] = ("application/octet-stream", colours.tobytes())
+            entry["colours"] = f"{base}/colours.bin"
         if take.audio.size:
             data[f"{base}/speech.wav"] = ("audio/wav", wav_bytes(take.audio, take.audio_rate))
             entry["audio"] = f"{base}/speech.wav"

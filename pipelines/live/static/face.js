@@ -51,25 +51,30 @@ export class Stage {
     this.camera.updateProjectionMatrix();
   }
 
-  // Adds a face; faces are laid out side by side along x.
-  addFace(mesh, colours = false) {
+  // Adds a face; faces are laid out side by side along x. `colours`: per-vertex colours that
+  // setColours changes (the heat map); `base`: fixed per-vertex sRGB colours in [0, 1] (V*3).
+  addFace(mesh, colours = false, base = null) {
     const geometry = new THREE.BufferGeometry();
     const position = new THREE.BufferAttribute(new Float32Array(mesh.positions), 3);
     position.setUsage(THREE.DynamicDrawUsage);
     geometry.setAttribute("position", position);
     geometry.setIndex(new THREE.BufferAttribute(mesh.indices, 1));
+    const painted = colours || base !== null;
     if (colours) {
       const colour = new THREE.BufferAttribute(new Float32Array(mesh.vertices * 3).fill(0.8), 3);
       colour.setUsage(THREE.DynamicDrawUsage);
       geometry.setAttribute("color", colour);
+    } else if (base !== null) {
+      // sRGB as the video paints them -> the linear values vertex colours hold
+      geometry.setAttribute("color", new THREE.BufferAttribute(base.map(linear), 3));
     }
     geometry.computeVertexNormals();
     geometry.computeBoundingBox();
     const material = new THREE.MeshPhongMaterial({
-      color: colours ? 0xffffff : 0xd9b8a3,
+      color: painted ? 0xffffff : 0xd9b8a3,
       specular: 0x222222,
       shininess: 20,
-      vertexColors: colours,
+      vertexColors: painted,
       side: THREE.DoubleSide,
     });
     const object = new THREE.Mesh(geometry, material);

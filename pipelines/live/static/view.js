@@ -28,7 +28,12 @@ async function main() {
   for (const take of listing.takes) {
     const mesh = await fetchMesh(take.mesh);
     const offsets = new Float32Array(await (await fetch(take.offsets)).arrayBuffer());
-    const face = stage.addFace(mesh, Boolean(compare));
+    // The parts' colours (skin, mouth, teeth, eyes) as in the mp4; the heat map replaces them.
+    let base = null;
+    if (take.colours && !compare) {
+      base = new Float32Array(await (await fetch(take.colours)).arrayBuffer());
+    }
+    const face = stage.addFace(mesh, Boolean(compare), base);
     state.takes.push({ ...take, face, offsets });
   }
   $("names").textContent = listing.takes.map((t) => t.name).join("  |  ");
