@@ -255,6 +255,29 @@ def release_smooth(geom: torch.Tensor, mask: torch.Tensor, size=9, sigma=2.0) ->
     return smoothed * mask[None, :, None] + geom * (1 - mask[None, :, None])
 
 
+def test_a_large_mesh_is_animated_a_few_frames_at_a_time(inputs, tmp_path, monkeypatch):
+    """Chunks hold about CHUNK_BYTES of the output mesh's vertices (a million-vertex head: a few
+    frames, not 64 frames of 1.2 GB queued between the stages)."""
+    seen = []
+    real = animate_module.generate
+
+    def spy(config, *args, **kwargs):
+        seen.append(config.chunk_frames)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(animate_module, "generate", spy)
+    settings = dict(speech=inputs["speech"], template=inputs["template"], model=inputs["run"],
+                    argmax=True, video=False, device="cpu")  # fmt: skip
+    vertices = len(read_mesh(inputs["template"]).vertices)
+    animate(AnimateConfig(output=tmp_path / "small", **settings))
+    monkeypatch.setattr(animate_module, "CHUNK_BYTES", 12 * vertices * 5)
+    animate(AnimateConfig(output=tmp_path / "large", **settings))
+    assert seen == [animate_module.CHUNK_FRAMES, 5]
+    a = arrays(tmp_path / "small" / "animation.npz")["vertices"]
+    b = arrays(tmp_path / "large" / "animation.npz")["vertices"]
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 @pytest.mark.parametrize("length", [1, 3, 9, 40])
 def test_streamed_smoothing_equals_the_release_on_the_whole_sequence(length):
     rng = np.random.default_rng(length)
