@@ -338,7 +338,7 @@ def test_lips_of_a_subdivided_head_part_as_the_sources(bundled_speaking, times):
 
 
 def test_rigid_parts_move_rigidly_and_the_face_as_before(source):
-    from meshtalk.pipelines.transfer.binding import _rigid_fit
+    from meshtalk.pipelines.transfer.parts import rigid_fit
     from tests.transfer_heads import subdivided, with_eyes_and_teeth
 
     mesh = source["mesh"]
@@ -359,7 +359,7 @@ def test_rigid_parts_move_rigidly_and_the_face_as_before(source):
     for eye in eyes:
         assert np.abs(moved[:, eye] - rest[eye]).max() <= 1e-4
     for part in parts:
-        refit = _rigid_fit(rest[part], moved[:, part])
+        refit = rigid_fit(rest[part], moved[:, part])
         residual = np.abs(refit - moved[:, part]).max()
         assert residual <= 0.05, residual
         # the distances between the part's vertices never change
@@ -378,7 +378,7 @@ def test_rigid_parts_move_rigidly_and_the_face_as_before(source):
 def test_a_uv_seam_does_not_make_a_rigid_part():
     """Separate components under a fifth of the largest are rigid, but vertices duplicated along
     a seam (one position, two vertices) keep their island with the rest."""
-    from meshtalk.pipelines.transfer.binding import rigid_parts
+    from meshtalk.pipelines.transfer.parts import rigid_parts
 
     big, small = trimesh.creation.icosphere(4), trimesh.creation.icosphere(2)
     small.apply_translation([3.0, 0.0, 0.0])
@@ -403,7 +403,7 @@ def test_rigid_parts_of_the_ict_head_move_with_the_head_and_the_jaw():
     teeth stay as still as the truth, the lower teeth go with the jaw, and the lips move as the
     truth does."""
     from meshtalk.pipelines.data.resources import default_model
-    from meshtalk.pipelines.transfer.binding import ON_SKIN, WITH_HEAD, WITH_JAW
+    from meshtalk.pipelines.transfer.parts import ON_SKIN, WITH_HEAD, WITH_JAW
     from meshtalk.pipelines.transfer.source import known_masks
 
     face, head = read_mesh(default_model.template_path()), read_mesh(default_model.head_path())

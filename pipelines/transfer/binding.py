@@ -14,16 +14,8 @@ centroid (which lies inside one lip, not on the slit), for the template triangle
 target vertex is bound to the closest of the triangles its own triangles voted for: a vertex of the
 upper lip is carried by the upper lip. The same holds for eyelids and for targets whose lips meet.
 
-Rigid parts: a separate component of the target that is small beside the largest one (an eyeball,
-teeth, a tongue, lashes) moves as one rigid body, so it never shears, with the region it sits in.
-When the template's region masks are known (a run's `topology/masks`: lips, eyelid landmarks), a
-part inside the head (its vertices, at the median, deeper than `SKIN_DEPTH` below the fitted
-template) moves with the head, which is still (the model's frames are head-centred: SPEC, "head
-pose removed"), or, for parts of the mouth below the lips' middle (lower teeth, tongue), with the
-jaw: the rigid motion that best fits the chin under the lips. Eyeballs do not bob when the eyelids
-close over them, upper teeth stay with the skull and lower teeth go with the chin. A part on the
-skin (lashes or brows modelled apart), and every part when no masks are known, takes the rotation
-and shift that best fit the motion its own vertices are bound to (least squares, per frame).
+Rigid parts (eyeballs, teeth, lashes) move as one body each, with the region they sit in
+(`parts`).
 
 Closest points come from open3d's BVH (`closest.SurfaceQuery`): memory O(V + F) whatever the
 sizes. Binding and registration are saved together (`save_transfer`, `OUT/transfer.npz`) with the
@@ -44,6 +36,14 @@ from meshtalk.pipelines.io.atomic import atomic_path
 from meshtalk.pipelines.io.mesh import Mesh
 from meshtalk.pipelines.transfer.closest import SurfaceQuery
 from meshtalk.pipelines.transfer.inputs import mesh_sha256
+from meshtalk.pipelines.transfer.parts import (
+    ON_SKIN,
+    REGION_NAMES,
+    move_parts,
+    parts_regions,
+    rigid_parts,
+    template_regions,
+)
 from meshtalk.pipelines.transfer.registration import Registration, register
 
 log = logging.getLogger(__name__)
@@ -59,23 +59,6 @@ size follow its motion less, linearly, down to nothing at the second."""
 SLIT = 0.05
 """Template vertices closer than this fraction of the median edge length to another vertex they
 share no edge with lie on a slit (lips or eyelids meeting in coincident rows)."""
-RIGID_PART = 0.2
-"""A separate component of the target with fewer vertices than this fraction of the largest
-component's moves rigidly (eyeballs, teeth, tongue, lashes)."""
-ON_SKIN, WITH_HEAD, WITH_JAW = -1, 0, 1
-"""What a rigid part moves with: the skin its vertices are bound to, the head, or the jaw."""
-REGION_NAMES = {ON_SKIN: "skin", WITH_HEAD: "head", WITH_JAW: "jaw"}
-SKIN_DEPTH = 0.05
-"""A rigid part whose vertices lie, at the median, within this many inter-ocular distances of the
-fitted template (3 mm on an adult face) rides on the skin; a deeper one sits inside the head."""
-FEATURE_REACH = 1.0
-"""A part deeper inside and farther than this many inter-ocular distances from both the eyes and
-the lips (glasses, earrings, a helmet) moves with the head."""
-CHIN_REACH, CHIN_WIDTH = 0.9, 0.4
-"""The jaw's anchors: template vertices off the lips, below them down to this many inter-ocular
-distances under the lips' centre and within the second of the face's midline."""
-MIN_ANCHORS = 8
-"""Fewer chin anchors than this: the jaw's parts stay still like the head's."""
 KEYS = (
     "format",
     "format_version",
@@ -189,42 +172,16 @@ class Transfer:
         columns = np.ascontiguousarray(moved.transpose(1, 0, 2)).reshape(self.num_source, n * 3)
         result = (self._matrix @ columns).reshape(self.num_target, n, 3).transpose(1, 0, 2)
         result = result + self._target
-        jaw = None
-        for part, region in zip(self._parts, self.part_region):
-            rest = self._target[part]
-            if region == ON_SKIN:
-                result[:, part] = _rigid_fit(rest, result[:, part])
-            elif region == WITH_JAW and len(self.jaw_anchors) >= MIN_ANCHORS:
-                if jaw is None:
-                    chin = self._fitted[self.jaw_anchors]
-                    jaw = _rigid_motion(chin, chin + moved[:, self.jaw_anchors])
-                rotation, rest_centre, moved_centre = jaw
-                result[:, part] = (rest - rest_centre) @ rotation + moved_centre
-            else:
-                result[:, part] = rest  # with the head, which is still
+        move_parts(
+            result,
+            moved,
+            self._target,
+            self._parts,
+            self.part_region,
+            self._fitted,
+            self.jaw_anchors,
+        )
         return result[0] if single else result
-
-
-def _rigid_motion(rest: np.ndarray, moved: np.ndarray):
-    """The least-squares rigid motions (Kabsch, no reflection) carrying `rest` (k, 3) onto each
-    frame of `moved` (n, k, 3): (n, 3, 3) rotations for row vectors, the (3,) centre of `rest`
-    and the (n, 1, 3) centres of `moved`; a point p goes to (p - rest centre) @ R + moved centre."""
-    rest = rest.astype(np.float64)
-    moved = moved.astype(np.float64)
-    rest_centre = rest.mean(axis=0)
-    moved_centre = moved.mean(axis=1, keepdims=True)
-    covariance = np.einsum("kc,nkd->ncd", rest - rest_centre, moved - moved_centre)
-    u, _, vt = np.linalg.svd(covariance)
-    flip = np.sign(np.linalg.det(u @ vt))
-    u[:, :, 2] *= flip[:, None]
-    return u @ vt, rest_centre, moved_centre
-
-
-def _rigid_fit(rest: np.ndarray, moved: np.ndarray) -> np.ndarray:
-    """(n, k, 3) the rigid motions of `rest` (k, 3) that best fit each frame of `moved`."""
-    rotation, rest_centre, moved_centre = _rigid_motion(rest, moved)
-    fitted = (rest.astype(np.float64) - rest_centre) @ rotation + moved_centre
-    return fitted.astype(np.float32)
 
 
 def bind(
@@ -281,75 +238,6 @@ def bind(
         part_region=part_region,
         jaw_anchors=None if regions is None else regions["jaw"],
     )
-
-
-def template_regions(
-    fitted: np.ndarray, masks: dict[str, np.ndarray] | None, up: np.ndarray
-) -> dict | None:
-    """Where the fitted template's eyes, lips, head and jaw are, from its region masks.
-
-    Returns None when the masks do not say where the lips and both eyes are; else a dict of `eyes`
-    (2, 3) and `lips` (3,) centres, `up` (3,) the face's up (the registration's, `up`, made square
-    to the line between the eyes), `iod` (the inter-ocular distance), and `jaw`: the template
-    vertices whose rigid motion the jaw's parts follow, those off the lips below them (the chin).
-    """
-    if not masks or "mouth" not in masks or "eyelids" not in masks:
-        return None
-    fitted = np.asarray(fitted, dtype=np.float64)
-    count = len(fitted)
-    masks = {name: np.asarray(mask, dtype=np.float64) for name, mask in masks.items()}
-    if any(mask.shape != (count,) for mask in masks.values()):
-        return None
-    lips, lids = masks["mouth"] > 0.5, masks["eyelids"] > 0.5
-    if lips.sum() < 3 or lids.sum() < 2:
-        return None
-    lid_points = fitted[lids]
-    centred = lid_points - lid_points.mean(0)
-    lateral = np.linalg.svd(centred, full_matrices=False)[2][0]
-    side = centred @ lateral > 0
-    if side.all() or not side.any():
-        return None
-    eyes = np.stack([lid_points[~side].mean(0), lid_points[side].mean(0)])
-    lip_centre = fitted[lips].mean(0)
-    iod = float(np.linalg.norm(eyes[1] - eyes[0]))
-    up = np.asarray(up, dtype=np.float64).copy()
-    up -= (up @ lateral) * lateral
-    if iod <= 0 or np.linalg.norm(up) <= 0:
-        return None
-    up /= np.linalg.norm(up)
-    height = (fitted - lip_centre) @ up
-    across = np.abs((fitted - lip_centre) @ lateral)
-    lip_floor = height[lips].min()
-    chin = ~lips & (height < lip_floor) & (height > -CHIN_REACH * iod) & (across < CHIN_WIDTH * iod)
-    return {
-        "eyes": eyes,
-        "lips": lip_centre,
-        "up": up,
-        "iod": iod,
-        "jaw": np.flatnonzero(chin).astype(np.int64),
-    }
-
-
-def parts_regions(
-    rigid: np.ndarray, points: np.ndarray, distance: np.ndarray, regions: dict | None
-) -> np.ndarray:
-    """(P,) int32 what each rigid part moves with (see the module docstring)."""
-    count = int(rigid.max(initial=-1) + 1)
-    result = np.full(count, ON_SKIN, dtype=np.int32)
-    if regions is None:
-        return result
-    iod = regions["iod"]
-    for part in range(count):
-        members = rigid == part
-        if np.median(distance[members]) <= SKIN_DEPTH * iod:
-            continue  # on the skin
-        centre = points[members].mean(0)
-        to_eyes = np.linalg.norm(regions["eyes"] - centre, axis=1).min()
-        to_lips = float(np.linalg.norm(regions["lips"] - centre))
-        below = (centre - regions["lips"]) @ regions["up"] < 0
-        mouth = to_lips < to_eyes and to_lips <= FEATURE_REACH * iod
-        result[part] = WITH_JAW if mouth and below else WITH_HEAD
-    return result
 
 
 def _sided_closest(
@@ -432,45 +320,6 @@ def _barycentric(corners: np.ndarray, points: np.ndarray) -> np.ndarray:
     weights = np.clip(weights, 0.0, None)
     total = weights.sum(1, keepdims=True)
     return np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / 3.0)
-
-
-def rigid_parts(target: Mesh) -> np.ndarray:
-    """(Nt,) int32 the rigid part of each target vertex (-1: none): separate components of the
-    target's triangles smaller than `RIGID_PART` of the largest one."""
-    import scipy.sparse
-    import scipy.sparse.csgraph
-
-    count = len(target.vertices)
-    labels = np.full(count, -1, dtype=np.int32)
-    faces = np.asarray(target.faces, dtype=np.int64)
-    if not len(faces):
-        return labels
-    edges = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
-    # Vertices at one position (the two sides of a UV seam, saved as separate vertices) belong
-    # together: a seam does not make a part.
-    vertices = np.asarray(target.vertices, dtype=np.float64)
-    size = float(np.linalg.norm(np.ptp(vertices, axis=0))) or 1.0
-    _, same, counts = np.unique(
-        np.round(vertices / (1e-7 * size)), axis=0, return_inverse=True, return_counts=True
-    )
-    same = same.reshape(-1)
-    if (counts > 1).any():
-        first = np.full(len(counts), -1, dtype=np.int64)
-        first[same[::-1]] = np.arange(count)[::-1]  # the first vertex at each position
-        seams = np.stack([np.arange(count), first[same]], axis=1)
-        edges = np.concatenate([edges, seams[seams[:, 0] != seams[:, 1]]])
-    graph = scipy.sparse.coo_matrix(
-        (np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(count, count)
-    )
-    _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
-    used = np.zeros(count, dtype=bool)
-    used[faces.ravel()] = True
-    sizes = np.bincount(component[used], minlength=component.max() + 1)
-    largest = sizes.max()
-    small = [c for c in np.flatnonzero(sizes) if 3 <= sizes[c] < RIGID_PART * largest]
-    for part, c in enumerate(small):
-        labels[(component == c) & used] = part
-    return labels
 
 
 def make_transfer(
