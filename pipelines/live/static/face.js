@@ -19,13 +19,30 @@ export async function fetchMesh(url) {
   return { positions, indices, vertices };
 }
 
+// Whether WebGL runs on the CPU (no GPU, or a browser that blocks it): SwiftShader, llvmpipe.
+function softwareRenderer(gl) {
+  const info = gl.getExtension("WEBGL_debug_renderer_info");
+  const name = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+  return /swiftshader|llvmpipe|softpipe|software/i.test(name);
+}
+
 export class Stage {
-  constructor(canvas) {
+  // options.softwareScale: the pixel ratio on a software renderer, where drawing costs CPU time
+  // in proportion to the pixels (the live page keeps up with 30 frames a second at 0.5 where it
+  // fell behind at 0.7 and 1 on 2 cores). ?scale=R sets the ratio everywhere.
+  constructor(canvas, options = {}) {
     this.canvas = canvas;
+    const params = new URLSearchParams(location.search);
     // ?aa=0 turns anti-aliasing off (a software GPU draws about twice as many frames without it).
-    const antialias = new URLSearchParams(location.search).get("aa") !== "0";
+    const antialias = params.get("aa") !== "0";
     this.renderer = new THREE.WebGLRenderer({ canvas, antialias, preserveDrawingBuffer: true });
-    this.renderer.setPixelRatio(Math.min(2, window.devicePixelRatio || 1));
+    this.software = softwareRenderer(this.renderer.getContext());
+    const scale = Number(params.get("scale"));
+    let ratio = Math.min(2, window.devicePixelRatio || 1);
+    if (scale > 0) ratio = Math.min(2, scale);
+    else if (this.software && options.softwareScale) ratio = options.softwareScale;
+    this.pixelRatio = ratio;
+    this.renderer.setPixelRatio(ratio);
     this.scene = new THREE.Scene();
     this.scene.background = new THREE.Color(0x20242a);
     this.camera = new THREE.PerspectiveCamera(30, 1, 0.01, 1e6);

@@ -3,6 +3,7 @@ import { Stage, fetchMesh, percentile } from "/static/face.js";
 
 const HEADER = 40; // protocol.FRAME_HEADER
 const MAX_BACKLOG = 3; // 100 ms at 30 fps: beyond it, latency would grow
+const SOFTWARE_SCALE = 0.5; // pixel ratio without a GPU: live frames before sharp ones
 const params = new URLSearchParams(location.search);
 const watch = (params.get("watch") || "").split(",").filter(Boolean).map(Number);
 const state = {
@@ -54,11 +55,14 @@ function onPong(message) {
 async function onSetup(setup) {
   state.setup = setup;
   const mesh = await fetchMesh(setup.mesh);
-  stage = new Stage($("face"));
+  stage = new Stage($("face"), { softwareScale: SOFTWARE_SCALE });
   face = stage.addFace(mesh);
   stage.controls.addEventListener("change", () => { dirty = true; });
+  state.software = stage.software;
+  state.pixelRatio = stage.pixelRatio;
   state.ready = true;
-  $("status").textContent = `${setup.vertices} vertices, ${setup.fps.toFixed(1)} fps, look-ahead ${(1000 * setup.lookahead_s).toFixed(0)} ms`;
+  const drawing = stage.software && stage.pixelRatio < 1 ? `, software renderer: drawn at ${stage.pixelRatio}x resolution (?scale=1 for full)` : "";
+  $("status").textContent = `${setup.vertices} vertices, ${setup.fps.toFixed(1)} fps, look-ahead ${(1000 * setup.lookahead_s).toFixed(0)} ms${drawing}`;
   if (setup.input === "page") {
     $("mic").onclick = startMicrophone;
     if (params.get("mic") === "1") startMicrophone();
