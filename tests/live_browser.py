@@ -47,35 +47,12 @@ def browser(fake_audio: Path | None = None):
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={fake_audio}%noloop",
         ]
-    with sync_playwright() as playwright, as_a_user(CHROMIUM) as executable:
-        instance = playwright.chromium.launch(executable_path=str(executable), args=args)
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
         try:
             yield instance
         finally:
             instance.close()
-
-
-@contextmanager
-def as_a_user(executable: Path):
-    """The browser without the root's right to raise its own priority (CAP_SYS_NICE), as a
-    user's browser runs: as root, chromium sets its GPU process to nice -8, ahead of the server
-    it is tested against (measured: 92% of a core at nice -8 beside the stream server's 39% at
-    0). Through util-linux's `setpriv`, where there is one; the executable itself elsewhere."""
-    import shutil
-    import tempfile
-
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() != 0 or setpriv is None:
-        yield executable
-        return
-    with tempfile.TemporaryDirectory(prefix="meshtalk-chromium-") as folder:
-        wrapper = Path(folder) / "chromium"
-        wrapper.write_text(
-            "#!/bin/sh\n"
-            f'exec {setpriv} --inh-caps=-sys_nice --bounding-set=-sys_nice "{executable}" "$@"\n'
-        )
-        wrapper.chmod(0o755)
-        yield wrapper
 
 
 def open_page(instance, url: str, size=(640, 480)):
