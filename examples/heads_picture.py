@@ -55,7 +55,8 @@ def heads(template: Mesh) -> dict[str, tuple[Mesh, np.ndarray]]:
 
 
 def mouth_most_open(frames: np.ndarray, rest: np.ndarray) -> int:
-    """The frame whose lower face moved furthest from rest (the largest 95th percentile)."""
+    """The frame that moved furthest from rest (the largest 99th percentile of vertex motion:
+    the open mouth, not a few stray vertices)."""
     motion = np.linalg.norm(frames - rest[None], axis=-1)
     return int(np.argmax(np.percentile(motion, 99, axis=1)))
 

@@ -111,23 +111,22 @@ def transfer_for(
 def known_masks(template: np.ndarray) -> dict[str, np.ndarray] | None:
     """The region masks of a template made by the bundled model: its face area, or a mesh that
     begins with it (the whole head `animate` writes), the masks padded with zeros; else None."""
+    from meshtalk.pipelines.checkpoint.format import read_json
+    from meshtalk.pipelines.checkpoint.run import TOPOLOGY, TOPOLOGY_RECORD, load_topology
     from meshtalk.pipelines.data.resources import default_model
 
-    topology = default_model.run_path() / "topology"
+    run = default_model.run_path()
     try:
-        face = np.load(topology / "template.npy", allow_pickle=False)
-        if len(template) < len(face) or not np.allclose(
-            np.asarray(template[: len(face)], dtype=np.float64), face, atol=1e-4
-        ):
-            return None
-        masks = {
-            path.stem: np.load(path, allow_pickle=False)
-            for path in sorted((topology / "masks").glob("*.npy"))
-        }
-    except (OSError, ValueError):
+        count = int(read_json(run / TOPOLOGY / TOPOLOGY_RECORD)["num_vertices"])
+        masks, face = load_topology(run, count)
+    except (MeshtalkError, OSError, KeyError, TypeError, ValueError):
         return None
-    padding = len(template) - len(face)
-    return {name: np.pad(mask.astype(np.float32), (0, padding)) for name, mask in masks.items()}
+    if len(template) < count or not np.allclose(
+        np.asarray(template[:count], dtype=np.float64), face, atol=1e-4
+    ):
+        return None
+    padding = len(template) - count
+    return {name: np.pad(mask, (0, padding)) for name, mask in masks.items()}
 
 
 TRANSFER_FILE = "transfer.npz"
