@@ -7,6 +7,11 @@ importer clamps negative ones, KhronosGroup/glTF-Blender-IO#1364): coefficient c
 [lo_k, hi_k] becomes w_k = (c_k - lo_k) / (hi_k - lo_k) with target (hi_k - lo_k) * b_k, and one
 constant "offset" target, sum_k lo_k * b_k, is held at weight 1.
 
+The targets are quantized to 16 bits (KHR_mesh_quantization: a GLB stores each as normalized
+SHORTs, 8 bytes a vertex instead of 12, its scale moved into its weight): target_k = q_k * s_k /
+32767 with s_k its largest |component|. The float32 targets of the Basis hold exactly those values,
+so the error measured on every frame is what a client rebuilds (USD writes the same floats).
+
 The frames are read in passes (a callable giving (n, V, 3) chunks), never all at once, so a clip of
 any length fits in memory: a randomized range finder with one power iteration (Halko et al. 2011)
 gives the subspace, the exact SVD of the clip projected onto it orders it, K is chosen on the frames
@@ -33,6 +38,8 @@ FIRST_SKETCH, PER_DECADE = 80, 86
 speech (40 for 178 frames, 124 for a minute, 210 for ten) with room; it doubles when too small."""
 CHECK_FRAMES = 384
 """Frames K is searched on (the largest residuals and evenly spaced ones) before the full check."""
+SHORT_MAX = 32767
+"""A normalized SHORT's largest value: q / 32767 in [-1, 1]."""
 
 
 @dataclass
@@ -45,6 +52,8 @@ class Basis:
         max_error: the largest distance of any vertex on any frame from the clip (output units).
         budget: the error budget it was fitted to (output units).
         exact: one one-hot target per frame (`exact_basis`) rather than an SVD basis.
+        scales: (K + 1,) float32 s_k of each target quantized to 16 bits (its values are
+            q * s_k / 32767 with integer |q| <= 32767), or None for float targets.
     """
 
     targets: np.ndarray
@@ -52,6 +61,16 @@ class Basis:
     max_error: float
     budget: float
     exact: bool = False
+    scales: np.ndarray | None = None
+
+    def quantized(self) -> tuple[np.ndarray, np.ndarray]:
+        """(K + 1, V, 3) int16 q of the targets and (T, K + 1) float32 weights times s_k: as a
+        GLB stores them (a normalized SHORT reads as q / 32767)."""
+        if self.scales is None:
+            raise ValueError("the basis is not quantized")
+        scales = self.scales.astype(np.float64)[:, None, None]
+        q = np.rint(self.targets.astype(np.float64) / scales * SHORT_MAX).astype(np.int16)
+        return q, (self.weights * self.scales[None]).astype(np.float32)
 
     @property
     def count(self) -> int:
@@ -217,7 +236,7 @@ def _bounded(
     weights = np.clip((coeffs - low) / span, 0.0, 1.0).astype(np.float32)
     targets = basis * span[:, None]
     offset = (low.astype(np.float64) @ basis.astype(np.float64)).astype(np.float32)
-    all_targets = np.concatenate([offset[None], targets]).astype(np.float32)
+    all_targets, scales = quantize(np.concatenate([offset[None], targets]))
     all_weights = np.concatenate([np.ones((len(weights), 1), np.float32), weights], axis=1)
     errors = _worst(chunks, all_weights, all_targets)
     num_vertices = basis.shape[1] // 3
@@ -226,8 +245,20 @@ def _bounded(
         weights=all_weights,
         max_error=float(errors.max()),
         budget=budget,
+        scales=scales,
     )
     return found, errors
+
+
+def quantize(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 3V) targets rounded to 16 bits of their own range, as float32, and (K,) their scales
+    s_k (the largest |component|; 1 for an all-zero target)."""
+    targets = targets.astype(np.float64)
+    scales = np.abs(targets).max(axis=1)
+    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    step = scales.astype(np.float64)[:, None] / SHORT_MAX
+    rounded = np.clip(np.rint(targets / step), -SHORT_MAX, SHORT_MAX) * step
+    return rounded.astype(np.float32), scales
 
 
 def exact_basis(chunks: Chunks, frames: int, num_vertices: int) -> Basis:

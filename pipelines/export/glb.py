@@ -5,8 +5,14 @@ buffers. Positions in metres, +Y up (the template's axes; the MeshTalk heads fac
 V vertices are the template's, in its order, so a viewer's vertex i is the animation's vertex i;
 where the user's mesh has UV seams, the extra corners are appended after them
 (`extras.meshtalk.seamVertices` names the template vertex each one copies). Every POSITION
-accessor (morph deltas too) and the animation's input carry `min`/`max` computed from the float32
+accessor (morph deltas too) and the animation's input carry `min`/`max` computed from the stored
 data, as the Khronos validator checks.
+
+The morph targets of an SVD basis are 16-bit (KHR_mesh_quantization, which Blender's importer,
+three.js and the validator read): normalized SHORTs, 8 bytes a vertex with the 4-byte alignment
+glTF asks of vertex attributes, instead of 12; each target's scale s_k (metres) goes into its
+weight, which stays in [0, 1] (weight_k * s_k). See basis.py: the recorded error is measured on
+exactly these values.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from meshtalk.pipelines.export.basis import Basis
 from meshtalk.pipelines.io.mesh import Mesh
 
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
-FLOAT, UNSIGNED_INT = 5126, 5125
+FLOAT, UNSIGNED_INT, SHORT = 5126, 5125, 5122
+QUANTIZATION = "KHR_mesh_quantization"
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
@@ -86,12 +93,18 @@ class _Blob:
     def __init__(self, gltf) -> None:
         self.gltf, self.parts, self.size = gltf, [], 0
 
-    def view(self, raw: bytes, target=None) -> int:
+    def view(self, raw: bytes, target=None, stride=None) -> int:
         """A bufferView of `raw`; its index."""
         import pygltflib
 
         self.gltf.bufferViews.append(
-            pygltflib.BufferView(buffer=0, byteOffset=self.size, byteLength=len(raw), target=target)
+            pygltflib.BufferView(
+                buffer=0,
+                byteOffset=self.size,
+                byteLength=len(raw),
+                target=target,
+                byteStride=stride,
+            )
         )
         self.parts.append(raw)
         self.size += len(raw)
@@ -116,6 +129,22 @@ class _Blob:
             rows = np.asarray(data).reshape(int(count), -1)
             accessor.min = [float(x) for x in rows.min(axis=0)]
             accessor.max = [float(x) for x in rows.max(axis=0)]
+        self.gltf.accessors.append(accessor)
+        return len(self.gltf.accessors) - 1
+
+    def add_shorts(self, q: np.ndarray) -> int:
+        """A normalized SHORT VEC3 accessor of (n, 3) int16 `q` (a morph target), each element
+        padded to 8 bytes; `min`/`max` in the stored integers, as the validator reads them."""
+        import pygltflib
+
+        padded = np.zeros((len(q), 4), np.int16)
+        padded[:, :3] = q
+        view = self.view(padded.tobytes(), ARRAY_BUFFER, stride=8)
+        accessor = pygltflib.Accessor(
+            bufferView=view, componentType=SHORT, normalized=True, count=len(q), type="VEC3"
+        )
+        accessor.min = [int(x) for x in q.min(axis=0)]
+        accessor.max = [int(x) for x in q.max(axis=0)]
         self.gltf.accessors.append(accessor)
         return len(self.gltf.accessors) - 1
 
@@ -152,8 +181,17 @@ def build_glb(mesh: Mesh, basis: Basis, fps: float, extras: dict | None = None, 
         attributes.TEXCOORD_0 = blob.add(laid.uvs, "VEC2", FLOAT, ARRAY_BUFFER)
     if laid.colours is not None:
         attributes.COLOR_0 = blob.add(laid.colours, "VEC3", FLOAT, ARRAY_BUFFER)
-    targets = []
-    for target in basis.targets:
+    targets, weights = [], np.asarray(basis.weights, np.float32)
+    if basis.scales is not None:
+        q, scaled = basis.quantized()
+        short = basis.scales <= 1  # the weight w * s_k stays in [0, 1]
+        weights = np.where(short[None], scaled, weights)
+        if short.any():
+            gltf.extensionsUsed, gltf.extensionsRequired = [QUANTIZATION], [QUANTIZATION]
+    for k, target in enumerate(basis.targets):
+        if basis.scales is not None and short[k]:
+            targets.append({"POSITION": blob.add_shorts(q[k][laid.source])})
+            continue
         delta = np.asarray(target, np.float32)[laid.source]
         targets.append({"POSITION": blob.add(delta, "VEC3", FLOAT, ARRAY_BUFFER, bounds=True)})
     primitive = pygltflib.Primitive(
@@ -164,7 +202,6 @@ def build_glb(mesh: Mesh, basis: Basis, fps: float, extras: dict | None = None, 
     )
     if material is not None:
         primitive.material = _material(gltf, blob, *material, has_uvs=laid.uvs is not None)
-    weights = np.asarray(basis.weights, np.float32)
     gltf.meshes = [
         pygltflib.Mesh(
             name="face",

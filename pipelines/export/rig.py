@@ -121,12 +121,6 @@ def read_accessor(gltf, path: Path, index: int) -> np.ndarray:
         values = _view(
             gltf, path, accessor.bufferView, accessor.byteOffset, dtype, accessor.count, width
         )
-    if accessor.normalized:
-        raise MeshtalkError(
-            path,
-            f"accessor {index} holds quantized (normalized) values; "
-            "export the rig with float positions",
-        )
     sparse = accessor.sparse
     if sparse is not None and sparse.count:
         indices = _view(
@@ -151,7 +145,16 @@ def read_accessor(gltf, path: Path, index: int) -> np.ndarray:
             raise MeshtalkError(path, f"accessor {index}: sparse indices beyond its count")
         values = values.copy()
         values[indices.astype(np.int64)] = substitutes
+    if accessor.normalized and np.issubdtype(dtype, np.integer):
+        return dequantize(values)
     return values.astype(np.int64 if np.issubdtype(dtype, np.integer) else np.float64)
+
+
+def dequantize(values: np.ndarray) -> np.ndarray:
+    """Normalized integers as glTF reads them (KHR_mesh_quantization): unsigned n-bit v / (2^n - 1),
+    signed max(v / (2^(n-1) - 1), -1); float64."""
+    info = np.iinfo(values.dtype)
+    return np.maximum(values.astype(np.float64) / info.max, -1.0)
 
 
 def _names(mesh) -> list[str] | None:
