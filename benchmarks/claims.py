@@ -36,7 +36,8 @@ claims_error_map.png (per-vertex error); --workdir keeps the dataset and the run
 measures them again without training.
 
 `--world ict` makes the same split on the ICT-FaceKit head (`synth --face ict`, 6,706 vertices,
-eSpeak NG voices), the bundled default model's world; its stage 1 costs about 5x more per step.
+eSpeak NG voices), the bundled default model's world; its stage 1 costs about 5x more per step
+and warms the Gumbel noise up over the first half of the steps, as the bundled model's recipe does.
 
     python benchmarks/claims.py [--quick] [--world ict] [--json claims.json] [--figures DIR]
                                 [--workdir DIR]
@@ -202,9 +203,14 @@ def train_regression(
     return model.eval()
 
 
-def train_all(work: Path, dataset, sizes: Sizes, console: Console, reuse: bool):
+def train_all(
+    work: Path, dataset, sizes: Sizes, console: Console, reuse: bool, warmup: bool = False
+):
     """The world and every trained model: (store, topology folder, run folder of each latent
-    variant, the regression). With `reuse`, what an earlier run left in `work` is taken as is."""
+    variant, the regression). With `reuse`, what an earlier run left in `work` is taken as is.
+    `warmup`: the Gumbel noise of every stage-1 variant warmed up over the first half of its
+    steps, as the bundled default model's recipe does (the ICT world: without it the decoder
+    learns to ignore the untrained encoder's codes and every sample holds the mean mouth)."""
     store_path, topology = work / "data", work / "multiface" / "topology"
     runs = {name: work / f"run-{i}" for i, name in enumerate(LATENT_VARIANTS)}
     weights = work / "regression.safetensors"
@@ -217,6 +223,8 @@ def train_all(work: Path, dataset, sizes: Sizes, console: Console, reuse: bool):
         upper_face_weight=UPPER_FACE_WEIGHT,
     )
     cross = variant(cross, cross, "model", heads=HEADS)
+    if warmup:
+        cross = variant(cross, cross, "train", gumbel_warmup=max(1, sizes.latent_steps // 2))
     if reuse and weights.is_file():
         console.log(f"reusing the dataset and the trained runs in {work}")
         regression = regression_model(store_path, cross)
@@ -355,7 +363,7 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         store_path, topology, runs, regression = train_all(
-            work, dataset, sizes, console, args.reuse
+            work, dataset, sizes, console, args.reuse, warmup=args.world == "ict"
         )
         trained = time.perf_counter() - began
         store = PreparedStore(store_path)

@@ -129,8 +129,13 @@ def _orthonormal(columns: np.ndarray) -> np.ndarray:
     """Orthonormal columns spanning `columns` (tall and thin): Householder QR in float64. (A
     Cholesky-QR through the Gram matrix, cheaper, squares the power iteration's already squared
     spectrum and dropped the weak directions a 0.1 mm budget needs: 10 min of speech took K=292
-    instead of 210.)"""
-    return np.linalg.qr(columns.astype(np.float64))[0].astype(np.float32)
+    instead of 210.) scipy's economic QR on a Fortran-order copy: half numpy's time, which copies
+    and forms Q through its generic path (80157 x 80: 1.0 s against 2.1 s)."""
+    import scipy.linalg
+
+    tall = np.asfortranarray(columns, dtype=np.float64)
+    q = scipy.linalg.qr(tall, mode="economic", overwrite_a=True, check_finite=False)[0]
+    return q.astype(np.float32)
 
 
 def _subspace(
