@@ -210,6 +210,34 @@ def test_glb_of_animate_holds_the_clip_within_its_recorded_error(clip):
     assert size < 0.3 * (clip / "animation.npz").stat().st_size  # 2.5 MB against 10.7 MB
 
 
+def test_the_whole_head_basis_comes_from_its_rig_and_an_edited_clip_falls_back(clip, tmp_path):
+    """animate's whole head is its rig posed by the npz's expression weights (eyeballs turned):
+    the basis is found from them without a pass over the frames, then checked on every frame. A
+    clip edited after animate (one frame's vertex moved 1 mm) fails that check and gets the
+    SVD basis instead, within the budget either way."""
+    gltf, _ = gltf_arrays(clip / "animation.glb")
+    assert gltf.asset.extras["meshtalk"]["basisFrom"] == "rig"
+    with np.load(clip / "animation.npz") as npz:
+        members = {name: npz[name] for name in npz.files}
+    members["vertices"] = members["vertices"].copy()
+    members["vertices"][40, 100] += [1.0, 0.0, 0.0]
+    edited = tmp_path / "edited.npz"
+    with NpzWriter(edited) as npz:
+        for name, value in members.items():
+            npz.add(name, value)
+    result = invoke("export", edited, "--to", "glb", "-o", tmp_path / "out", "--no-progress")
+    assert result.exit_code == 0, result.output
+    gltf, array = gltf_arrays(tmp_path / "out" / "animation.glb")
+    record = gltf.asset.extras["meshtalk"]
+    assert record["basisFrom"] == "svd" and record["maxErrorMm"] <= 0.1
+    primitive = gltf.meshes[0].primitives[0]
+    weights = array(gltf.animations[0].samplers[0].output).reshape(len(members["vertices"]), -1)
+    deltas = np.stack([array(t["POSITION"]) for t in primitive.targets])
+    rebuilt = array(primitive.attributes.POSITION)[None] + np.einsum("tk,kvc->tvc", weights, deltas)
+    error_mm = np.linalg.norm(rebuilt - members["vertices"] * 1e-3, axis=2).max() * 1e3
+    assert error_mm <= record["maxErrorMm"] + 1e-4
+
+
 def test_units_scale_pc2_and_template_but_not_the_npz(clip):
     from meshtalk.pipelines.export import read_pc2
     from meshtalk.pipelines.io.mesh import read_mesh

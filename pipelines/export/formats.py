@@ -117,6 +117,7 @@ def write_formats(
     from meshtalk.pipelines.export.basis import exact_basis, fit_basis
     from meshtalk.pipelines.export.glb import build_glb, obj_material, write_glb
     from meshtalk.pipelines.export.npz import iter_rows, member_shape
+    from meshtalk.pipelines.export.rig_basis import bundled_rig_for, rig_basis
     from meshtalk.pipelines.export.usd import write_usdc, write_usdz
     from meshtalk.pipelines.io.progress import progress_bar
 
@@ -149,11 +150,18 @@ def write_formats(
         task = bar.add_task("exporting", total=steps)
         basis = None
         if "glb" in formats or "usdz" in formats:
+            source = "exact" if exact else "svd"
             if exact:
                 basis = exact_basis(displacements, frames, count)
             else:
-                basis = fit_basis(displacements, frames, count, error_mm * 1e-3)
+                posed = bundled_rig_for(npz, base)
+                if posed is not None and len(posed[1]) == frames:
+                    basis = rig_basis(displacements, *posed, metres, error_mm * 1e-3)
+                    source = "svd" if basis is None else "rig"
+                if basis is None:
+                    basis = fit_basis(displacements, frames, count, error_mm * 1e-3)
             written.update(
+                basis=source,
                 targets=basis.count,
                 max_error_mm=basis.max_error * 1e3,
                 budget_mm=basis.budget * 1e3,
@@ -169,6 +177,7 @@ def write_formats(
             "maxErrorMm": written.get("max_error_mm", 0.0),
             "budgetMm": written.get("budget_mm", 0.0),
             "targets": written.get("targets", 0),
+            "basisFrom": written.get("basis", ""),
             "exact": exact,
             "writtenBy": "meshtalk",
         }

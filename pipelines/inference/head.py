@@ -50,10 +50,19 @@ class HeadRig:
         return heads
 
     def _turn_eyes(self, heads: np.ndarray, weights: np.ndarray) -> None:
+        for ids, centre, rotations in self.eye_turns(weights):
+            rest = self.neutral[ids] - centre
+            heads[:, ids] = np.einsum("vj,tij->tvi", rest, rotations) + centre
+
+    def eye_turns(self, weights: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each eyeball's (vertex ids, centre, (T, 3, 3) float32 rotation per frame) for weights
+        (T, E): yaw from eyeLookOut - eyeLookIn, pitch from eyeLookUp - eyeLookDown (see
+        GAZE_DEGREES); the identity on frames where both are under 1e-4 rad."""
         start, end = self.parts["eyeballs"]
         rest = self.neutral[start:end]
         column = {name: weights[:, k] for k, name in enumerate(self.names)}
         zero = np.zeros(len(weights), dtype=np.float32)
+        turns = []
         for side, sign in (("_L", 1.0), ("_R", -1.0)):  # the face's left eye is at +x
             ids = np.flatnonzero(np.sign(rest[:, 0]) == sign) + start
             centre = self.neutral[ids].mean(0)
@@ -62,12 +71,15 @@ class HeadRig:
             pitch = np.radians(GAZE_DEGREES[1]) * (
                 column.get("eyeLookUp" + side, zero) - column.get("eyeLookDown" + side, zero)
             )
-            for t in np.flatnonzero((np.abs(yaw) > 1e-4) | (np.abs(pitch) > 1e-4)):
-                cy, sy, cp, sp = np.cos(yaw[t]), np.sin(yaw[t]), np.cos(pitch[t]), np.sin(pitch[t])
-                turn_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-                turn_x = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
-                rotation = (turn_y @ turn_x).astype(np.float32)
-                heads[t, ids] = (self.neutral[ids] - centre) @ rotation.T + centre
+            still = (np.abs(yaw) <= 1e-4) & (np.abs(pitch) <= 1e-4)
+            yaw, pitch = np.where(still, 0.0, yaw), np.where(still, 0.0, pitch)
+            cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+            rotations = np.zeros((len(weights), 3, 3))  # turn_y(yaw) @ turn_x(pitch)
+            rotations[:, 0] = np.stack([cy, sy * sp, sy * cp], 1)
+            rotations[:, 1] = np.stack([np.zeros_like(cp), cp, -sp], 1)
+            rotations[:, 2] = np.stack([-sy, cy * sp, cy * cp], 1)
+            turns.append((ids, centre, rotations.astype(np.float32)))
+        return turns
 
 
 def read_rig(path: Path) -> HeadRig:
