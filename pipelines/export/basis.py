@@ -90,8 +90,13 @@ def _stacked(chunk: np.ndarray) -> np.ndarray:
 
 def _frame_errors(rows: np.ndarray, coeffs: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """(n,) the largest vertex distance of each row from its reconstruction."""
-    residual = rows - coeffs @ basis
-    return np.sqrt((residual.reshape(len(rows), -1, 3) ** 2).sum(axis=2)).max(axis=1)
+    residual = coeffs @ basis  # in place from here: this runs on every frame of the clip
+    np.subtract(rows, residual, out=residual)
+    np.square(residual, out=residual)
+    per_axis = residual.reshape(len(rows), -1, 3)
+    squared = per_axis[:, :, 0] + per_axis[:, :, 1]  # a sum over a length-3 axis is slow
+    squared += per_axis[:, :, 2]
+    return np.sqrt(squared.max(axis=1))
 
 
 def fit_basis(
