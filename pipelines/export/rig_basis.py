@@ -55,7 +55,7 @@ def rig_basis(
     when the frames are not the rig's pose of the weights (the check fails at full rank)."""
     import scipy.linalg
 
-    frames, count = len(weights), len(rig.neutral)
+    count = len(rig.neutral)
     shapes = rig.expressions.astype(np.float64).copy()
     turns = rig.eye_turns(weights)
     fields, coefficients = [], []
@@ -77,8 +77,5 @@ def rig_basis(
     keep[:1] = True
     basis = np.ascontiguousarray((q @ vt[keep].T).T.astype(np.float32))  # (L, 3V)
     scores = (u[:, keep] * s[keep]).astype(np.float32)
-    energy = (s[None, :] * u) ** 2
-    energy = energy.sum(axis=1)
-    if len(scores) != frames:
-        return None
+    energy = ((u * s) ** 2).sum(axis=1)  # each frame's squared norm (Q's columns orthonormal)
     return _choose(chunks, scores, basis, energy, len(basis), budget)
