@@ -24,6 +24,7 @@ from meshtalk.pipelines.export import (
     read_pc2,
     read_pc2_header,
 )
+from meshtalk.pipelines.export.npz import chunks_of, mapped_member
 from meshtalk.pipelines.inference import animate as animate_module
 from meshtalk.pipelines.inference.animate import AnimateConfig, animate
 from meshtalk.pipelines.inference.smoothing import (
@@ -321,6 +322,15 @@ def test_npz_members_stream_in_and_out(tmp_path):
     with np.load(path, allow_pickle=False) as archive:
         assert np.array_equal(archive["vertices"], rows) and str(archive["name"]) == "text"
     assert np.array_equal(np.concatenate(list(iter_rows(path, "vertices", rows=2))), rows)
+    mapped = mapped_member(path, "vertices")  # the stored member mapped in place, no copy
+    assert np.array_equal(mapped, rows) and not mapped.flags.writeable
+    assert np.array_equal(np.concatenate(list(chunks_of(mapped, 2))), rows)
+    np.savez_compressed(tmp_path / "c.npz", vertices=rows)
+    assert mapped_member(tmp_path / "c.npz", "vertices") is None  # deflated: read it instead
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(MeshtalkError):  # the zip's directory is gone with the tail
+        mapped_member(cut, "vertices")
     with NpzWriter(tmp_path / "b.npz") as npz:
         stream = npz.stream("vertices", rows.shape, np.float32)
         stream.write(rows[:4])

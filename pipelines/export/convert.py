@@ -148,13 +148,17 @@ def _write_pc2(folder: Path, npz: Path, mesh, shape, scale: float, suffix: str) 
     """animation.pc2 and the template it moves (template.ply/.obj, materials copied)."""
     from dataclasses import replace
 
-    from meshtalk.pipelines.export.npz import iter_rows
+    from meshtalk.pipelines.export.npz import iter_rows, mapped_member
     from meshtalk.pipelines.export.pc2 import PC2Header, PC2Writer
     from meshtalk.pipelines.io.mesh import copy_materials, write_mesh
 
+    mapped = mapped_member(npz, "vertices")  # read once already (run: CRC, finite)
     with PC2Writer(folder / "animation.pc2", PC2Header(shape[1], shape[0]), scale) as writer:
-        for rows in iter_rows(npz, "vertices"):
-            writer.write(rows)
+        if scale == 1.0 and isinstance(mapped, np.memmap) and mapped.dtype == np.dtype("<f4"):
+            writer.copy_frames(npz, mapped.offset, shape[0])  # the same bytes: a kernel copy
+        else:
+            for rows in iter_rows(npz, "vertices"):
+                writer.write(rows)
     scaled = np.asarray(mesh.vertices, np.float32) * np.float32(scale)
     write_mesh(folder / f"template{suffix}", replace(mesh, vertices=scaled))
     if suffix == ".obj":

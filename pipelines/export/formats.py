@@ -1,6 +1,6 @@
 """GLB and USD files of an animation archive, and the units of every export.
 
-`write_formats` reads a finished `animation.npz` (its vertices a chunk at a time, per pass) and
+`write_formats` reads a finished `animation.npz` (its vertices mapped in place, read per pass) and
 writes `animation.glb`, `animation.usdz` and/or `animation.usdc` beside it, in metres, with the
 speech as `animation.wav` (glTF has no ratified audio; the USDZ packages the same file). `animate`,
 `dub` and `retarget` call it for `--formats`; `meshtalk export` for any archive.
@@ -30,7 +30,6 @@ ERROR_MM = 0.1
 frame."""
 MAX_EXACT_FRAMES = 1800
 """`exact` stores a full copy of the mesh per frame: a minute at 30 fps at most."""
-READ_ROWS = 256
 
 
 def guess_units(template: np.ndarray) -> str:
@@ -114,10 +113,8 @@ def write_formats(
         exact: one one-hot target per frame instead of a basis (GLB and USDZ).
         fps: frames per second (None: the archive's).
     """
-    from meshtalk.pipelines.export.basis import exact_basis, fit_basis
     from meshtalk.pipelines.export.glb import build_glb, obj_material, write_glb
-    from meshtalk.pipelines.export.npz import iter_rows, member_shape
-    from meshtalk.pipelines.export.rig_basis import bundled_rig_for, rig_basis
+    from meshtalk.pipelines.export.npz import member_shape
     from meshtalk.pipelines.export.usd import write_usdc, write_usdz
     from meshtalk.pipelines.io.progress import progress_bar
 
@@ -139,14 +136,6 @@ def write_formats(
     scale = np.float32(metres)
     mesh = replace(template, vertices=(base * metres).astype(np.float32))
 
-    base32 = base.astype(np.float32)
-
-    def displacements():  # float32 throughout (1e-5 mm of rounding at a head's 100 mm)
-        for rows in iter_rows(npz, "vertices", READ_ROWS):
-            moved = np.subtract(rows, base32, dtype=np.float32)
-            moved *= scale
-            yield moved
-
     written: dict = {"fps": fps, "frames": frames, "vertices": count, "metres_per_unit": metres}
     wav = None
     steps = len(formats) + ("glb" in formats or "usdz" in formats)
@@ -154,16 +143,7 @@ def write_formats(
         task = bar.add_task("exporting", total=steps)
         basis = None
         if "glb" in formats or "usdz" in formats:
-            source = "exact" if exact else "svd"
-            if exact:
-                basis = exact_basis(displacements, frames, count)
-            else:
-                posed = bundled_rig_for(npz, base)
-                if posed is not None and len(posed[1]) == frames:
-                    basis = rig_basis(displacements, *posed, metres, error_mm * 1e-3)
-                    source = "svd" if basis is None else "rig"
-                if basis is None:
-                    basis = fit_basis(displacements, frames, count, error_mm * 1e-3)
+            basis, source = clip_basis(npz, base, metres, error_mm * 1e-3, exact)
             written.update(
                 basis=source,
                 targets=basis.count,
@@ -202,12 +182,48 @@ def write_formats(
             )
             bar.advance(task)
         if "usdc" in formats:
-            positions = (rows * scale for rows in iter_rows(npz, "vertices", READ_ROWS))
+            positions = (rows * scale for rows in frames_of(npz))
             write_usdc(folder / "animation.usdc", mesh, positions, frames, fps, extras)
             bar.advance(task)
     names = [f"animation.{name}" for name in formats]
     written["files"] = names + ([] if wav is None else [wav[0].name])
     return written
+
+
+def frames_of(npz: Path):  # noqa: ANN201
+    """The archive's vertices in chunks of about 4 MB: mapped in place when stored (the caller
+    has read them once through `iter_rows`, which checks the CRC), else read."""
+    from meshtalk.pipelines.export.npz import chunks_of, iter_rows, mapped_member
+
+    mapped = mapped_member(npz, "vertices")
+    return iter_rows(npz, "vertices") if mapped is None else chunks_of(mapped)
+
+
+def clip_basis(npz: Path, template: np.ndarray, metres: float, budget: float, exact: bool = False):  # noqa: ANN201
+    """(Basis, where it came from: 'rig', 'svd' or 'exact') of the archive's vertices as
+    displacements from `template` (V, 3) scaled by `metres`, within `budget` (in metres)."""
+    from meshtalk.pipelines.export.basis import exact_basis, fit_basis
+    from meshtalk.pipelines.export.npz import member_shape
+    from meshtalk.pipelines.export.rig_basis import bundled_rig_for, rig_basis
+
+    (frames, count, _), _ = member_shape(npz, "vertices")
+    base32 = np.asarray(template, np.float32)
+    scale = np.float32(metres)
+
+    def displacements():  # float32 throughout (1e-5 mm of rounding at a head's 100 mm)
+        for rows in frames_of(npz):
+            moved = np.subtract(rows, base32, dtype=np.float32)
+            moved *= scale
+            yield moved
+
+    if exact:
+        return exact_basis(displacements, frames, count), "exact"
+    posed = bundled_rig_for(npz, np.asarray(template, np.float64))
+    if posed is not None and len(posed[1]) == frames:
+        basis = rig_basis(displacements, *posed, metres, budget)
+        if basis is not None:
+            return basis, "rig"
+    return fit_basis(displacements, frames, count, budget), "svd"
 
 
 def _write_wav(folder: Path, npz: Path) -> tuple[Path, float] | None:

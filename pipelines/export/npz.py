@@ -148,13 +148,24 @@ def _failing(writer: NpzWriter | None) -> Iterator[None]:
         raise
 
 
-def iter_rows(path: str | Path, name: str, rows: int = 256) -> Iterator[np.ndarray]:
+CHUNK_BYTES = 4 << 20
+"""Chunks of about 4 MB when no row count is given: small enough that numpy's temporaries reuse
+freed memory (an 82 MB chunk of a 26k-vertex head was a fresh mmap and page faults every time)."""
+
+
+def rows_per_chunk(shape: tuple[int, ...], dtype) -> int:
+    """Rows of a member of `shape` and `dtype` in about CHUNK_BYTES (at least one)."""
+    row_bytes = np.dtype(dtype).itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    return max(1, CHUNK_BYTES // max(row_bytes, 1))
+
+
+def iter_rows(path: str | Path, name: str, rows: int | None = None) -> Iterator[np.ndarray]:
     """The rows of an `.npz` member `rows` at a time, without reading the whole array.
 
     Args:
         path: an `.npz` archive.
         name: the member (without `.npy`).
-        rows: rows per chunk along the first axis.
+        rows: rows per chunk along the first axis (None: about CHUNK_BYTES a chunk).
 
     Yields:
         (n, *shape[1:]) arrays, n <= rows, in order.
@@ -165,6 +176,7 @@ def iter_rows(path: str | Path, name: str, rows: int = 256) -> Iterator[np.ndarr
         if fortran or dtype.hasobject or not shape:
             raise MeshtalkError(path, f"member {name} is not a C-ordered array of rows")
         row_bytes = dtype.itemsize * int(np.prod(shape[1:]))
+        rows = rows_per_chunk(shape, dtype) if rows is None else rows
         for first in range(0, shape[0], rows):
             count = min(rows, shape[0] - first)
             try:
@@ -176,7 +188,47 @@ def iter_rows(path: str | Path, name: str, rows: int = 256) -> Iterator[np.ndarr
             yield np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:])
 
 
-def first_nonfinite_row(path: str | Path, name: str, rows: int = 256) -> int | None:
+def mapped_member(path: str | Path, name: str) -> np.ndarray | None:
+    """A read-only memory map of a stored (uncompressed) `.npz` member, or None when it is
+    compressed or not a plain C-ordered array. For repeated passes over a member already read
+    once through `iter_rows` (which checks its CRC): no copy, no checksum, pages from the cache."""
+    path = Path(path)
+    with _open_archive(path) as archive:
+        try:
+            info = archive.getinfo(f"{name}.npy")
+        except KeyError:
+            raise MeshtalkError(path, f"has no member '{name}'") from None
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(path, "rb") as raw:
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise MeshtalkError(path, f"member {name} is damaged (no local header)")
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+            start += int.from_bytes(local[28:30], "little")
+            raw.seek(start)
+            shape, fortran, dtype = _read_header(raw)
+            offset = raw.tell()
+    if fortran or dtype.hasobject or not shape:
+        return None
+    size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    if offset - start + size != info.file_size or offset + size > path.stat().st_size:
+        raise MeshtalkError(path, f"member {name} is truncated")
+    if size == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def chunks_of(array: np.ndarray, rows: int | None = None) -> Iterator[np.ndarray]:
+    """(n, ...) slices of an array (a memory map, say) along its first axis, about CHUNK_BYTES
+    each unless `rows` is given."""
+    rows = rows_per_chunk(array.shape, array.dtype) if rows is None else rows
+    for first in range(0, len(array), rows):
+        yield array[first : first + rows]
+
+
+def first_nonfinite_row(path: str | Path, name: str, rows: int | None = None) -> int | None:
     """Index of the first row of member `name` holding NaN or infinity (None: all finite).
 
     Read a chunk at a time, so checking a long animation before any work costs no memory.

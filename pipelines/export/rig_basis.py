@@ -55,27 +55,36 @@ def rig_basis(
     when the frames are not the rig's pose of the weights (the check fails at full rank)."""
     import scipy.linalg
 
-    count = len(rig.neutral)
-    shapes = rig.expressions.astype(np.float64).copy()
+    count, names = len(rig.neutral), len(rig.expressions)
     turns = rig.eye_turns(weights)
-    fields, coefficients = [], []
+    # float32 throughout: the targets are millimetres, the check below reads the file in float32
+    targets = np.zeros((names + len(EYE_ENTRIES) * len(turns), count, 3), np.float32)
+    targets[:names] = rig.expressions
+    coefficients = [weights.astype(np.float64)]
+    row = names
     for ids, centre, rotations in turns:
-        shapes[:, ids] = 0.0  # the eyeballs turn rigidly; the shapes do not reach them
+        targets[:names, ids] = 0.0  # the eyeballs turn rigidly; the shapes do not reach them
         rest = rig.neutral[ids].astype(np.float64) - centre
         for i, j in EYE_ENTRIES:
-            field = np.zeros((count, 3))
-            field[ids, i] = rest[:, j]
-            fields.append(field)
-            coefficients.append(rotations[:, i, j] - (1.0 if i == j else 0.0))
-    targets = np.concatenate([shapes, np.stack(fields)]).reshape(-1, 3 * count) * metres
-    coeffs = np.concatenate([weights.astype(np.float64), np.stack(coefficients, 1)], axis=1)
+            targets[row, ids, i] = rest[:, j]
+            coefficients.append(rotations[:, i, j, None] - (1.0 if i == j else 0.0))
+            row += 1
+    targets = targets.reshape(len(targets), -1)
+    targets *= np.float32(metres)
+    coeffs = np.concatenate(coefficients, axis=1)
     moving = np.abs(targets).max(axis=1) > 0
-    targets, coeffs = targets[moving], coeffs[:, moving]
-    q, r = scipy.linalg.qr(targets.T, mode="economic", check_finite=False)
-    u, s, vt = np.linalg.svd(coeffs @ r.T, full_matrices=False)
+    if not moving.all():
+        targets, coeffs = targets[moving], coeffs[:, moving]
+    # targets.T is Fortran-ordered: LAPACK factorises it in place, no copy
+    q, r = scipy.linalg.qr(targets.T, mode="economic", overwrite_a=True, check_finite=False)
+    u, s, vt = np.linalg.svd(coeffs @ r.T.astype(np.float64), full_matrices=False)
     keep = s > s[0] * 1e-7 if len(s) and s[0] > 0 else np.zeros(len(s), bool)
     keep[:1] = True
-    basis = np.ascontiguousarray((q @ vt[keep].T).T.astype(np.float32))  # (L, 3V)
+    basis = np.ascontiguousarray((q @ vt[keep].T.astype(np.float32)).T)  # (L, 3V)
     scores = (u[:, keep] * s[keep]).astype(np.float32)
     energy = ((u * s) ** 2).sum(axis=1)  # each frame's squared norm (Q's columns orthonormal)
-    return _choose(chunks, scores, basis, energy, len(basis), budget)
+
+    def gather(frames: np.ndarray) -> np.ndarray:  # the rig's pose of the sample: no file pass
+        return scores[frames] @ basis  # (the directions dropped hold < 1e-14 of the energy)
+
+    return _choose(chunks, scores, basis, energy, len(basis), budget, gather)
