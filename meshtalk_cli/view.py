@@ -33,8 +33,9 @@ def view(
     compare: Annotated[
         Path | None,
         typer.Option(
-            help="A second animation of the same topology: shown beside the first, both coloured "
-            "by their per-vertex distance, with a colour bar in mm.",
+            help="A second animation of the same topology: each take shown beside the same "
+            "take of it (up to 4 pairs), both coloured by their per-vertex distance, with a "
+            "colour bar in mm.",
             show_default=False,
         ),
     ] = None,

@@ -52,9 +52,23 @@ def test_view_serves_the_takes_and_nothing_else(animation):
         listing = json.loads(body)
         assert [t["name"] for t in listing["takes"]] == ["take_0", "take_1"]
         take = npz(animation / "take_1" / "animation.npz")
-        status, body = get(url, listing["takes"][1]["offsets"])
-        offsets = np.frombuffer(body, "<f4").reshape(take["vertices"].shape)
-        np.testing.assert_allclose(offsets + take["template"], take["vertices"], atol=1e-4)
+        entry = listing["takes"][1]
+        count, frames, size = entry["target_count"], len(take["vertices"]), 0
+        # The clip as the GLB export's morph targets and weights, within its recorded error
+        # (0.1 mm at most), in a fraction of the raw frames' bytes.
+        for key in ("targets", "weights"):
+            status, body = get(url, entry[key])
+            assert status == 200
+            size += len(body)
+            if key == "targets":
+                targets = np.frombuffer(body, "<f4").reshape(count, -1)
+            else:
+                weights = np.frombuffer(body, "<f4").reshape(frames, count)
+        assert 0 < entry["max_error"] <= 0.1 and size < 0.5 * take["vertices"].nbytes
+        rebuilt = (weights.astype(np.float64) @ targets).reshape(take["vertices"].shape)
+        error = np.linalg.norm(rebuilt + take["template"] - take["vertices"], axis=-1).max()
+        assert error <= entry["max_error"] + 1e-4, (error, entry["max_error"])
+        assert np.abs(weights).max() > 0 and (weights >= 0).all() and (weights <= 1).all()
         status, body = get(url, listing["takes"][1]["mesh"])
         magic, vertices, faces = MESH_HEADER.unpack_from(body)
         # The bundled head is made of parts: the page draws the faces the video draws (not the
@@ -116,6 +130,8 @@ def test_view_page_plays_the_animation_at_real_time(animation):
     with served("view", str(animation)) as (_, url), browser() as instance:
         page = open_page(instance, url)
         page.wait_for_function("window.meshtalk.ready && window.meshtalk.draws > 2", timeout=90_000)
+        max_error = page.evaluate("meshtalk.takes[0].max_error")  # the basis's, at most 0.1 mm
+        assert 0 < max_error <= 0.1
         # The page's own script started the speech (page.evaluate would count as a gesture).
         page.wait_for_function("window.meshtalk.playing === true", timeout=30_000)
         clock = page.evaluate("""() => new Promise((done) => {
@@ -129,7 +145,8 @@ def test_view_page_plays_the_animation_at_real_time(animation):
             t, frame = drawn["last"]["t"], drawn["last"]["frame"]
             expected = min(len(take["vertices"]) - 1, int(t * float(take["fps"]) + 1e-6))
             assert frame == expected
-            np.testing.assert_allclose(drawn["at"], take["vertices"][frame, probe], atol=1e-3)
+            error = np.linalg.norm(np.array(drawn["at"]) - take["vertices"][frame, probe], axis=1)
+            assert error.max() <= max_error + 1e-3, (error, max_error)
             time.sleep(0.4)
         page.evaluate("meshtalk.pause()")
         page.evaluate("meshtalk.seek(1.0)")
@@ -180,6 +197,29 @@ def test_view_compare_shows_a_colour_bar_in_mm(animation):
             if shots:
                 page.screenshot(path=str(Path(shots) / "view_compare.png"))
             assert page.console_errors == [] and page.evaluate("meshtalk.errors") == []
+
+
+def test_view_compare_pairs_take_by_take(animation):
+    other = animation.parent / "other"
+    if not other.exists():
+        other.mkdir()
+        for take in ("take_0", "take_1"):  # the takes in the other order: two real pairs
+            twin = "take_1" if take == "take_0" else "take_0"
+            (other / take).mkdir()
+            (other / take / "animation.npz").write_bytes(
+                (animation / twin / "animation.npz").read_bytes()
+            )
+    with served("view", str(animation), "--compare", str(other)) as (_, url):
+        listing = json.loads(get(url, "/view.json")[1])
+    names = [t["name"] for t in listing["takes"]]
+    assert names == ["take_0", "compare: take_0", "take_1", "compare: take_1"]
+    compare = listing["compare"]
+    assert compare["pairs"] == [[0, 1], [2, 3]]
+    a = npz(animation / "take_0" / "animation.npz")["vertices"]
+    b = npz(animation / "take_1" / "animation.npz")["vertices"]
+    distances = np.linalg.norm(a - b, axis=-1)  # both pairs: take 0 against take 1
+    assert compare["mean_mm"] == pytest.approx([distances.mean()] * 2, rel=1e-4)
+    assert compare["max_mm"] == pytest.approx(np.percentile(distances, 99), rel=1e-4)
 
 
 def test_view_elsewhere_than_localhost_warns(animation):

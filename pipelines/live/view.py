@@ -1,11 +1,14 @@
 """`meshtalk view OUT/`: an animation with its speech in the browser (three.js, served locally).
 
 The npz of each take is converted once at start into what the page needs: the template
-(`protocol.pack_mesh`; of a head of parts only the faces its video draws), float32 vertex offsets
-per frame (T x V x 3, little-endian), the parts' colours when the npz has them (`part_colours`,
-V x 3 float32: skin, a dark mouth, teeth, white eyes with a dark iris, as in the mp4) and the speech
-as a 16-bit WAV. `--compare OTHER/` adds the per-vertex distance between the two animations
-(T x V float32, in the animations' units: millimetres for Multiface and the bundled model).
+(`protocol.pack_mesh`; of a head of parts only the faces its video draws), the clip as morph
+targets and weights, the GLB export's basis (within 0.1 mm on every vertex of every frame, the
+bundled head's straight from its rig; the page sums them per frame: a minute of the 26,719-vertex
+head is 8.9 MB where its raw offsets were 577 MB), the parts' colours when the npz has them
+(`part_colours`, V x 3 float32: skin, a dark mouth, teeth, white eyes with a dark iris, as in the
+mp4) and the speech as a 16-bit WAV. The frames are read a chunk at a time, never all at once.
+`--compare OTHER/` shows the two side by side, coloured by their per-vertex distance (computed by
+the page from the frames it draws; the colour bar's top, the 99th percentile, from the archives).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 
 ARCHIVE = "animation.npz"
 MAX_TAKES = 8
+ERROR_MM = 0.1
+"""The basis's budget: at most this far from the archive, any vertex, any frame (as the GLB)."""
 
 
 @dataclass
@@ -47,7 +52,7 @@ class ViewConfig:
 @dataclass
 class Take:
     name: str
-    vertices: np.ndarray  # (T, V, 3) float32
+    frames: int
     template: np.ndarray  # (V, 3)
     faces: np.ndarray  # (F, 3)
     fps: float
@@ -55,6 +60,13 @@ class Take:
     audio_rate: int
     source: Path
     colours: np.ndarray | None = None  # (V, 3) float32 in [0, 1]: the parts' colours
+    targets: np.ndarray | None = None  # (K, V, 3) float32 morph targets, the archive's units
+    weights: np.ndarray | None = None  # (T, K) float32
+    max_error: float = 0.0  # the basis's largest distance from the archive (its units)
+
+    @property
+    def vertex_count(self) -> int:
+        return len(self.template)
 
 
 def archives(folder: Path) -> list[Path]:
@@ -79,12 +91,14 @@ def _take_number(name: str) -> int:
 
 def read_take(path: Path, name: str) -> Take:
     """An animate/dub/retarget archive, checked (every problem names the file)."""
+    from meshtalk.pipelines.export.npz import first_nonfinite_row, member_shape
+
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in ("vertices", "faces", "template", "fps") if k not in archive]
             if missing:
                 raise MeshtalkError(path, f"lacks {', '.join(missing)}: not a meshtalk animation")
-            vertices = np.asarray(archive["vertices"], dtype=np.float32)
+            shape, dtype = member_shape(path, "vertices")
             template = np.asarray(archive["template"], dtype=np.float32)
             faces = np.asarray(archive["faces"])
             fps = float(archive["fps"])
@@ -100,6 +114,9 @@ def read_take(path: Path, name: str) -> Take:
                 else None
             )
             drawn = np.asarray(archive["drawn_faces"]) if "drawn_faces" in archive else None
+        if len(shape) != 3 or shape[0] == 0 or shape[2] != 3 or dtype.kind != "f":
+            raise MeshtalkError(path, f"vertices must be (T, V, 3) with T > 0, got {shape}")
+        bad = first_nonfinite_row(path, "vertices")  # a pass that also checks the CRC
     except MeshtalkError:
         raise
     except (
@@ -110,15 +127,13 @@ def read_take(path: Path, name: str) -> Take:
         zipfile.BadZipFile,
     ) as error:  # bad zip, CRC, object arrays
         raise MeshtalkError(path, f"unreadable ({error})") from None
-    if vertices.ndim != 3 or vertices.shape[0] == 0 or vertices.shape[2] != 3:
-        raise MeshtalkError(path, f"vertices must be (T, V, 3) with T > 0, got {vertices.shape}")
-    if template.shape != vertices.shape[1:]:
-        raise MeshtalkError(path, f"template {template.shape} does not match {vertices.shape}")
+    if template.shape != shape[1:]:
+        raise MeshtalkError(path, f"template {template.shape} does not match {shape}")
     if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
         raise MeshtalkError(path, f"faces must be (F, 3) with F > 0, got {faces.shape}")
     if faces.min() < 0 or faces.max() >= template.shape[0]:
         raise MeshtalkError(path, "faces index vertices that do not exist")
-    if not (np.isfinite(vertices).all() and np.isfinite(template).all()):
+    if bad is not None or not np.isfinite(template).all():
         raise MeshtalkError(path, "vertices hold NaN or infinite values")
     if not (np.isfinite(fps) and 0 < fps <= 1000):
         raise MeshtalkError(path, f"fps must be in (0, 1000], got {fps}")
@@ -130,7 +145,19 @@ def read_take(path: Path, name: str) -> Take:
         if drawn.shape != (len(faces),) or drawn.dtype != bool or not drawn.any():
             raise MeshtalkError(path, f"drawn_faces must be (F,) bool, got {drawn.shape}")
         faces = faces[drawn]
-    return Take(name, vertices, template, faces, fps, audio, rate, path, colours)
+    take = Take(name, shape[0], template, faces, fps, audio, rate, path, colours)
+    return with_basis(take)
+
+
+def with_basis(take: Take) -> Take:
+    """The take with its morph targets and weights (the GLB export's basis, in the archive's
+    units, within ERROR_MM)."""
+    from meshtalk.pipelines.export.formats import METRES, clip_basis, guess_units
+
+    metres = METRES[guess_units(take.template)]
+    basis, _ = clip_basis(take.source, take.template, 1.0, ERROR_MM * 1e-3 / metres)
+    take.targets, take.weights, take.max_error = basis.targets, basis.weights, basis.max_error
+    return take
 
 
 def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
@@ -144,39 +171,56 @@ def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
 
 def compare_distances(a: Take, b: Take) -> np.ndarray:
     """(T, V) per-vertex distance between two animations of one topology, over their common
-    frames."""
-    if a.vertices.shape[1] != b.vertices.shape[1]:
+    frames, read from the archives a chunk at a time."""
+    from meshtalk.pipelines.export.formats import frames_of
+
+    if a.vertex_count != b.vertex_count:
         raise MeshtalkError(
             b.source,
-            f"has {b.vertices.shape[1]} vertices, {a.source} has {a.vertices.shape[1]}: "
+            f"has {b.vertex_count} vertices, {a.source} has {a.vertex_count}: "
             "--compare needs animations of one topology",
         )
-    frames = min(len(a.vertices), len(b.vertices))
-    return np.linalg.norm(a.vertices[:frames] - b.vertices[:frames], axis=-1).astype(np.float32)
+    frames = min(a.frames, b.frames)
+    distances = np.empty((frames, a.vertex_count), np.float32)
+    first = 0
+    for rows_a, rows_b in zip(frames_of(a.source), frames_of(b.source), strict=False):
+        count = min(len(rows_a), len(rows_b), frames - first)
+        if count <= 0:
+            break
+        moved = np.subtract(rows_a[:count], rows_b[:count], dtype=np.float32)
+        np.square(moved, out=moved)
+        distances[first : first + count] = np.sqrt(moved.sum(axis=-1))
+        first += count
+    return distances[:first]
 
 
-def routes(takes: list[Take], distances: np.ndarray | None) -> dict[str, tuple[str, bytes]]:
-    """The page's data: /view.json and each take's mesh, offsets and speech."""
+def routes(takes: list[Take], distances: list[np.ndarray] | None) -> dict[str, tuple[str, bytes]]:
+    """The page's data: /view.json and each take's mesh, morph targets, weights and speech."""
     data: dict[str, tuple[str, bytes]] = {}
     listing = []
     for index, take in enumerate(takes):
         base = f"/take/{index}"
-        offsets = (take.vertices - take.template[None]).astype("<f4")
         data[f"{base}/mesh.bin"] = (
             "application/octet-stream",
             pack_mesh(take.template, take.faces),
         )
-        data[f"{base}/offsets.bin"] = ("application/octet-stream", offsets.tobytes())
+        targets = np.ascontiguousarray(take.targets, "<f4")
+        weights = np.ascontiguousarray(take.weights, "<f4")
+        data[f"{base}/targets.bin"] = ("application/octet-stream", targets.tobytes())
+        data[f"{base}/weights.bin"] = ("application/octet-stream", weights.tobytes())
         entry = {
             "name": take.name,
-            "frames": len(take.vertices),
-            "vertices": take.vertices.shape[1],
+            "frames": take.frames,
+            "vertices": take.vertex_count,
             "fps": take.fps,
             "mesh": f"{base}/mesh.bin",
-            "offsets": f"{base}/offsets.bin",
+            "targets": f"{base}/targets.bin",
+            "weights": f"{base}/weights.bin",
+            "target_count": len(targets),
+            "max_error": take.max_error,
             "audio": None,
             "colours": None,
-            "duration_s": len(take.vertices) / take.fps,
+            "duration_s": take.frames / take.fps,
         }
         if take.colours is not None:
             colours = np.clip(take.colours, 0.0, 1.0).astype("<f4")
@@ -187,14 +231,12 @@ def routes(takes: list[Take], distances: np.ndarray | None) -> dict[str, tuple[s
             entry["audio"] = f"{base}/speech.wav"
         listing.append(entry)
     compare = None
-    if distances is not None:
-        data["/compare.bin"] = ("application/octet-stream", distances.astype("<f4").tobytes())
-        top = float(np.percentile(distances, 99)) if distances.size else 0.0
+    if distances is not None:  # the colour bar: 0 to the largest pair's 99th percentile
+        top = max((float(np.percentile(d, 99)) for d in distances if d.size), default=0.0)
         compare = {
-            "distances": "/compare.bin",
-            "frames": len(distances),
+            "pairs": [[2 * i, 2 * i + 1] for i in range(len(distances))],
             "max_mm": max(top, 1e-6),
-            "mean_mm": float(distances.mean()),
+            "mean_mm": [float(d.mean()) if d.size else 0.0 for d in distances],
             "unit": "mm",
         }
     body = json.dumps({"takes": listing, "compare": compare}).encode()
@@ -202,15 +244,20 @@ def routes(takes: list[Take], distances: np.ndarray | None) -> dict[str, tuple[s
     return data
 
 
-def load(config: ViewConfig) -> tuple[list[Take], np.ndarray | None]:
+def load(config: ViewConfig) -> tuple[list[Take], list[np.ndarray] | None]:
+    """The takes to show and, with --compare, each pair's (T, V) distances: take i of the folder
+    beside take i of OTHER, as many pairs as both have (at most MAX_TAKES / 2)."""
     paths = archives(config.folder)
-    takes = [read_take(path, _name(path, config.folder)) for path in paths]
-    distances = None
-    if config.compare is not None:
-        other_paths = archives(config.compare)
-        other = read_take(other_paths[0], f"compare: {_name(other_paths[0], config.compare)}")
-        distances = compare_distances(takes[0], other)
-        takes = [takes[0], other]  # the pair side by side, both coloured by their distance
+    if config.compare is None:
+        return [read_take(path, _name(path, config.folder)) for path in paths], None
+    other_paths = archives(config.compare)
+    pairs = min(len(paths), len(other_paths), MAX_TAKES // 2)
+    takes, distances = [], []
+    for path, other_path in zip(paths[:pairs], other_paths[:pairs], strict=True):
+        take = read_take(path, _name(path, config.folder))
+        other = read_take(other_path, f"compare: {_name(other_path, config.compare)}")
+        distances.append(compare_distances(take, other))
+        takes += [take, other]  # each pair side by side, both coloured by their distance
     return takes, distances
 
 

@@ -20,21 +20,24 @@ async function main() {
   const listing = await (await fetch("/view.json")).json();
   const stage = new Stage($("face"));
   const compare = listing.compare;
-  let distances = null;
+  let distances = null; // one per compared pair: [take a, take b, distance per vertex]
   if (compare) {
-    distances = new Float32Array(await (await fetch(compare.distances)).arrayBuffer());
+    distances = compare.pairs.map(([a, b]) => [a, b, new Float32Array(listing.takes[a].vertices)]);
     drawColourBar(compare.max_mm);
   }
   for (const take of listing.takes) {
     const mesh = await fetchMesh(take.mesh);
-    const offsets = new Float32Array(await (await fetch(take.offsets)).arrayBuffer());
+    // The clip as morph targets (K x V x 3) and their weights per frame (T x K): the GLB's basis.
+    const targets = new Float32Array(await (await fetch(take.targets)).arrayBuffer());
+    const weights = new Float32Array(await (await fetch(take.weights)).arrayBuffer());
+    const offsets = new Float32Array(take.vertices * 3);
     // The parts' colours (skin, mouth, teeth, eyes) as in the mp4; the heat map replaces them.
     let base = null;
     if (take.colours && !compare) {
       base = new Float32Array(await (await fetch(take.colours)).arrayBuffer());
     }
     const face = stage.addFace(mesh, Boolean(compare), base);
-    state.takes.push({ ...take, face, offsets });
+    state.takes.push({ ...take, face, targets, weights, offsets, shown: -1 });
   }
   $("names").textContent = listing.takes.map((t) => t.name).join("  |  ");
   const first = listing.takes[0];
@@ -53,15 +56,28 @@ async function main() {
   function draw() {
     const t = clock();
     let frameShown = -1;
+    let changed = false;
     for (const take of state.takes) {
       const frame = Math.max(0, Math.min(take.frames - 1, Math.floor(t * take.fps + 1e-6)));
-      const size = take.vertices * 3;
-      stage.setOffsets(take.face, take.offsets.subarray(frame * size, (frame + 1) * size));
-      if (distances) {
-        const k = Math.min(frame, compare.frames - 1);
-        stage.setColours(take.face, distances.subarray(k * take.vertices, (k + 1) * take.vertices), compare.max_mm);
+      if (frame !== take.shown) {
+        stage.setOffsets(take.face, pose(take, frame));
+        take.shown = frame;
+        changed = true;
       }
       if (frameShown < 0) frameShown = frame;
+    }
+    if (distances && changed) {
+      // Each vertex's distance between a pair's faces as drawn (both within the basis's error).
+      for (const [first, second, values] of distances) {
+        const a = state.takes[first].face.geometry.attributes.position.array;
+        const b = state.takes[second].face.geometry.attributes.position.array;
+        for (let v = 0; v < values.length; v++) {
+          const dx = a[3 * v] - b[3 * v], dy = a[3 * v + 1] - b[3 * v + 1], dz = a[3 * v + 2] - b[3 * v + 2];
+          values[v] = Math.sqrt(dx * dx + dy * dy + dz * dz);
+        }
+        stage.setColours(state.takes[first].face, values, compare.max_mm);
+        stage.setColours(state.takes[second].face, values, compare.max_mm);
+      }
     }
     stage.render();
     state.draws += 1;
@@ -73,6 +89,21 @@ async function main() {
   state.ready = true;
   requestAnimationFrame(draw);
   play(); // autoplay where the browser allows it; otherwise the button starts it
+}
+
+// A frame's offsets from the template: the sum of the morph targets times the frame's weights.
+function pose(take, frame) {
+  const offsets = take.offsets;
+  const count = take.target_count;
+  const size = offsets.length;
+  offsets.fill(0);
+  for (let k = 0; k < count; k++) {
+    const w = take.weights[frame * count + k];
+    if (w === 0) continue;
+    const target = take.targets.subarray(k * size, (k + 1) * size);
+    for (let i = 0; i < size; i++) offsets[i] += w * target[i];
+  }
+  return offsets;
 }
 
 function isPlaying() {
