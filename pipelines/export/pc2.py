@@ -74,7 +74,6 @@ class PC2Writer:
         npz's stored member), copied by the kernel (`os.copy_file_range`) without passing through
         Python: only when the scale is 1."""
         import os
-        import shutil
 
         if self.scale != 1.0:
             raise ValueError("copy_frames copies the bytes as they are: the scale must be 1")
@@ -93,7 +92,12 @@ class PC2Writer:
             except OSError:  # a file system without it: copy through a buffer
                 src.seek(where)
                 self.handle.seek(0, os.SEEK_END)
-                shutil.copyfileobj(_limited(src, left), self.handle, 1 << 22)
+                while left > 0:
+                    block = src.read(min(left, 1 << 22))
+                    if not block:
+                        raise ValueError(f"{source} ended before its frames") from None
+                    self.handle.write(block)
+                    left -= len(block)
         self.handle.seek(0, os.SEEK_END)
         self.written += count
 
@@ -112,19 +116,6 @@ class PC2Writer:
             self.close()
         else:
             self.handle.close()
-
-
-class _limited:
-    """The next `size` bytes of a file, for `shutil.copyfileobj`."""
-
-    def __init__(self, handle, size: int) -> None:
-        self.handle, self.left = handle, size
-
-    def read(self, size: int = -1) -> bytes:
-        size = self.left if size < 0 else min(size, self.left)
-        data = self.handle.read(size)
-        self.left -= len(data)
-        return data
 
 
 def read_pc2_header(path: str | Path) -> PC2Header:

@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 
 ARCHIVE = "animation.npz"
 MAX_TAKES = 8
-ERROR_MM = 0.1
-"""The basis's budget: at most this far from the archive, any vertex, any frame (as the GLB)."""
 
 
 @dataclass
@@ -151,8 +149,8 @@ def read_take(path: Path, name: str) -> Take:
 
 def with_basis(take: Take) -> Take:
     """The take with its morph targets and weights (the GLB export's basis, in the archive's
-    units, within ERROR_MM)."""
-    from meshtalk.pipelines.export.formats import METRES, clip_basis, guess_units
+    units, within the GLB's budget, `formats.ERROR_MM`)."""
+    from meshtalk.pipelines.export.formats import ERROR_MM, METRES, clip_basis, guess_units
 
     metres = METRES[guess_units(take.template)]
     basis, _ = clip_basis(take.source, take.template, 1.0, ERROR_MM * 1e-3 / metres)
