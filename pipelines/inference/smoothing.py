@@ -13,8 +13,6 @@ import torch
 
 TAPS, SIGMA = 9, 2.0
 """The release's filter."""
-BLOCK_VERTICES = 128
-"""Vertices smoothed at a time (a block of 256 frames of them fits in a core's L2 cache)."""
 SMOOTHED_REGIONS = ("forehead", "neck")
 """The masks smoothed, in the release's order."""
 
@@ -44,9 +42,10 @@ class TemporalSmoother:
         self.weights = gaussian_taps(taps, sigma)
         self.radius = taps // 2
         chosen = np.flatnonzero(mask)
-        # Soft masks often reach every vertex: then a slice, which indexes without copying.
-        self.vertices = slice(None) if len(chosen) == len(mask) else chosen
-        self.blend = torch.from_numpy(np.ascontiguousarray(mask[chosen]))[None, :, None]
+        # Soft masks often reach every vertex: then no gather and scatter of the chosen ones.
+        self.vertices = None if len(chosen) == len(mask) else torch.from_numpy(chosen)
+        self.blend = torch.from_numpy(np.repeat(mask[chosen], 3))[None]  # (1, 3m), x y z
+        self.bands: dict[int, torch.Tensor] = {}
         self.buffer: np.ndarray | None = None  # raw frames from `radius` before the next output
 
     def push(self, frames: np.ndarray) -> np.ndarray:
@@ -75,32 +74,36 @@ class TemporalSmoother:
         buffer, r = self.buffer, self.radius
         if count <= 0:
             return buffer[:0]
-        vertices = self.vertices
-        every = isinstance(vertices, slice)
-        # Every vertex is written below when the mask reaches all; else start from the input.
-        out = np.empty_like(buffer[r : r + count]) if every else buffer[r : r + count].copy()
+        # The filter over time as one banded (count, count + 2r) matrix product: a few large
+        # calls, which release the interpreter lock while they run (the sampler beside this
+        # thread is many small calls that need it), instead of a small call per tap and block.
         source = torch.from_numpy(buffer)
-        target = torch.from_numpy(out)
-        if every:  # every vertex: blocks of the frames' own memory
-            chosen = range(0, source.shape[1], BLOCK_VERTICES)
-            blocks = ((slice(first, first + BLOCK_VERTICES), first) for first in chosen)
+        if self.vertices is not None:
+            source = source.index_select(1, self.vertices)
+        source = source.reshape(len(buffer), -1)
+        smoothed = self._band(count) @ source
+        original = source[r : r + count]
+        smoothed.sub_(original).mul_(self.blend).add_(original)  # blend between the two
+        if self.vertices is None:
+            out = smoothed.numpy().reshape(count, -1, 3)
         else:
-            chosen = range(0, len(vertices), BLOCK_VERTICES)
-            blocks = ((torch.from_numpy(vertices[i : i + BLOCK_VERTICES]), i) for i in chosen)
-        weights = [float(w) for w in self.weights]
-        # Vertex blocks small enough to stay in the cache while all taps are summed over them.
-        for index, first in blocks:
-            region = source[:, index]  # (count + 2r, m, 3)
-            smoothed = region[:count] * weights[0]
-            for tap in range(1, len(weights)):
-                smoothed.add_(region[tap : tap + count], alpha=weights[tap])
-            # out + blend * (smoothed - out), in place.
-            original = region[r : r + count]
-            blend = self.blend[:, first : first + smoothed.shape[1]]
-            smoothed.sub_(original).mul_(blend).add_(original)
-            target[:, index] = smoothed
+            out = buffer[r : r + count].copy()
+            torch.from_numpy(out).index_copy_(1, self.vertices, smoothed.reshape(count, -1, 3))
         self.buffer = buffer[count:]
         return out
+
+    def _band(self, count: int) -> torch.Tensor:
+        band = self.bands.get(count)
+        if band is None:
+            taps = len(self.weights)
+            rows = torch.arange(count)[:, None]
+            columns = rows + torch.arange(taps)[None]
+            band = torch.zeros(count, count + taps - 1)
+            band[rows, columns] = torch.from_numpy(self.weights)[None].expand(count, -1)
+            if len(self.bands) > 4:  # a few sizes recur (the chunk, the last one): keep those
+                self.bands.clear()
+            self.bands[count] = band
+        return band
 
 
 class RegionSmoother:
