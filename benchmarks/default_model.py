@@ -128,6 +128,7 @@ def measure(speech: Path, args, template: Path, run: Path) -> dict:
             model=args.model,
             template=args.template,
             takes=args.takes,
+            temperature=args.temperature,
             video=False,
         )
         animate(config)
@@ -166,20 +167,20 @@ def measure(speech: Path, args, template: Path, run: Path) -> dict:
 
 
 def training_data(data: Path, template: Path, run: Path) -> dict:
-    """Blinks per minute and the lip crease on the training data's own frames (ICT head): the
-    first three identities' first ten sentences, each against its neutral segment's first frame."""
+    """Blinks per minute and the lip crease on the training data's own frames (ICT head): every
+    sentence of every identity, each against its neutral segment's first frame."""
     from meshtalk.pipelines.data.layout import NEUTRAL_SEGMENT
     from meshtalk.pipelines.io.mesh import read_bin
 
     _, lid_gaps_of, lips = lip_measures(template, run)
     edges = lip_edges(template, lips)
     blinks, seconds, worst = 0.0, 0.0, 0.0
-    for identity in sorted(p for p in data.iterdir() if p.name.startswith("m--"))[:3]:
+    for identity in sorted(p for p in data.iterdir() if p.name.startswith("m--")):
         tracked = identity / "tracked_mesh"
         size = len(np.fromfile(identity / "vert_mean.bin", np.float32)) // 3
         rest = read_bin(sorted((tracked / NEUTRAL_SEGMENT).glob("*.bin"))[0], size)
         rest_lids = lid_gaps_of(rest[None])[0]
-        for segment in sorted(tracked.glob("SEN_*"))[:10]:
+        for segment in sorted(tracked.glob("SEN_*")):
             frames = np.stack([read_bin(f, size) for f in sorted(segment.glob("*.bin"))])
             minutes = len(frames) / FPS / 60
             blinks += blinks_per_minute(lid_gaps_of(frames), rest_lids) * minutes
@@ -227,6 +228,9 @@ def main() -> None:
     parser.add_argument("--voiced-db", type=float, default=15.0, help="voiced: dB above floor")
     parser.add_argument("--silent-db", type=float, default=6.0, help="silent: dB above floor")
     parser.add_argument("--data", type=Path, help="the training data (synth --face ict)")
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature (animate's default 1)"
+    )
     parser.add_argument("--no-unseen", action="store_true", help="skip the eSpeak sentences")
     add_json_option(parser)
     args = parser.parse_args()
@@ -240,7 +244,7 @@ def main() -> None:
         if not args.no_unseen:
             files = [*files, *unseen_speech(Path(folder))]
         results = [measure(f, args, template, run) for f in files]
-    summary = {"takes": args.takes, "recordings": results}
+    summary = {"takes": args.takes, "temperature": args.temperature, "recordings": results}
     swap = expression_swap(run)
     summary["expression_swap_upper_over_mouth"] = swap
     if args.data is not None:
