@@ -18,7 +18,8 @@ the bundled model (or `--model RUN --template MESH`), `--takes` samples each, an
 - the expression swap of the run's last validation (stage 1: how far swapping the expression
   input moves the upper face against the mouth; target >= 3x).
 
-    python benchmarks/default_model.py [SPEECH ...] [--takes 3] [--data DATASET] [--json FILE]
+    python benchmarks/default_model.py [SPEECH ...] [--takes 3] [--temperature 1] [--data DATASET]
+        [--json FILE]
 """
 
 from __future__ import annotations
