@@ -13,6 +13,8 @@ import torch
 
 TAPS, SIGMA = 9, 2.0
 """The release's filter."""
+BAND_FRAMES = 128
+"""Frames smoothed by one matrix product (the band matrix grows with the square of it)."""
 SMOOTHED_REGIONS = ("forehead", "neck")
 """The masks smoothed, in the release's order."""
 
@@ -74,14 +76,20 @@ class TemporalSmoother:
         buffer, r = self.buffer, self.radius
         if count <= 0:
             return buffer[:0]
-        # The filter over time as one banded (count, count + 2r) matrix product: a few large
-        # calls, which release the interpreter lock while they run (the sampler beside this
-        # thread is many small calls that need it), instead of a small call per tap and block.
+        # The filter over time as banded (n, n + 2r) matrix products, n at most BAND_FRAMES: a
+        # few large calls, which release the interpreter lock while they run (the sampler beside
+        # this thread is many small calls that need it), instead of a small call per tap and
+        # block; bounded, so that a long push costs no quadratic memory.
         source = torch.from_numpy(buffer)
         if self.vertices is not None:
             source = source.index_select(1, self.vertices)
         source = source.reshape(len(buffer), -1)
-        smoothed = self._band(count) @ source
+        smoothed = torch.empty(count, source.shape[1])
+        for first in range(0, count, BAND_FRAMES):
+            n = min(BAND_FRAMES, count - first)
+            torch.matmul(
+                self._band(n), source[first : first + n + 2 * r], out=smoothed[first : first + n]
+            )
         original = source[r : r + count]
         smoothed.sub_(original).mul_(self.blend).add_(original)  # blend between the two
         if self.vertices is None:
