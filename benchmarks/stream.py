@@ -46,7 +46,7 @@ def unpaced(model: Path | None, template: Path | None, minutes: float, speech: P
     from meshtalk.pipelines.live.engine import LiveAnimator, run_template
 
     torch.set_num_threads(1)  # as meshtalk stream does
-    model = model or default_model.run_path()
+    model = model or default_model.live_run_path()
     run = load_run(model)
     vertices, _ = run_template(model, run, template)
     animator = LiveAnimator(run, vertices, int8=False)
@@ -134,7 +134,9 @@ def paced(model: Path | None, template: Path | None, speech: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="unpaced audio (minutes)")
-    parser.add_argument("--model", type=Path, help="run folder (default: the bundled model)")
+    parser.add_argument(
+        "--model", type=Path, help="run folder (default: stream's, the bundled low-latency model)"
+    )
     parser.add_argument("--template", type=Path, help="template of --model's topology")
     parser.add_argument("--speech", type=Path, default=SPEECH, help="the recording to use")
     add_json_option(parser)

@@ -11,7 +11,10 @@ from meshtalk.cli import options as shared
 from meshtalk.cli.common import run_with
 from meshtalk.cli.view import HostOption, NoOpenOption, PortOption
 
-ModelOption = shared.model_option("Trained run folder (default: the bundled model).")
+ModelOption = shared.model_option(
+    "Trained run folder (default: the bundled low-latency model, 100 ms look-ahead; the bundled "
+    "default model: pipelines/data/resources/default_model/run)."
+)
 
 
 def stream(

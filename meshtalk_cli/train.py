@@ -97,12 +97,19 @@ def train_latent(
     progress: shared.ProgressOption = True,
     data_on_device: DataOnDeviceOption = "auto",
     bf16: Bf16Option = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this run's stage-1 weights (a fine-tune; the config's train.freeze "
+            "names parts that keep them, e.g. [decoder, expression]); same sizes as this run."
+        ),
+    ] = None,
 ) -> None:
     """Stage 1: encoders, Gumbel quantiser and vertex decoder with the cross-modality loss.
 
     Several GPUs: torchrun --nproc-per-node N --no-python meshtalk train latent ...
     """
-    options = dict(device=device, resume=resume, progress=progress, bf16=bf16)
+    options = dict(device=device, resume=resume, progress=progress, bf16=bf16, init=init)
     options["data_on_device"] = data_on_device
     _train("latent", preset, config, steps, data=data, output=output, **options)
 

@@ -190,3 +190,31 @@ def test_bad_runs_are_one_line_naming_the_file(trained, tmp_path):
     copy = shutil.copytree(out, tmp_path / "trainer")
     (copy / "prior" / ckpt.TRAINER_FILE).write_text("{")
     assert one_line_error(copy).startswith(f"{copy / 'prior' / ckpt.TRAINER_FILE}: not valid JSON")
+
+
+def test_a_component_shares_its_weights_with_a_run_beside_it(trained, tmp_path):
+    """latent/decoder/shared.json (the bundled low-latency model's decoder is the default's):
+    loaded equal to the named file; a changed file, a missing one or one outside the folder that
+    holds the runs is a one-line error naming shared.json."""
+    from meshtalk.pipelines.io.provenance import file_sha256
+
+    out, latent, _ = trained
+    default = shutil.copytree(out, tmp_path / "bundle" / "run")
+    twin = shutil.copytree(out, tmp_path / "bundle" / "live")
+    weights = twin / "latent" / "decoder" / "model.safetensors"
+    weights.unlink()
+    shared = twin / "latent" / "decoder" / "shared.json"
+    digest = file_sha256(default / "latent" / "decoder" / "model.safetensors")
+    record = {"weights": "../../../run/latent/decoder/model.safetensors", "sha256": digest}
+    shared.write_text(json.dumps(record))
+    loaded = ckpt.load_run(twin)
+    for name, value in loaded.latent.state_dict().items():
+        assert torch.equal(value, latent.state_dict()[name]), name
+    assert loaded.stages["latent"].weights_sha256("decoder") == digest
+    shared.write_text(json.dumps({**record, "sha256": "0" * 64}))
+    assert "whose SHA-256 is not the recorded one" in one_line_error(twin)
+    outside = {**record, "weights": "../../../../elsewhere/model.safetensors"}
+    shared.write_text(json.dumps(outside))
+    assert "outside" in one_line_error(twin)
+    shared.write_text(json.dumps({**record, "weights": "../../../gone/model.safetensors"}))
+    assert "which is missing" in one_line_error(twin)

@@ -275,3 +275,28 @@ def test_gumbel_warmup_scales_the_noise_from_zero_to_full():
     torch.testing.assert_close(warmed_up_noise(noise, 25, 100), noise * 0.25)
     assert warmed_up_noise(noise, 100, 100) is noise
     assert warmed_up_noise(noise, 0, 0) is noise  # no warm-up: the method's noise from step 0
+
+
+def test_init_fine_tunes_a_run_and_frozen_parts_keep_its_weights(tiny_store, tmp_path):
+    """--init starts from a run's weights; train.freeze keeps the named parts byte for byte (the
+    bundled low-latency model's decoder is the default's); the rest trains."""
+    base = run(tiny_run(tiny_store, tmp_path / "base"))
+    frozen = ("decoder", "expression")
+    tuned = run(replace(tiny_run(tiny_store, tmp_path / "tuned", freeze=frozen), init=base))
+    before = dict(ckpt.load_run(base).latent.named_parameters())
+    for name, value in ckpt.load_run(tuned).latent.named_parameters():
+        kept = name.startswith(("decoder.", "encoder.expression_encoder."))
+        assert torch.equal(value, before[name]) == kept, name
+    record = json.loads((tuned / "run.json").read_text())["latent"]["settings"]
+    assert record["init"]["path"] == str(base) and len(record["init"]["decoder_sha256"]) == 64
+    assert record["train"]["freeze"] == list(frozen)
+    # Without --init nothing can be frozen; an unknown part and a run of other sizes are named.
+    with pytest.raises(MeshtalkError, match="needs --init"):
+        run(tiny_run(tiny_store, tmp_path / "alone", freeze=("decoder",)))
+    with pytest.raises(ValueError, match="unknown part lips"):
+        replace(TINY_TRAINING, freeze=("lips",))
+    other = replace(tiny_run(tiny_store, tmp_path / "other"), init=base)
+    other = replace(other, model=latent_preset("tiny", audio_dropout=0.0, heads=2))
+    with pytest.raises(MeshtalkError, match=r"does not fit this run \(--init\)"):
+        run(other)
+    assert not (tmp_path / "other" / "latent").exists()

@@ -7,11 +7,10 @@
 # training file byte for byte).
 #
 # Measured on 2 cores: synth 30-100 s, prep 15-27 s, stage 1 25-30 min on one core, the larger
-# synth and prep for stage 2 about 3 min, stage 2 about 75 s: about 35 minutes in all.
-#
-# Its low-latency twin (the paper's -500/+100 ms window: prep --window paper, then
-# examples/configs/latent-ict-live.yaml) is not bundled: trained the same way its lips part only
-# 1.5-1.7x wider on voiced than on silent frames (this model: 3.05x).
+# synth and prep for stage 2 about 3 min, stage 2 about 75 s: about 35 minutes in all; then the
+# low-latency twin (`meshtalk stream`'s default): both sets prepared again with the paper's
+# -500/+100 ms window (about 3 min), stage 1 fine-tuned from the default's with its decoder and
+# expression encoder frozen (500 steps, 5-8 min), its prior (1500 steps, about a minute).
 #
 #   examples/recipes/ict-default-model.sh [WORK_DIR] [ICT_FACEKIT_DIR]
 #       # defaults: out/ict-default-model, ../shared/reference/ict_facekit
@@ -45,15 +44,25 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREAD
 "$meshtalk" train prior --latent "$work/run" --data "$work/store-prior" -o "$work/run" \
     --device cpu --resume --config "$configs/prior-ict-default.yaml"
 
+# The low-latency twin: the default's latent space and decoder, an audio encoder for the paper's
+# window (latent-ict-live.yaml, prior-ict-live.yaml say what was measured).
+"$meshtalk" prep "$work/data" -o "$work/store-paper" --window paper
+"$meshtalk" train latent --data "$work/store-paper" -o "$work/live" --init "$work/run" \
+    --device cpu --resume --config "$configs/latent-ict-live.yaml"
+"$meshtalk" prep "$work/data-prior" -o "$work/store-prior-paper" --window paper
+"$meshtalk" train prior --latent "$work/live" --data "$work/store-prior-paper" -o "$work/live" \
+    --device cpu --resume --config "$configs/prior-ict-live.yaml"
+
 # Weights, configs and topology (no optimizer state), the face area's template, the whole head
-# with its rig and license (from the data's topology/) and a spoken clip.
+# with its rig and license (from the data's topology/) and a spoken clip; the twin beside it,
+# its decoder (the default's, byte for byte) named by a shared.json instead of copied.
 "$python" - "$work" "$here/pipelines/data/resources/default_model" <<'PY'
 import sys
 from pathlib import Path
 
-from meshtalk.pipelines.data.resources.default_model import bundle
+from meshtalk.pipelines.data.resources.default_model import bundle, bundle_live
 
 work, destination = Path(sys.argv[1]), Path(sys.argv[2])
 out = bundle(work / "run", work / "data" / "topology" / "template.ply", destination)
-print(f"bundled into {out}")
+print(f"bundled into {out}, the low-latency twin into {bundle_live(work / 'live', destination)}")
 PY

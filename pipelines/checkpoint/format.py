@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 OPTIMIZER_FILE, TRAINER_FILE = "optimizer.safetensors", "trainer.json"
+SHARED_FILE = "shared.json"
+"""In a component folder without its own weights: {"weights": path relative to the folder,
+"sha256": of that file}, the same weights as another run's beside it (the bundled low-latency
+model stores the default's decoder once). The path must stay inside the folder holding the runs."""
 
 
 def save_tensors(
@@ -117,6 +121,30 @@ def check_fits(
         raise MeshtalkError(path, f"{problem}: " + "; ".join(parts))
 
 
+def weights_file(folder: Path) -> Path:
+    """A component's model.safetensors, or the file its shared.json names (checked: inside the
+    folder that holds the run, and with the recorded SHA-256)."""
+    from meshtalk.pipelines.io.provenance import file_sha256
+
+    folder = Path(folder)
+    own, shared = folder / WEIGHTS_FILE, folder / SHARED_FILE
+    if own.is_file() or not shared.is_file():
+        return own
+    record = read_json(shared)
+    name, digest = record.get("weights"), record.get("sha256")
+    if not isinstance(name, str) or not isinstance(digest, str):
+        raise MeshtalkError(shared, "must name the shared 'weights' file and its 'sha256'")
+    root = folder.resolve().parents[2]  # RUN/stage/component -> the folder holding RUN
+    target = (folder / name).resolve()
+    if not target.is_relative_to(root):
+        raise MeshtalkError(shared, f"names {name}, outside {root}")
+    if not target.is_file():
+        raise MeshtalkError(shared, f"names {name}, which is missing")
+    if file_sha256(target) != digest:
+        raise MeshtalkError(shared, f"names {name}, whose SHA-256 is not the recorded one")
+    return target
+
+
 def load_component_state(folder: Path, module: nn.Module, assign: bool = False) -> None:
     """Load a saved component's tensors into `module` (names and shapes must match exactly).
 
@@ -124,7 +152,7 @@ def load_component_state(folder: Path, module: nn.Module, assign: bool = False) 
     a module built on the meta device (nothing allocated or computed) is filled this way. Without
     it they are copied into the module's existing tensors, which an optimizer made before may
     hold (resuming training)."""
-    path = Path(folder) / WEIGHTS_FILE
+    path = weights_file(folder)
     state = load_tensors(path)
     check_fits(module, state, path)
     expected = module.state_dict()

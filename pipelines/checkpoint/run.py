@@ -31,7 +31,6 @@ from meshtalk.models.latent import LatentAutoencoder
 from meshtalk.models.prior import ContextModel, PriorModelConfig
 from meshtalk.pipelines.checkpoint.format import (
     CONFIG_FILE,
-    WEIGHTS_FILE,
     load_component_state,
     load_optimizer,
     model_config,
@@ -39,6 +38,7 @@ from meshtalk.pipelines.checkpoint.format import (
     read_json,
     read_trainer_state,
     readable,
+    weights_file,
     write_checkpoint,
 )
 from meshtalk.pipelines.errors import MeshtalkError
@@ -191,7 +191,7 @@ class StageCheckpoint:
 
     def weights_sha256(self, component: str) -> str:
         """sha256 of a component's model.safetensors (read on demand: the file may be large)."""
-        return file_sha256(self.folder / component / WEIGHTS_FILE)
+        return file_sha256(weights_file(self.folder / component))
 
 
 @dataclass

@@ -130,8 +130,8 @@ class AnimateConfig(ExportOptions):
             raise MeshtalkError(None, "give a SPEECH file to animate (or --example)")
         if self.model is None:
             self.model = default_model.run_path()
-            if self.template is None:
-                self.template = default_model.default_template()
+        if self.template is None and default_model.is_bundled(self.model):
+            self.template = default_model.default_template()  # the default or its twin
         elif self.template is None:
             problems.append("give the template mesh of --model's topology (TEMPLATE)")
             self.template = Path()

@@ -56,8 +56,8 @@ class StreamConfig:
         from meshtalk.pipelines.data.resources import default_model
 
         problems = []
-        if self.model is None:
-            self.model = default_model.run_path()
+        if self.model is None:  # the low-latency twin (100 ms look-ahead) where it is bundled
+            self.model = default_model.live_run_path()
         self.model = Path(self.model)
         if self.input not in INPUTS and not Path(self.input).is_file():
             problems.append(f"--input must be page, -, mic or a speech file; {self.input} is none")

@@ -22,7 +22,7 @@ from meshtalk.pipelines.data.store import PreparedStore, SegmentDataset
 from meshtalk.pipelines.errors import MeshtalkError
 from meshtalk.pipelines.train.loop import seed_for
 from meshtalk.pipelines.train.pairs import PairedSegments, validation_batches
-from meshtalk.pipelines.train.settings import LatentTrainingConfig
+from meshtalk.pipelines.train.settings import FREEZABLE, LatentTrainingConfig
 from meshtalk.pipelines.train.stage import Stage, StageRunConfig
 from meshtalk.pipelines.train.validation import latent_figures, save_error_map
 
@@ -39,6 +39,9 @@ class TrainLatentConfig(StageRunConfig):
     """Model sizes; `num_vertices` is taken from the data."""
     training: LatentTrainingConfig = field(default_factory=LatentTrainingConfig)
     """Optimisation settings."""
+    init: Path | None = None
+    """Start from this run's stage-1 weights and statistics (a fine-tune; `training.freeze`
+    names the parts that keep them); its sizes must be this run's."""
 
 
 def load_config_file(path: Path) -> tuple[LatentModelConfig, LatentTrainingConfig]:
@@ -61,6 +64,10 @@ class LatentStage(Stage):
 
     def prepare(self) -> PreparedStore:
         config, training = self.config, self.training
+        if training.freeze and config.init is None:
+            raise MeshtalkError(
+                None, f"train.freeze ({', '.join(training.freeze)}) needs --init RUN to freeze"
+            )
         store = PreparedStore(config.data)
         self.model_config = sizes = fit_to_data(config.model, store, config.data)
         # Every array of the data is checked before anything is written into the run folder.
@@ -81,20 +88,26 @@ class LatentStage(Stage):
         model = LatentAutoencoder(self.model_config)
         mean, std = torch.from_numpy(self.store.mean), torch.from_numpy(self.store.std)
         model.set_statistics(mean, std.clamp_min(1e-3))
+        if self.config.init is not None:
+            self.init_record = load_init(model, Path(self.config.init))
+        frozen = tuple(FREEZABLE[part] for part in self.training.freeze)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(not name.startswith(frozen))
         model.to(self.device)
         self.masks = {k: torch.from_numpy(v).to(self.device) for k, v in self.store.masks.items()}
         decay = self.training.decoder_weight_decay
-        optimizer = torch.optim.Adam(
-            [
-                {"params": model.encoder.parameters(), "weight_decay": 0.0},
-                {"params": model.decoder.parameters(), "weight_decay": decay},
-            ],
-            lr=self.training.lr,
-        )
+        groups = [
+            {"params": trained(model.encoder), "weight_decay": 0.0},
+            {"params": trained(model.decoder), "weight_decay": decay},
+        ]
+        optimizer = torch.optim.Adam([g for g in groups if g["params"]], lr=self.training.lr)
         return model, optimizer
 
     def settings(self) -> dict:
-        return {"model": self.model_config.to_dict(), "train": asdict(self.training)}
+        settings = {"model": self.model_config.to_dict(), "train": asdict(self.training)}
+        if self.config.init is not None:
+            settings["init"] = self.init_record
+        return settings
 
     def components(self) -> dict[str, tuple[nn.Module, dict]]:
         return {
@@ -150,6 +163,23 @@ class LatentStage(Stage):
     def pictures(self) -> None:
         path = self.output / "val_error_map.png"
         save_error_map(self.model, self.validation, self.device, path)
+
+
+def trained(module: nn.Module) -> list[nn.Parameter]:
+    return [parameter for parameter in module.parameters() if parameter.requires_grad]
+
+
+def load_init(model: LatentAutoencoder, init: Path) -> dict:
+    """Load a run's stage-1 weights and statistics into `model` (same names and shapes); returns
+    what run.json records of it (its folder and its weights' SHA-256)."""
+    run = ckpt.load_run(init, prior=False)
+    stage = run.stages[ckpt.LATENT]
+    ckpt.check_fits(model, run.latent.state_dict(), stage.folder, "does not fit this run (--init)")
+    model.load_state_dict(run.latent.state_dict())
+    return {
+        "path": str(init),
+        **{f"{name}_sha256": stage.weights_sha256(name) for name in ("encoder", "decoder")},
+    }
 
 
 def warmed_up_noise(gumbel: torch.Tensor, step: int, warmup: int) -> torch.Tensor:

@@ -59,6 +59,15 @@ class TrainingSettings:
         return 0
 
 
+FREEZABLE = {
+    "decoder": "decoder.",
+    "expression": "encoder.expression_encoder.",
+    "audio": "encoder.audio_encoder.",
+    "fusion": "encoder.fusion_model.",
+}
+"""Stage 1's parts `LatentTrainingConfig.freeze` names -> their parameters' name prefix."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class LatentTrainingConfig(TrainingSettings):
     """Optimisation settings of stage 1 (the `train:` section of a config file)."""
@@ -91,9 +100,18 @@ class LatentTrainingConfig(TrainingSettings):
     """Validation segments (fixed for the whole run)."""
     data_workers: int = 1
     """DataLoader worker processes per training process (0: load in the training process)."""
+    freeze: tuple[str, ...] = ()
+    """Parts whose weights stay as `train latent --init RUN` loaded them (FREEZABLE): e.g.
+    decoder and expression to train another audio window's encoder into a run's latent space
+    (the bundled low-latency model: its decoder is the default's, byte for byte)."""
 
     def problems(self) -> list[str]:
         problems = super().problems()
+        unknown = sorted(set(self.freeze) - set(FREEZABLE))
+        if unknown:
+            problems.append(
+                f"freeze: unknown part {', '.join(unknown)} (parts: {', '.join(FREEZABLE)})"
+            )
         if self.val_segments <= 0:
             problems.append(f"val_segments must be positive, got {self.val_segments}")
         if self.data_workers < 0:

@@ -7,6 +7,9 @@ shapes): it is for trying the toolkit, not for real faces. For real quality
 train on Multiface (`meshtalk prep`, `meshtalk train`) or import the authors' released weights.
 
     default_model/run/        the run folder (stage 1 and the prior; no optimizer state)
+    default_model/live/       its low-latency twin (the paper's -500/+100 ms audio window), what
+                              `meshtalk stream` runs: its own audio encoder and prior, the
+                              default's decoder (latent/decoder/shared.json names run/'s file)
     default_model/template.ply  the model's face at rest, with its triangles
     default_model/head.obj, ict_rig.npz, ICTFaceModelMaterial.mtl, ICT-FaceKit-LICENSE.txt
                               with a model of the ICT-FaceKit head: the whole head, its rig and
@@ -16,6 +19,7 @@ train on Multiface (`meshtalk prep`, `meshtalk train`) or import the authors' re
 
 from __future__ import annotations
 
+import json
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -42,6 +46,12 @@ def folder() -> Path:
 def run_path() -> Path:
     """The bundled run folder."""
     return folder() / "run"
+
+
+def live_run_path() -> Path:
+    """The bundled low-latency run folder (`meshtalk stream`'s default), else the default's."""
+    live = folder() / "live"
+    return live if live.is_dir() else run_path()
 
 
 def template_path() -> Path:
@@ -116,6 +126,29 @@ def copy_run(run: Path, target: Path) -> None:
             shutil.copyfile(path, copy)
 
 
+def bundle_live(run: Path, destination: Path | None = None) -> Path:
+    """Copy the low-latency twin's run folder into `destination`/live (default: this package
+    folder) beside the bundled run; each of its weight files that is byte for byte the bundled
+    run's (the frozen decoder) is not copied but named by a shared.json."""
+    from meshtalk.pipelines.checkpoint.format import SHARED_FILE, WEIGHTS_FILE
+    from meshtalk.pipelines.io.provenance import file_sha256
+
+    destination = Path(destination) if destination is not None else folder()
+    target = destination / "live"
+    copy_run(run, target)
+    for weights in sorted(target.rglob(WEIGHTS_FILE)):
+        relative = weights.relative_to(target)
+        same = destination / "run" / relative
+        digest = file_sha256(weights)
+        if same.is_file() and file_sha256(same) == digest:
+            weights.unlink()
+            name = Path("..", "..", "..", "run", *relative.parts)
+            record = {"weights": name.as_posix(), "sha256": digest}
+            (weights.parent / SHARED_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return target
+
+
 def is_bundled(run: str | Path) -> bool:
-    """Whether `run` is the bundled default model's run folder."""
-    return Path(run).resolve() == run_path().resolve()
+    """Whether `run` is the bundled default model's run folder or its low-latency twin's."""
+    own = (run_path().resolve(), (folder() / "live").resolve())
+    return Path(run).resolve() in own
