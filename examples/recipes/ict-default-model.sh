@@ -8,9 +8,9 @@
 #
 # Measured on 2 cores: synth 30-100 s, prep 15-27 s, stage 1 25-30 min on one core, the larger
 # synth and prep for stage 2 about 3 min, stage 2 about 75 s: about 35 minutes in all; then the
-# low-latency twin (`meshtalk stream`'s default): both sets prepared again with the paper's
-# -500/+100 ms window (about 3 min), stage 1 fine-tuned from the default's with its decoder and
-# expression encoder frozen (500 steps, 5-8 min), its prior (1500 steps, about a minute).
+# low-latency twin (`meshtalk stream`'s default): the 120-sentence set prepared again with the
+# paper's -500/+100 ms window (about 2 min), stage 1 fine-tuned from the default's with its
+# decoder and expression encoder frozen (1000 steps, 8-15 min), its prior (about 75 s).
 #
 #   examples/recipes/ict-default-model.sh [WORK_DIR] [ICT_FACEKIT_DIR]
 #       # defaults: out/ict-default-model, ../shared/reference/ict_facekit
@@ -45,13 +45,12 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREAD
     --device cpu --resume --config "$configs/prior-ict-default.yaml"
 
 # The low-latency twin: the default's latent space and decoder, an audio encoder for the paper's
-# window (latent-ict-live.yaml, prior-ict-live.yaml say what was measured).
-"$meshtalk" prep "$work/data" -o "$work/store-paper" --window paper
-"$meshtalk" train latent --data "$work/store-paper" -o "$work/live" --init "$work/run" \
-    --device cpu --resume --config "$configs/latent-ict-live.yaml"
+# window trained on the 120-sentence set (latent-ict-live.yaml says what was measured).
 "$meshtalk" prep "$work/data-prior" -o "$work/store-prior-paper" --window paper
+"$meshtalk" train latent --data "$work/store-prior-paper" -o "$work/live" --init "$work/run" \
+    --device cpu --resume --config "$configs/latent-ict-live.yaml"
 "$meshtalk" train prior --latent "$work/live" --data "$work/store-prior-paper" -o "$work/live" \
-    --device cpu --resume --config "$configs/prior-ict-live.yaml"
+    --device cpu --resume --config "$configs/prior-ict-default.yaml"
 
 # Weights, configs and topology (no optimizer state), the face area's template, the whole head
 # with its rig and license (from the data's topology/) and a spoken clip; the twin beside it,

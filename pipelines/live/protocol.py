@@ -4,7 +4,7 @@ The server listens at ws://HOST:PORT/ws. On connecting, a client receives one te
 setup (JSON):
 
     {"type": "setup", "version": 1, "fps": 30.0, "sample_rate": 16000, "vertices": V,
-     "payload": "offsets", "lookahead_s": 0.525, "mesh": "/mesh.bin", "input": "page" | ...}
+     "payload": "offsets", "lookahead_s": 0.125, "mesh": "/mesh.bin", "input": "page" | ...}
 
 `GET /mesh.bin` gives the template: `MESH_HEADER` (magic b"MTMS", uint32 V, uint32 F) then V x 3
 float32 positions and F x 3 uint32 vertex indices, little-endian.
