@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -197,17 +198,21 @@ def test_bundled_model_animates_the_example_without_model_or_template(tmp_path):
         app, ["animate", str(default_model.example_path()), "-o", str(tmp_path / "b"), "--no-video"]
     )
     assert again.exit_code == 0, again.output
-    bad = CliRunner().invoke(
+    # A bundled run by --model (the default or its low-latency twin) takes the bundled head; a
+    # run of the user's needs its template.
+    twin = CliRunner().invoke(
         app,
-        [
-            "animate",
-            str(default_model.example_path()),
-            "-o",
-            str(tmp_path / "c"),
-            "--model",
-            str(default_model.run_path()),
-        ],
-    )
+        ["animate", str(default_model.example_path()), "-o", str(tmp_path / "t"), "--no-video",
+         "--model", str(default_model.live_run_path())],
+    )  # fmt: skip
+    assert twin.exit_code == 0, twin.output
+    with np.load(tmp_path / "t" / "animation.npz", allow_pickle=False) as npz:
+        assert npz["vertices"].shape == vertices.shape
+    copy = shutil.copytree(default_model.run_path(), tmp_path / "mine")
+    bad = CliRunner().invoke(
+        app, ["animate", str(default_model.example_path()), "-o", str(tmp_path / "c"),
+              "--model", str(copy)],
+    )  # fmt: skip
     assert bad.exit_code == 1 and "TEMPLATE" in bad.output
     neither = CliRunner().invoke(app, ["animate", "-o", str(tmp_path / "d")])
     assert neither.exit_code == 1 and "SPEECH" in neither.output

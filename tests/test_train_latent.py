@@ -223,6 +223,7 @@ def test_shipped_config_files_load():
             "latent-tiny": 3.0,
             "latent-default": 6.0,
             "latent-ict-default": 6.0,
+            "latent-ict-default-audio": 6.0,
             "latent-ict-live": 6.0,
         }.get(path.stem, 1.0)
         assert training.upper_face_weight == expected, path
