@@ -9,7 +9,7 @@
 # Measured on 2 cores: synth 30-100 s, prep 15-27 s, stage 1 25-30 min on one core, the larger
 # synth and prep about 3 min, stage 1's audio encoder fine-tuned on it 8-15 min, stage 2 about
 # 75 s; then the low-latency twin (`meshtalk stream`'s default): the 120-sentence set prepared
-# again with the paper's -500/+100 ms window (about 2 min), stage 1 fine-tuned to it (8-15 min),
+# again with the paper's -500/+100 ms window (about 2 min), stage 1 fine-tuned to it (10-25 min),
 # its prior (about 75 s): about an hour in all.
 #
 #   examples/recipes/ict-default-model.sh [WORK_DIR] [ICT_FACEKIT_DIR]
