@@ -70,6 +70,8 @@ class LatentStage(Stage):
             )
         store = PreparedStore(config.data)
         self.model_config = sizes = fit_to_data(config.model, store, config.data)
+        if config.init is not None:  # read and checked before anything is written
+            self.init_state, self.init_record = read_init(Path(config.init), sizes)
         # Every array of the data is checked before anything is written into the run folder.
         segments = SegmentDataset(store, "train", training.frames, length=1, seed=training.seed)
         self.paired = PairedSegments(segments, sizes.heads, sizes.classes)
@@ -89,7 +91,7 @@ class LatentStage(Stage):
         mean, std = torch.from_numpy(self.store.mean), torch.from_numpy(self.store.std)
         model.set_statistics(mean, std.clamp_min(1e-3))
         if self.config.init is not None:
-            self.init_record = load_init(model, Path(self.config.init))
+            model.load_state_dict(self.init_state)
         frozen = tuple(FREEZABLE[part] for part in self.training.freeze)
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(not name.startswith(frozen))
@@ -169,17 +171,17 @@ def trained(module: nn.Module) -> list[nn.Parameter]:
     return [parameter for parameter in module.parameters() if parameter.requires_grad]
 
 
-def load_init(model: LatentAutoencoder, init: Path) -> dict:
-    """Load a run's stage-1 weights and statistics into `model` (same names and shapes); returns
+def read_init(init: Path, sizes: LatentModelConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """A run's stage-1 weights and statistics for a model of `sizes` (same names and shapes), and
     what run.json records of it (its folder and its weights' SHA-256)."""
     run = ckpt.load_run(init, prior=False)
     stage = run.stages[ckpt.LATENT]
-    ckpt.check_fits(model, run.latent.state_dict(), stage.folder, "does not fit this run (--init)")
-    model.load_state_dict(run.latent.state_dict())
-    return {
-        "path": str(init),
-        **{f"{name}_sha256": stage.weights_sha256(name) for name in ("encoder", "decoder")},
-    }
+    state = run.latent.state_dict()
+    probe = LatentAutoencoder(sizes)  # names and shapes (training reseeds before its own build)
+    ckpt.check_fits(probe, state, stage.folder, "does not fit this run (--init)")
+    record = {"path": str(init)}
+    record.update({f"{name}_sha256": stage.weights_sha256(name) for name in ("encoder", "decoder")})
+    return state, record
 
 
 def warmed_up_noise(gumbel: torch.Tensor, step: int, warmup: int) -> torch.Tensor:
