@@ -59,19 +59,30 @@ class VertexUNet(nn.Module):
         """
         return self.decode(template, codes, state)[0]
 
-    def decode(
-        self,
-        template: torch.Tensor,
-        codes: torch.Tensor,
-        state: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Like `forward`, also returning the LSTM state after the last frame."""
-        b, t = codes.shape[:2]
+    def encode_template(self, template: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, V, 3) template -> its code (B, bottleneck) and the skips of the way back up.
+
+        What `decode` computes first; a caller decoding one template in many chunks computes it
+        once and passes it as `encoded` (the template encoder's weights are then read only once).
+        """
         x = ((template - self.mean[0]) / self.stddev[0]).flatten(1)  # (B, V*3)
         skips = []
         for layer in self.encoder:
             skips.append(x)
             x = leaky(layer(x), self.slope)
+        return x, skips
+
+    def decode(
+        self,
+        template: torch.Tensor,
+        codes: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,
+        encoded: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Like `forward`, also returning the LSTM state after the last frame (`encoded`: the
+        template's `encode_template`, when already computed)."""
+        b, t = codes.shape[:2]
+        x, skips = self.encode_template(template) if encoded is None else encoded
         x = x.unsqueeze(1).expand(b, t, -1)
         parts = [x, codes.flatten(2)]
         if self.config.decoder_fusion == "codes_first":

@@ -262,3 +262,34 @@ def test_the_heap_bound_is_set_where_glibc_runs():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("the bound is glibc's")
     assert bound_heap() is True
+
+
+def test_release_pages_hands_back_mapped_weights_and_keeps_their_values(tmp_path):
+    """The float prior and the template encoder, read once, leave animate's resident memory."""
+    import platform
+
+    from safetensors.torch import load_file, save_file
+
+    from meshtalk.pipelines.io.heap import release_pages
+
+    if platform.system() != "Linux":
+        pytest.skip("madvise(MADV_PAGEOUT) is Linux's")
+    path = tmp_path / "model.safetensors"
+    save_file({"weight": torch.randn(4096, 4096)}, str(path))  # 64 MiB
+    weight = load_file(str(path))["weight"]  # mapped from the file, as load_run maps weights
+    expected = float(weight.double().sum())  # reads every page
+
+    def resident() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+        raise AssertionError("no VmRSS")
+
+    before = resident()
+    advised = release_pages([weight, weight[1:]])  # one storage, advised once
+    if advised == 0:
+        pytest.skip("a kernel without MADV_PAGEOUT")
+    assert 63 << 20 <= advised <= 64 << 20
+    assert resident() < before - (48 << 20)
+    assert float(weight.double().sum()) == expected  # read again from the file
+    assert release_pages([torch.zeros(3)]) == 0  # under a page: nothing whole to hand back

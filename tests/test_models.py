@@ -39,6 +39,12 @@ def test_shapes_of_every_module():
     codes = gumbel_one_hot(logprobs)
     assert codes.shape == logprobs.shape and torch.equal(codes.sum(-1), torch.ones(b, t, 4))
     assert model.decoder(template, codes).shape == (b, t, v, 3)
+    with torch.inference_mode():  # in chunks, the template encoded once: the same meshes
+        whole = model.decoder(template, codes)
+        encoded = model.decoder.encode_template(template)
+        first, state = model.decoder.decode(template, codes[:, :2], None, encoded)
+        rest, _ = model.decoder.decode(template, codes[:, 2:], state, encoded)
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole)
     features = model.encoder.audio_encoder.features(windows[0])
     assert features.shape[-1] == w - config.audio_receptive_field + 1
     mel = AudioFrontEnd().log_mel(torch.randn(b, 16000).numpy())
