@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import mmap
 import sys
 from collections.abc import Iterable
@@ -31,7 +32,9 @@ on the next touch); anonymous or written pages go to swap or stay, so no data is
 MADV_DONTNEED would not promise for a private mapping."""
 
 
-def _libc():
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, loaded once (None off Linux)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -42,13 +45,10 @@ def _libc():
 
 def bound_heap() -> bool:
     """Set glibc's mmap threshold once (nothing elsewhere); True if it was set."""
-    if not sys.platform.startswith("linux"):
-        return False
     libc = _libc()
-    try:
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD))
-    except AttributeError:  # another C library (musl): nothing to set
+    if libc is None or not hasattr(libc, "mallopt"):  # another C library (musl): nothing to set
         return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD))
 
 
 def release_pages(tensors: Iterable) -> int:
