@@ -8,7 +8,9 @@ the bundled model (or `--model RUN --template MESH`), `--takes` samples each, an
   head's landmarks 61-67, 62-66, 63-65; the built-in head's lip margins along its mouth cut).
   Frames are voiced where the speech's RMS energy around the frame (1/30 s) is at least
   `--voiced-db` above the recording's noise floor (its 10th percentile), silent where it is at
-  most `--silent-db` above it; reported: the mean gap on each and their ratio (target >= 3);
+  most `--silent-db` above it; reported: the mean gap on each and their ratio (target >= 3),
+  with a 95% interval of that ratio from the takes (a bootstrap over them: how far another
+  set of takes could land);
 - blinks per minute (ICT-FaceKit head): an eye is closed on a frame where its lid gap (landmarks
   43-47 and 38-40) is under a third of the rest; a blink is a run of closed frames. The training
   data's own rate is measured on its frames (`--data`, the same detector) when given;
@@ -21,8 +23,8 @@ the bundled model (or `--model RUN --template MESH`), `--takes` samples each, an
   independently of the audio (blinks, brows, squint, gaze), and the audio swap's when they swap
   the rest (the mouth's shapes), from the ground truth's expression weights and the head's rig.
 
-    python benchmarks/default_model.py [SPEECH ...] [--takes 3] [--temperature 1] [--data DATASET]
-        [--json FILE]
+    python benchmarks/default_model.py [SPEECH ...] [--takes 3] [--temperature 1] [--seed 0]
+        [--data DATASET] [--json FILE]
 """
 
 from __future__ import annotations
@@ -122,6 +124,15 @@ def frame_energy_db(samples: np.ndarray, rate: int, frames: int) -> np.ndarray:
     return np.asarray(energy)
 
 
+def ratio_interval(voiced: np.ndarray, silent: np.ndarray, draws: int = 2000) -> tuple:
+    """95% bootstrap interval of mean(voiced) / mean(silent) over takes (one value per take)."""
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(voiced), size=(draws, len(voiced)))
+    ratios = voiced[picks].mean(1) / np.maximum(silent[picks].mean(1), 1e-3)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def measure(speech: Path, args, template: Path, run: Path) -> dict:
     gap_of, lid_gaps_of, lips = lip_measures(template, run)
     with tempfile.TemporaryDirectory() as folder:
@@ -133,6 +144,7 @@ def measure(speech: Path, args, template: Path, run: Path) -> dict:
             template=args.template,
             takes=args.takes,
             temperature=args.temperature,
+            seed=args.seed,
             video=False,
         )
         animate(config)
@@ -150,6 +162,7 @@ def measure(speech: Path, args, template: Path, run: Path) -> dict:
     silent = energy <= floor + args.silent_db
     voiced_gap = float(gaps[:, voiced].mean())
     silent_gap = float(gaps[:, silent].mean())
+    low, high = ratio_interval(gaps[:, voiced].mean(1), gaps[:, silent].mean(1))
     result = {
         "speech": speech.name,
         "frames": int(gaps.shape[1]),
@@ -159,6 +172,7 @@ def measure(speech: Path, args, template: Path, run: Path) -> dict:
         "voiced_gap_mm": round(voiced_gap, 3),
         "silent_gap_mm": round(silent_gap, 3),
         "ratio": round(voiced_gap / max(silent_gap, 1e-3), 2),
+        "ratio_95_interval_over_takes": [round(low, 2), round(high, 2)],
         "max_gap_mm": round(float(gaps.max()), 2),
     }
     if lid_gaps_of is not None:
@@ -279,6 +293,7 @@ def main() -> None:
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="sampling temperature (animate's default 1)"
     )
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (another set of takes)")
     parser.add_argument("--no-unseen", action="store_true", help="skip the eSpeak sentences")
     add_json_option(parser)
     args = parser.parse_args()
@@ -292,7 +307,12 @@ def main() -> None:
         if not args.no_unseen:
             files = [*files, *unseen_speech(Path(folder))]
         results = [measure(f, args, template, run) for f in files]
-    summary = {"takes": args.takes, "temperature": args.temperature, "recordings": results}
+    summary = {
+        "takes": args.takes,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "recordings": results,
+    }
     swap = expression_swap(run)
     summary["expression_swap_upper_over_mouth"] = swap
     if args.data is not None:
@@ -302,6 +322,7 @@ def main() -> None:
     for column in ("speech", "voiced", "silent", "voiced gap mm", "silent gap mm"):
         table.add_column(column)
     table.add_column("ratio (>= 3)")
+    table.add_column("95% over takes")
     table.add_column("blinks/min")
     table.add_column("lip crease mm")
     for r in results:
@@ -311,7 +332,8 @@ def main() -> None:
             str(r["silent_frames"]),
             f"{r['voiced_gap_mm']:.2f}",
             f"{r['silent_gap_mm']:.2f}",
-            f"{r['ratio']:.1f}",
+            f"{r['ratio']:.2f}",
+            "{:.2f}-{:.2f}".format(*r["ratio_95_interval_over_takes"]),
             str(r.get("blinks_per_minute", "-")),
             str(r.get("lip_crease_mm", "-")),
         )
