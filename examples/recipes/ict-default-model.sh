@@ -6,11 +6,12 @@
 # Reproducible: same seed, same data, same run (rerunning the synth below reproduced every
 # training file byte for byte).
 #
-# Measured on 2 cores: synth 30-100 s, prep 15-27 s, stage 1 25-30 min on one core, the larger
-# synth and prep about 3 min, stage 1's audio encoder fine-tuned on it 8-15 min, stage 2 about
-# 75 s; then the low-latency twin (`meshtalk stream`'s default): the 120-sentence set prepared
-# again with the paper's -500/+100 ms window (about 2 min), stage 1 fine-tuned to it (10-25 min),
-# its prior (about 75 s): about an hour in all.
+# Measured on 2 cores: synth 30-100 s, prep 15-27 s, stage 1 25-30 min on one core while the
+# other synthesises and prepares the larger set (120 sentences; about 5 min, both audio windows);
+# then side by side, one core each: stage 1's audio encoder fine-tuned on the larger set (2000
+# steps) and its prior (stage 2), and the low-latency twin (`meshtalk stream`'s default): stage 1
+# fine-tuned to the paper's -500/+100 ms window (2000 steps) and its prior; each 2000-step
+# fine-tune took 12-16 min beside another, each prior about 75 s: about 50 min in all.
 #
 #   examples/recipes/ict-default-model.sh [WORK_DIR] [ICT_FACEKIT_DIR]
 #       # defaults: out/ict-default-model, ../shared/reference/ict_facekit
@@ -34,28 +35,47 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREAD
 "$meshtalk" synth "$work/data" --face ict --face-model "$ict" --identities 10 --sentences 30 \
     --seed 19 --expression-drift 0.15
 "$meshtalk" prep "$work/data" -o "$work/store"
-"$meshtalk" train latent --data "$work/store" -o "$work/stage1" --device cpu --resume \
-    --config "$configs/latent-ict-default.yaml"
-# More of the same world (120 sentences, the first 30 as above) for what follows: stage 1's audio
-# encoder and fusion fine-tuned on it, decoder and expression encoder frozen
-# (latent-ict-default-audio.yaml), then stage 2 (on stage 1's 30 sentences the prior overfits
-# within 500 steps: prior-ict-default.yaml says what was measured).
-"$meshtalk" synth "$work/data-prior" --face ict --face-model "$ict" --identities 10 \
-    --sentences 120 --seed 19 --expression-drift 0.15
-"$meshtalk" prep "$work/data-prior" -o "$work/store-prior"
-"$meshtalk" train latent --data "$work/store-prior" -o "$work/run" --init "$work/stage1" \
-    --device cpu --resume --config "$configs/latent-ict-default-audio.yaml"
-"$meshtalk" train prior --latent "$work/run" --data "$work/store-prior" -o "$work/run" \
-    --device cpu --resume --config "$configs/prior-ict-default.yaml"
 
+# Two steps at once, one core each (training runs on one thread); fails if either does.
+side_by_side() {
+    "$1" &
+    local first=$! status=0
+    "$2" || status=$?
+    wait "$first" || status=$?
+    return "$status"
+}
+
+stage1() {
+    "$meshtalk" train latent --data "$work/store" -o "$work/stage1" --device cpu --resume \
+        --config "$configs/latent-ict-default.yaml"
+}
+# More of the same world (120 sentences, the first 30 as above) for what follows, prepared with
+# both audio windows: stage 1's audio encoder and fusion fine-tuned on it, decoder and expression
+# encoder frozen (latent-ict-default-audio.yaml), then stage 2 (on stage 1's 30 sentences the
+# prior overfits within 500 steps: prior-ict-default.yaml says what was measured).
+larger_set() {
+    "$meshtalk" synth "$work/data-prior" --face ict --face-model "$ict" --identities 10 \
+        --sentences 120 --seed 19 --expression-drift 0.15 &&
+        "$meshtalk" prep "$work/data-prior" -o "$work/store-prior" &&
+        "$meshtalk" prep "$work/data-prior" -o "$work/store-prior-paper" --window paper
+}
+default_model() {
+    "$meshtalk" train latent --data "$work/store-prior" -o "$work/run" --init "$work/stage1" \
+        --device cpu --resume --config "$configs/latent-ict-default-audio.yaml" &&
+        "$meshtalk" train prior --latent "$work/run" --data "$work/store-prior" -o "$work/run" \
+            --device cpu --resume --config "$configs/prior-ict-default.yaml"
+}
 # The low-latency twin: the same latent space and decoder, an audio encoder for the paper's
 # window fine-tuned from stage 1 on the 120-sentence set (latent-ict-live.yaml says what was
 # measured).
-"$meshtalk" prep "$work/data-prior" -o "$work/store-prior-paper" --window paper
-"$meshtalk" train latent --data "$work/store-prior-paper" -o "$work/live" --init "$work/stage1" \
-    --device cpu --resume --config "$configs/latent-ict-live.yaml"
-"$meshtalk" train prior --latent "$work/live" --data "$work/store-prior-paper" -o "$work/live" \
-    --device cpu --resume --config "$configs/prior-ict-default.yaml"
+twin() {
+    "$meshtalk" train latent --data "$work/store-prior-paper" -o "$work/live" \
+        --init "$work/stage1" --device cpu --resume --config "$configs/latent-ict-live.yaml" &&
+        "$meshtalk" train prior --latent "$work/live" --data "$work/store-prior-paper" \
+            -o "$work/live" --device cpu --resume --config "$configs/prior-ict-default.yaml"
+}
+side_by_side stage1 larger_set
+side_by_side default_model twin
 
 # Weights, configs and topology (no optimizer state), the face area's template, the whole head
 # with its rig and license (from the data's topology/) and a spoken clip; the twin beside it,
