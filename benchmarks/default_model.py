@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
 import tempfile
@@ -227,8 +228,9 @@ def data_swap_ratios(data: Path, pairs: int = 200) -> dict:
     rng = np.random.default_rng(0)
     sums = dict.fromkeys(("expr_mouth", "expr_upper", "audio_mouth", "audio_upper"), 0.0)
 
-    def weights(path: Path) -> np.ndarray:
-        values = json.loads(path.read_text())["expression_weights"]
+    @functools.cache  # a file drawn in several pairs is read once
+    def weights(index: int) -> np.ndarray:
+        values = json.loads(files[index].read_text())["expression_weights"]
         return np.array([values[name] for name in names], dtype=np.float64).T  # (T, E)
 
     def moved(diff: np.ndarray, mask: np.ndarray) -> float:
@@ -237,7 +239,7 @@ def data_swap_ratios(data: Path, pairs: int = 200) -> dict:
         return float((distance * mask).sum(axis=1).mean() / mask.sum())
 
     for first, second in rng.choice(len(files), size=(pairs, 2)):
-        a, b = weights(files[first]), weights(files[second])
+        a, b = weights(int(first)), weights(int(second))
         frames = min(len(a), len(b))
         diff = a[:frames] - b[:frames]
         for kind, chosen in (("expr", independent), ("audio", ~independent)):

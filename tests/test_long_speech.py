@@ -275,7 +275,7 @@ def test_release_pages_hands_back_mapped_weights_and_keeps_their_values(tmp_path
     if platform.system() != "Linux":
         pytest.skip("madvise(MADV_PAGEOUT) is Linux's")
     mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
-    under = [(point, kind) for point, kind in mounts if str(tmp_path).startswith(point)]
+    under = [(point, kind) for point, kind in mounts if tmp_path.is_relative_to(point)]
     if max(under, key=lambda m: len(m[0]))[1] in ("tmpfs", "ramfs"):
         pytest.skip("a file in memory (tmpfs) has no clean pages to hand back")
     path = tmp_path / "model.safetensors"
