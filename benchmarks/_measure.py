@@ -62,3 +62,16 @@ def write_json(path, text: str) -> None:
     from meshtalk.pipelines.io.atomic import write_text_atomic
 
     write_text_atomic(path, text if text.endswith("\n") else text + "\n")
+
+
+def run_main(main) -> None:
+    """Run a benchmark's `main`: a bad input (a `MeshtalkError`: the file and the problem) is one
+    line and exit status 1, no traceback."""
+    import sys
+
+    from meshtalk.pipelines.errors import MeshtalkError
+
+    try:
+        main()
+    except MeshtalkError as error:
+        sys.exit(f"error: {error}")

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
-from _measure import add_json_option, check_json, peak_tree_rss, write_json
+from _measure import add_json_option, check_json, peak_tree_rss, run_main, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -497,4 +497,4 @@ def print_tables(console: Console, figures: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

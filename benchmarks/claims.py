@@ -70,7 +70,7 @@ from _claims_measures import (
     segments,
 )
 from _claims_report import claims_met, print_tables, write_pictures
-from _measure import add_json_option, check_json, write_json
+from _measure import add_json_option, check_json, run_main, write_json
 from quality import CONFIGS, _meshtalk, _quiet
 from rich.console import Console
 from safetensors.torch import load_file, save_file
@@ -444,4 +444,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _measure import add_json_option, check_json, write_json
+from _measure import add_json_option, check_json, run_main, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ("glb", "glb,usdz", "usdc", "pc2")
@@ -170,4 +170,4 @@ def print_row(row: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

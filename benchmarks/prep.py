@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import psutil
-from _measure import add_json_option, check_json, peak_tree_rss, write_json
+from _measure import add_json_option, check_json, peak_tree_rss, run_main, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -138,4 +138,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

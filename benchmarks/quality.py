@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from _measure import add_json_option, check_json, write_json
+from _measure import add_json_option, check_json, run_main, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -226,4 +226,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

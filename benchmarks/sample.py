@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-from _measure import add_json_option, check_json, peak_tree_rss, write_json
+from _measure import add_json_option, check_json, peak_tree_rss, run_main, write_json
 from _sample_setup import (
     FIDELITY_WEIGHT_SCALE,
     FPS,
@@ -371,4 +371,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from _measure import add_json_option, check_json, write_json
+from _measure import add_json_option, check_json, run_main, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -176,4 +176,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

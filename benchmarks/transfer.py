@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from _measure import add_json_option, check_json, write_json
+from _measure import add_json_option, check_json, run_main, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT.parent / "shared" / "reference" / "meshtalk_topology" / "face_template.obj"
@@ -177,4 +177,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
