@@ -302,6 +302,10 @@ def main() -> None:
     check_json(parser, args)
     template = args.template or default_model.default_template()
     run = args.model or default_model.run_path()
+    if not (run / "run.json").is_file():
+        parser.error(f"{run}: not a run folder (no run.json)")
+    if not template.is_file():
+        parser.error(f"{template}: no such mesh")
     files = args.speech or sorted(REFERENCE_SPEECH.glob("*.wav"))
     if not files:
         sys.exit(f"no recordings given and none in {REFERENCE_SPEECH}")
