@@ -50,9 +50,19 @@ def add_json_option(parser) -> None:
 
 
 def check_json(parser, args) -> None:
-    """Refuse an existing --json file without --force, before any work."""
+    """Refuse an existing --json file without --force, and with it one that is not a JSON object
+    (not figures a benchmark wrote: --force replaces only those), before any work."""
+    import json
+
     if args.json is not None and args.json.exists() and not args.force:
         parser.error(f"{args.json} exists; give --force to replace it")
+    if args.json is not None and args.json.exists():
+        try:
+            figures = json.loads(args.json.read_bytes())
+        except (OSError, ValueError):
+            figures = None
+        if not isinstance(figures, dict):
+            parser.error(f"{args.json}: not a benchmark's JSON figures; not replaced")
     if args.json is not None and not args.json.parent.is_dir():
         parser.error(f"{args.json.parent}: no such folder for --json")
 
