@@ -130,12 +130,6 @@ class LatentModelConfig:
     """What the fusion model reads: 'both', the expression and audio codes (the method);
     'expression', the expression code alone, the audio code zeroed (the paper's Table 1 ablation
     in which the encoder sees only the meshes; for comparison)."""
-    expression_heads: int = 0
-    """0: every head reads both codes through one fusion MLP (the method). n > 0: the fusion is
-    split: the first H - n heads read the audio code alone and the last n the expression code
-    alone, each through an MLP of its own, so a head carries one modality (with few heads, a head
-    that reads both carried the mouth and the eyes at once and swapping the expression moved the
-    lips). Needs `fusion_input: both`."""
     expression_hidden: int = 256
     """Width of the expression encoder's first layer."""
     fusion_hidden: int = 256
@@ -173,13 +167,6 @@ class LatentModelConfig:
             problems.append(
                 f"fusion_input must be one of {', '.join(FUSION_INPUTS)}, got {self.fusion_input!r}"
             )
-        if not 0 <= self.expression_heads < self.heads:
-            problems.append(
-                f"expression_heads must be from 0 to heads - 1 ({self.heads - 1}), got "
-                f"{self.expression_heads}"
-            )
-        elif self.expression_heads and self.fusion_input != "both":
-            problems.append("expression_heads needs fusion_input 'both'")
         if self.decoder_fusion not in DECODER_FUSIONS:
             problems.append(
                 f"decoder_fusion must be one of {', '.join(DECODER_FUSIONS)}, got "
@@ -206,8 +193,6 @@ class LatentModelConfig:
         audio += ch * ch * self.audio_kernel * len(self.audio_dilations) + ch * cd
         expression = v3 * self.expression_hidden + self.expression_hidden * cd + 9 * cd * cd
         fusion = 2 * cd * self.fusion_hidden + self.fusion_hidden**2 + self.fusion_hidden * codes
-        if self.expression_heads:  # two MLPs, each reading one code
-            fusion += self.fusion_hidden**2
         widths = (v3, *self.decoder_hidden)
         bottleneck = widths[-1]
         decoder = 2 * sum(a * b for a, b in zip(widths, widths[1:])) + v3

@@ -169,11 +169,7 @@ class ExpressionEncoder(nn.Module):
 
 
 class FusionModel(nn.Module):
-    """(expression code, audio code) -> per-head log-probabilities over the classes.
-
-    With `expression_heads` n > 0 the fusion is split: `mlp` maps the audio code alone to the
-    first H - n heads and `expression_mlp` the expression code alone to the last n.
-    """
+    """(expression code, audio code) -> per-head log-probabilities over the classes."""
 
     def __init__(
         self,
@@ -184,26 +180,16 @@ class FusionModel(nn.Module):
         classes: int,
         slope: float,
         audio: bool = True,
-        expression_heads: int = 0,
     ) -> None:
         super().__init__()
         self.heads, self.classes, self.audio = heads, classes, audio
-        self.expression_heads = expression_heads
-
-        def mlp(inputs: int, outputs: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Linear(inputs, hidden),
-                nn.LeakyReLU(slope),
-                nn.Linear(hidden, hidden),
-                nn.LeakyReLU(slope),
-                nn.Linear(hidden, outputs),
-            )
-
-        if expression_heads:
-            self.mlp = mlp(code_dim, (heads - expression_heads) * classes)
-            self.expression_mlp = mlp(code_dim, expression_heads * classes)
-        else:
-            self.mlp = mlp(2 * code_dim, heads * classes)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * code_dim, hidden),
+            nn.LeakyReLU(slope),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(slope),
+            nn.Linear(hidden, heads * classes),
+        )
 
     def forward(self, expression_code: torch.Tensor, audio_code: torch.Tensor) -> torch.Tensor:
         """(B, T, D) and (B, T, D) -> (B, T, H, C) log-softmax over C.
@@ -212,10 +198,7 @@ class FusionModel(nn.Module):
         """
         if not self.audio:
             audio_code = torch.zeros_like(audio_code)
-        if self.expression_heads:
-            logits = torch.cat([self.mlp(audio_code), self.expression_mlp(expression_code)], -1)
-        else:
-            logits = self.mlp(torch.cat([expression_code, audio_code], dim=-1))
+        logits = self.mlp(torch.cat([expression_code, audio_code], dim=-1))
         logits = logits.view(*logits.shape[:-1], self.heads, self.classes)
         return F.log_softmax(logits, dim=-1)
 
@@ -241,7 +224,6 @@ class LatentEncoder(nn.Module):
             classes=config.classes,
             slope=config.leaky_slope,
             audio=config.fusion_input == "both",
-            expression_heads=config.expression_heads,
         )
 
     def forward(

@@ -300,36 +300,6 @@ def test_config_rejects_impossible_values():
         replace(LATENT_PRESETS["tiny"], audio_dropout=1.5)
     with pytest.raises(ValueError, match="expression_input must be one of offset, mesh"):
         replace(LATENT_PRESETS["tiny"], expression_input="points")
-    with pytest.raises(ValueError, match=r"expression_heads must be from 0 to heads - 1 \(3\)"):
-        replace(LATENT_PRESETS["tiny"], expression_heads=4)
-    with pytest.raises(ValueError, match="expression_heads needs fusion_input 'both'"):
-        replace(LATENT_PRESETS["tiny"], expression_heads=1, fusion_input="expression")
-
-
-def test_split_fusion_heads_each_read_one_code(tmp_path):
-    """expression_heads=1 of 4: heads 0-2 follow the audio code only, head 3 the expression's;
-    the split model saves and loads through its config."""
-    torch.manual_seed(0)
-    model = LatentAutoencoder(small_config(expression_heads=1))
-    fusion = model.encoder.fusion_model
-    expression, audio = torch.randn(2, 3, 32), torch.randn(2, 3, 32)
-    own = fusion(expression, audio)
-    other_audio = fusion(expression, torch.randn(2, 3, 32))
-    other_expression = fusion(torch.randn(2, 3, 32), audio)
-    assert own.shape == (2, 3, 4, 16)
-    assert torch.equal(own[:, :, 3], other_audio[:, :, 3])
-    assert torch.equal(own[:, :, :3], other_expression[:, :, :3])
-    assert (own[:, :, :3] - other_audio[:, :, :3]).abs().min() > 0
-    assert (own[:, :, 3] - other_expression[:, :, 3]).abs().min() > 0
-    config = {"model": model.config.to_dict()}
-    ckpt.save_component(tmp_path / "encoder", model.encoder, config)
-    loaded = LatentAutoencoder(
-        LatentModelConfig.from_dict(ckpt.read_component_config(tmp_path / "encoder")["model"])
-    )
-    ckpt.load_component_state(tmp_path / "encoder", loaded.encoder)
-    assert torch.equal(loaded.encoder.fusion_model(expression, audio), own)
-    with pytest.raises(MeshtalkError, match="fusion_model"):  # an unsplit model refuses it
-        ckpt.load_component_state(tmp_path / "encoder", LatentAutoencoder(small_config()).encoder)
 
 
 def test_upper_face_weight_scales_the_upper_face_terms_of_the_total():
