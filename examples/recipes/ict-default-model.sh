@@ -6,7 +6,7 @@
 # Reproducible: same seed, same data, same run (rerunning the synth below reproduced every
 # training file byte for byte).
 # Not robust: run end to end in stop 46 (commit 9f20ac1, an AMD EPYC, 40 min 24 s) it did not
-# give the bundled model, whose stage 1 was trained from an earlier working tree with bf16 autocast;
+# give the bundled model, whose stage 1 was trained from an earlier working tree on another machine;
 # its stage 1 left the expression path unused and the mouth half open (README: "The recipe does
 # not give the bundled model today").
 #
