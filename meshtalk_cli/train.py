@@ -53,6 +53,15 @@ DataOnDeviceOption = Annotated[
     ),
 ]
 
+SeedOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Training seed: initial weights, batch order and noise (default: the config's "
+        "train.seed, 0). Runs with another seed are another draw of the same training.",
+        show_default=False,
+    ),
+]
+
 Bf16Option = Annotated[
     bool | None,
     typer.Option(
@@ -63,8 +72,10 @@ Bf16Option = Annotated[
 ]
 
 
-def _train(stage: str, preset: str | None, config: Path | None, steps: int | None, **run) -> None:
-    """Resolve a stage's settings (preset, YAML overrides, --steps) and run it.
+def _train(
+    stage: str, preset: str | None, config: Path | None, steps: int | None, seed: int | None, **run
+) -> None:
+    """Resolve a stage's settings (preset, YAML overrides, --steps, --seed) and run it.
 
     `run` holds the stage's own options (data, output, device, ...), passed to its config as they
     are.
@@ -79,7 +90,7 @@ def _train(stage: str, preset: str | None, config: Path | None, steps: int | Non
         from meshtalk.pipelines.train.prior import run as pipeline
 
     def make_config():
-        model, training = stage_settings(stage, preset, config, steps)
+        model, training = stage_settings(stage, preset, config, steps, seed)
         return Config(model=model, training=training, **run)
 
     call(pipeline, make_config)
@@ -94,6 +105,7 @@ def train_latent(
     device: shared.DeviceOption = "auto",
     resume: ResumeOption = False,
     steps: StepsOption = None,
+    seed: SeedOption = None,
     progress: shared.ProgressOption = True,
     data_on_device: DataOnDeviceOption = "auto",
     bf16: Bf16Option = None,
@@ -111,7 +123,7 @@ def train_latent(
     """
     options = dict(device=device, resume=resume, progress=progress, bf16=bf16, init=init)
     options["data_on_device"] = data_on_device
-    _train("latent", preset, config, steps, data=data, output=output, **options)
+    _train("latent", preset, config, steps, seed, data=data, output=output, **options)
 
 
 @train_app.command("prior")
@@ -126,6 +138,7 @@ def train_prior(
     device: shared.DeviceOption = "auto",
     resume: ResumeOption = False,
     steps: StepsOption = None,
+    seed: SeedOption = None,
     progress: shared.ProgressOption = True,
     data_on_device: DataOnDeviceOption = "auto",
     bf16: Bf16Option = None,
@@ -136,4 +149,4 @@ def train_prior(
     """
     options = dict(device=device, resume=resume, progress=progress, bf16=bf16)
     options["data_on_device"] = data_on_device
-    _train("prior", preset, config, steps, latent=latent, data=data, output=output, **options)
+    _train("prior", preset, config, steps, seed, latent=latent, data=data, output=output, **options)

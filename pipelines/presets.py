@@ -126,14 +126,17 @@ def stage_settings(
     preset: str | None = None,
     config: Path | None = None,
     steps: int | None = None,
+    seed: int | None = None,
 ) -> tuple[Any, Any]:
-    """A stage's (model, training) settings: the preset, a YAML file's overrides, then --steps.
+    """A stage's (model, training) settings: the preset, a YAML file's overrides, then --steps
+    and --seed.
 
     Args:
         stage: 'latent' or 'prior'.
         preset: a name in PRESETS; None: the one the YAML file names, else 'release'.
         config: YAML file with optional `preset:`, `model:` and `train:` sections.
         steps: train this many steps in all.
+        seed: the training seed (initial weights, batches, noise) instead of the settings' one.
     """
     if preset is not None and preset not in PRESETS:
         raise MeshtalkError(None, f"--preset must be one of {', '.join(PRESETS)}, got '{preset}'")
@@ -150,4 +153,6 @@ def stage_settings(
         )
     if steps is not None:
         training = with_steps(training, steps)
+    if seed is not None:
+        training = replace(training, seed=seed)
     return model, training

@@ -60,6 +60,16 @@ def test_a_file_replaces_only_the_fields_it_names(tmp_path):
     assert stage_settings("latent", None, path, steps=5)[1].steps == 5
 
 
+def test_seed_replaces_the_settings_seed_alone(tmp_path):
+    path = tmp_path / "o.yaml"
+    path.write_text("train: {steps: 7, seed: 2}\n")
+    model, training = stage_settings("latent", "tiny", path, seed=5)
+    assert model == PRESETS["tiny"].latent_model
+    assert training == replace(PRESETS["tiny"].latent_training, steps=7, seed=5)
+    assert stage_settings("prior", "tiny", seed=3)[1].seed == 3
+    assert stage_settings("latent", "tiny", path)[1].seed == 2
+
+
 def test_preset_problems_are_one_line(tmp_path):
     path = tmp_path / "o.yaml"
     path.write_text("preset: tiny\nmodel: {heads: 0, colour: red}\n")

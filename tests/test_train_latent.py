@@ -182,6 +182,25 @@ def test_existing_run_needs_resume_and_resume_needs_the_same_settings(tiny_store
     assert json.loads((again / "latent" / "trainer.json").read_text())["step"] == 1
 
 
+def test_seed_option_is_recorded_draws_other_weights_and_must_match_to_resume(tiny_store, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_yaml(steps=1))
+    runner = CliRunner()
+
+    def train(output: str, *more: str):
+        command = ["train", "latent", "--data", str(tiny_store), "--config", str(config)]
+        return runner.invoke(app, [*command, "-o", str(tmp_path / output), "--no-progress", *more])
+
+    assert train("a", "--seed", "7").exit_code == 0
+    assert train("b").exit_code == 0
+    record = json.loads((tmp_path / "a" / "run.json").read_text())["latent"]
+    assert record["settings"]["train"]["seed"] == 7
+    a, b = parameters(tmp_path / "a"), parameters(tmp_path / "b")
+    assert any(not torch.equal(a[name], b[name]) for name in a)
+    result = train("a", "--seed", "8", "--resume", "--steps", "2")
+    assert result.exit_code == 1 and "train.seed was 7, now 8" in result.output
+
+
 def test_config_file_problems_are_all_named_on_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
