@@ -82,9 +82,12 @@ def validation_batches(
     seed: int,
     heads: int,
     classes: int,
+    split: str | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """`count` fixed validation segments with partners, batched (the 'val' split, else 'train')."""
-    segments = SegmentDataset(store, validation_split(store), frames, length=1, seed=seed)
+    """`count` fixed segments with partners, batched: of `split`, by default the 'val' split
+    (else 'train')."""
+    split = split or validation_split(store)
+    segments = SegmentDataset(store, split, frames, length=1, seed=seed)
     paired = PairedSegments(segments, heads, classes)
     items = [paired[i] for i in range(count)]
     return [
