@@ -5,17 +5,21 @@
 # (pipelines/data/resources/default_model/: the model, the whole head with its rig and license).
 # Reproducible: same seed, same data, same run (rerunning the synth below reproduced every
 # training file byte for byte).
-# Not robust: run end to end in stop 46 (commit 9f20ac1, an AMD EPYC, 40 min 24 s) it did not
-# give the bundled model, whose stage 1 was trained from an earlier working tree on another machine;
-# its stage 1 left the expression path unused and the mouth half open (README: "The recipe does
-# not give the bundled model today").
+# Not robust: run end to end in stop 46 (commit 9f20ac1, an AMD EPYC with AVX-512, 40 min 24 s) it
+# did not give the bundled model, whose stage 1 was trained from an earlier working tree on another
+# machine: its stage 1 left the expression path unused and the mouth half open. In stop 47 (an AMD
+# EPYC with AVX2 only) stage 1's seed 0 matched stop 46's to 3 digits at step 500 and ended the
+# same way (lip vertex error 5.03 mm, expression swap 0.00x); seed 1 used the expression path at
+# step 1000 (1.95x) and lost most of it by step 3000 (4.60 mm, 0.69x). So stage 1 now trains two
+# draws side by side and the recipe goes on only with one that uses its expression path (README:
+# "The recipe does not give the bundled model today").
 #
-# Measured on 2 cores: synth 30-100 s, prep 15-27 s, stage 1 25-30 min on one core while the
-# other synthesises and prepares the larger set (120 sentences; about 5 min, both audio windows);
-# then side by side, one core each: stage 1's audio encoder fine-tuned on the larger set (2000
-# steps) and its prior (stage 2), and the low-latency twin (`meshtalk stream`'s default): stage 1
-# fine-tuned to the paper's -500/+100 ms window (2000 steps) and its prior; each 2000-step
-# fine-tune took 12-16 min beside another, each prior about 75 s: about 50 min in all.
+# Measured on 2 cores: synth 30-100 s, prep 15-27 s, stage 1's two draws 25-50 min side by side
+# (one core each), the larger set (120 sentences, both audio windows) about 5 min; then side by
+# side, one core each: stage 1's audio encoder fine-tuned on the larger set (2000 steps) and its
+# prior (stage 2), and the low-latency twin (`meshtalk stream`'s default): stage 1 fine-tuned to
+# the paper's -500/+100 ms window (2000 steps) and its prior; each 2000-step fine-tune took 12-16
+# min beside another, each prior about 75 s: about an hour in all.
 #
 #   examples/recipes/ict-default-model.sh [WORK_DIR] [ICT_FACEKIT_DIR]
 #       # defaults: out/ict-default-model, ../shared/reference/ict_facekit
