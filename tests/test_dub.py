@@ -57,12 +57,14 @@ weight 10 (1500 to 4000 steps): the eyelids follow (correlation 0.95-0.97) but t
 GUMBEL_WARMUP = LATENT_STEPS // 2
 """The Gumbel noise warmed up over the first half of stage 1 (as the default model's recipe does).
 Without it the run depended on the machine's arithmetic in the last bits: on the machines of
-stops 26-45 it learnt both paths, and on an AMD EPYC with AVX2 only (stop 47) it learnt nothing
-with seeds 0, 1 and 2 (dub lip error 3.43 mm against the template's 3.62, 0 of 2 blinks kept,
-upper-face correlation 0.08; on training segments swapping either input moved nothing, lip error
-3.52 mm): the decoder learned to ignore the untrained encoder's noisy codes. With the warm-up, on
-that machine: lip error 0.55 mm on training segments, swapping the audio moves the mouth 2.6 mm,
-the expression the upper face 0.035 mm; every test of this file passes (correlation 0.987)."""
+stops 26-45 it learnt both paths, and on an AMD EPYC with AVX2 only (stop 47) it learnt next to
+nothing with seed 0 (dub lip error 3.43 mm against the template's 3.62, 0 of 2 blinks kept,
+upper-face correlation 0.08; on training segments lip error 3.52 mm, swapping the audio moved the
+mouth 0.22 mm, the expression nothing) nor with seed 1 (3.55 mm, neither swap moved anything;
+seed 2 was not run to the end): the decoder learned to ignore the untrained encoder's noisy
+codes. With the warm-up, on that machine: lip error 0.55 mm on training segments, swapping the
+audio moves the mouth 2.6 mm, the expression the upper face 0.035 mm; every test of this file
+passes (correlation 0.987)."""
 LATENT_SEEDS = (0, 1)
 """Training seeds of stage 1, the next tried only if a draw learnt nothing (see `learnt_both`)."""
 CLOSED, REOPENED = 0.5, 0.25
