@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from meshtalk.pipelines.errors import MeshtalkError
+from meshtalk.pipelines.train.latent import LatentStage
 from meshtalk.pipelines.train.loop import MetricsLog
 
 SWAP = "val/expression_swap_upper_over_mouth"
@@ -20,7 +21,7 @@ LIP_ERROR = "val/lip_vertex_error_mm"
 
 def last_validation(run: Path) -> dict[str, float]:
     """The last validated value of each `val/` figure in the run's metrics.csv."""
-    path = Path(run) / "metrics.csv"
+    path = Path(run) / LatentStage.metrics_file
     if not path.is_file():
         raise MeshtalkError(path, "not there: the run has no stage-1 metrics")
     values: dict[str, tuple[int, float]] = {}
@@ -42,9 +43,12 @@ def pick_latent_run(runs: list[Path], min_expression_swap: float = 1.0) -> Path:
     """The draw whose expression path is used (its last validated expression swap moves the upper
     face at least `min_expression_swap` times as much as the mouth) with the lowest lip vertex
     error; a one-line error giving every draw's figures when none is."""
-    if not runs:
+    return _pick({Path(run): last_validation(run) for run in runs}, min_expression_swap)
+
+
+def _pick(figures: dict[Path, dict[str, float]], min_expression_swap: float) -> Path:
+    if not figures:
         raise MeshtalkError(None, "no stage-1 runs to choose from")
-    figures = {Path(run): last_validation(run) for run in runs}
     usable = [run for run, values in figures.items() if values[SWAP] >= min_expression_swap]
     if not usable:
         found = "; ".join(
@@ -62,21 +66,29 @@ def pick_latent_run(runs: list[Path], min_expression_swap: float = 1.0) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """`python -m meshtalk.pipelines.train.select RUN...`: print the kept draw (each draw's
     figures on stderr); a one-line error and status 1 when none is usable."""
+    import argparse
     import sys
 
-    runs = [Path(arg) for arg in (sys.argv[1:] if argv is None else argv)]
+    parser = argparse.ArgumentParser(
+        prog="python -m meshtalk.pipelines.train.select",
+        description="Keep the stage-1 draw whose expression path is used (last validated "
+        "expression swap >= --min-swap) with the lowest lip vertex error; print its folder.",
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="stage-1 run folders")
+    parser.add_argument("--min-swap", type=float, default=1.0, help="least expression swap")
+    args = parser.parse_args(argv)
     try:
-        kept = pick_latent_run(runs)
-        for run in runs:
-            values = last_validation(run)
-            print(
-                f"{run}: expression swap {values[SWAP]:.2f}x, "
-                f"lip vertex error {values[LIP_ERROR]:.2f} mm",
-                file=sys.stderr,
-            )
+        figures = {run: last_validation(run) for run in args.runs}  # each metrics.csv read once
+        kept = _pick(figures, args.min_swap)
     except MeshtalkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    for run, values in figures.items():
+        print(
+            f"{run}: expression swap {values[SWAP]:.2f}x, "
+            f"lip vertex error {values[LIP_ERROR]:.2f} mm",
+            file=sys.stderr,
+        )
     print(kept)
     return 0
 
