@@ -106,7 +106,9 @@ function draw() {
     stage.render(); // turned or zoomed by the user; otherwise nothing new to draw
   }
   dirty = false;
-  if (state.drawn % 15 === 1) showStats();
+  // After a drawn frame only: between frames the count stays put, and the text would be set
+  // (laid out, painted, composited) on every display refresh.
+  if (frame && state.drawn % 15 === 1) showStats();
   requestAnimationFrame(draw);
 }
 
