@@ -135,10 +135,18 @@ class AudioEncoder(nn.Module):
 
 
 class ExpressionEncoder(nn.Module):
-    """Tracked meshes -> one expression code per frame (per-vertex normalisation, MLP, LSTM)."""
+    """Tracked meshes -> one expression code per frame (per-vertex normalisation, MLP, optionally
+    a LayerNorm, LSTM)."""
 
     def __init__(
-        self, *, num_vertices: int, hidden: int, code_dim: int, slope: float, input: str = "mesh"
+        self,
+        *,
+        num_vertices: int,
+        hidden: int,
+        code_dim: int,
+        slope: float,
+        input: str = "mesh",
+        norm: bool = False,
     ) -> None:
         super().__init__()
         self.slope, self.input = slope, input
@@ -147,6 +155,8 @@ class ExpressionEncoder(nn.Module):
         self.layers = nn.ModuleList(
             [nn.Linear(num_vertices * 3, hidden), nn.Linear(hidden, code_dim)]
         )
+        # Optional (`LatentModelConfig.expression_norm`), absent from the authors' release.
+        self.norm = nn.LayerNorm(code_dim) if norm else None
         self.lstm = nn.LSTM(code_dim, code_dim, batch_first=True)
         self.code = nn.Linear(code_dim, code_dim)
 
@@ -164,6 +174,8 @@ class ExpressionEncoder(nn.Module):
             x = ((vertices - self.mean) / self.stddev).flatten(2)
         for layer in self.layers:
             x = leaky(layer(x), self.slope)
+        if self.norm is not None:
+            x = self.norm(x)
         x, _ = self.lstm(x)
         return self.code(x)
 
@@ -216,6 +228,7 @@ class LatentEncoder(nn.Module):
             code_dim=config.code_dim,
             slope=config.leaky_slope,
             input=config.expression_input,
+            norm=config.expression_norm,
         )
         self.fusion_model = FusionModel(
             code_dim=config.code_dim,

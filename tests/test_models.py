@@ -293,6 +293,33 @@ def test_a_config_written_before_expression_input_existed_encodes_meshes():
     assert LatentModelConfig.from_dict(values).expression_input == "mesh"
 
 
+def test_expression_norm_puts_a_layer_norm_before_the_lstm():
+    """Off by default (the release's names, nothing more); on, the LSTM reads the MLP's output
+    normalised per frame, so however large the MLP's outputs grow, its gates see unit scale."""
+    plain = LatentAutoencoder(small_config())
+    assert not any(".norm." in name for name in plain.state_dict())
+    values = small_config(expression_norm=True).to_dict()
+    config = LatentModelConfig.from_dict(values)
+    assert config.expression_norm
+    del values["expression_norm"]
+    assert not LatentModelConfig.from_dict(values).expression_norm  # older configs: none
+    torch.manual_seed(0)
+    encoder = LatentAutoencoder(config).encoder.expression_encoder
+    assert {"norm.weight", "norm.bias"} <= set(encoder.state_dict())
+    seen = []
+    encoder.lstm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    with torch.no_grad():
+        encoder.layers[1].weight.mul_(1000.0)  # an MLP whose outputs grew large
+        encoder(torch.randn(2, 5, 40, 3), torch.zeros(2, 40, 3))
+    lstm_input = seen[0]
+    assert lstm_input.shape == (2, 5, config.code_dim)
+    torch.testing.assert_close(lstm_input.mean(-1), torch.zeros(2, 5), atol=1e-4, rtol=0)
+    deviation = lstm_input.std(-1, unbiased=False)
+    torch.testing.assert_close(deviation, torch.ones(2, 5), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="expression_norm must be true or false"):
+        small_config(expression_norm="yes")
+
+
 def test_config_rejects_impossible_values():
     with pytest.raises(ValueError, match="heads must be positive, got 0"):
         replace(LATENT_PRESETS["tiny"], heads=0)
