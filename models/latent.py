@@ -52,6 +52,19 @@ PARTNER_KEYS = ("vertices", "template", "mel", "mel_starts")
 """What a batch holds of each item's cross-modality partner, as partner_<key>."""
 
 
+def code_usage(logprobs: torch.Tensor) -> torch.Tensor:
+    """1 - the mean over heads of each head's perplexity over a batch, as a share of its classes.
+
+    (B, T, H, C) log-probabilities -> a scalar in [0, 1 - 1/C]: 0 when every head's probability,
+    averaged over the batch's frames, is spread evenly over its classes; 1 - 1/C when each head
+    gives one class to every frame (the codes then carry nothing). The diversity term of
+    wav2vec 2.0's Gumbel quantiser (Baevski et al. 2020).
+    """
+    mean = logprobs.exp().flatten(0, -3).mean(dim=0)  # (H, C)
+    entropy = -(mean * mean.clamp_min(1e-12).log()).sum(dim=-1)
+    return 1.0 - entropy.exp().mean() / logprobs.shape[-1]
+
+
 def partner_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """The partner's (vertices, template, mel, mel_starts), the arguments of `codes`."""
     return tuple(batch[f"partner_{key}"] for key in PARTNER_KEYS)
@@ -104,6 +117,7 @@ class LatentAutoencoder(nn.Module):
         gumbel: torch.Tensor | None = None,
         cross_modality: bool = True,
         upper_face_weight: float = 1.0,
+        code_usage_weight: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """Training losses of one batch.
 
@@ -116,16 +130,19 @@ class LatentAutoencoder(nn.Module):
             cross_modality: add the two cross-modality terms; otherwise plain reconstruction.
             upper_face_weight: weight of eyelids and upper_face_from_expression in the total
                 (1: equal weights).
+            code_usage_weight: weight of `code_usage` of the quantiser's distribution in the
+                total; 0: the term is neither computed nor returned (the method).
 
         Returns:
             reconstruction, eyelids, and if `cross_modality` mouth_from_audio and
-            upper_face_from_expression, each a scalar (unweighted), and their weighted sum as
-            total.
+            upper_face_from_expression, and code_usage if weighted, each a scalar (unweighted),
+            and their weighted sum as total.
         """
         noise = [None] * 3 if gumbel is None else gumbel.unbind(0)
         target, template = batch["vertices"], batch["template"]
         expression, audio = self.codes(target, template, batch["mel"], batch["mel_starts"])
-        prediction = self.decode(template, expression, audio, noise[0])
+        logprobs = self.encoder.fusion_model(expression, audio)
+        prediction = self.decoder(template, gumbel_one_hot(logprobs, noise[0]))
         losses = {
             "reconstruction": squared_error(prediction, target).mean(),
             "eyelids": masked_error(prediction, target, masks["eyelids"]),
@@ -138,8 +155,9 @@ class LatentAutoencoder(nn.Module):
             losses["upper_face_from_expression"] = masked_error(
                 own_expression, target, masks["upper_face"]
             )
-        upper = ("eyelids", "upper_face_from_expression")
-        losses["total"] = sum(
-            upper_face_weight * value if name in upper else value for name, value in losses.items()
-        )
+        if code_usage_weight > 0:
+            losses["code_usage"] = code_usage(logprobs)
+        weights = dict.fromkeys(("eyelids", "upper_face_from_expression"), upper_face_weight)
+        weights["code_usage"] = code_usage_weight
+        losses["total"] = sum(weights.get(name, 1.0) * value for name, value in losses.items())
         return losses

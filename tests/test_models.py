@@ -344,3 +344,35 @@ def test_upper_face_weight_scales_the_upper_face_terms_of_the_total():
     torch.testing.assert_close(weighted["total"], equal["total"] + 3 * upper)
     for name in ("reconstruction", "eyelids", "mouth_from_audio", "upper_face_from_expression"):
         torch.testing.assert_close(weighted[name], equal[name])
+
+
+def test_code_usage_is_zero_for_even_use_and_one_minus_one_over_c_for_one_class():
+    from meshtalk.models.latent import code_usage
+
+    b, t, h, c = 3, 4, 2, 8
+    even = torch.full((b, t, h, c), 1.0 / c).log()
+    assert abs(float(code_usage(even))) < 1e-6
+    one_class = torch.full((b, t, h, c), -1e4)
+    one_class[..., 5] = 0.0
+    torch.testing.assert_close(code_usage(one_class), torch.tensor(1 - 1 / c))
+    # each frame certain, but frames spread evenly over the classes: full use
+    frames = 2 * c
+    spread = torch.full((frames, h, c), -1e4)
+    spread[torch.arange(frames), :, torch.arange(frames) % c] = 0.0
+    assert abs(float(code_usage(spread.view(2, c, h, c)))) < 1e-6
+
+
+def test_code_usage_weight_adds_the_term_to_the_total():
+    model = deterministic_model(golden_config())
+    inputs = golden_inputs(model.config)
+    v = model.config.num_vertices
+    batch = {**inputs, **{f"partner_{k}": value.flip(0) for k, value in inputs.items()}}
+    masks = {name: torch.linspace(0, 1, v) ** p for name, p in zip(MASKS, (1, 2, 3), strict=True)}
+    gumbel = torch.zeros(3, 2, 6, model.config.heads, model.config.classes)
+    plain = model(batch, masks, gumbel)
+    assert "code_usage" not in plain
+    weighted = model(batch, masks, gumbel, code_usage_weight=2.0)
+    assert 0 < weighted["code_usage"] < 1
+    torch.testing.assert_close(weighted["total"], plain["total"] + 2 * weighted["code_usage"])
+    weighted["total"].backward()
+    assert model.encoder.fusion_model.mlp[0].weight.grad.abs().sum() > 0

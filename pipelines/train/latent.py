@@ -142,6 +142,7 @@ class LatentStage(Stage):
                 gumbel,
                 training.cross_modality,
                 training.upper_face_weight,
+                training.code_usage_weight,
             )
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

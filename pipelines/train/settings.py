@@ -88,6 +88,10 @@ class LatentTrainingConfig(TrainingSettings):
     """Weight of the eyelid term and of the upper face decoded with this sample's expression (1:
     the equal weights of SPEC section 5). Raise it for data whose upper face moves far less than
     its mouth, where the expression path otherwise learns nothing."""
+    code_usage_weight: float = 0.0
+    """Weight of a term that keeps each head's classes in use (`models.latent.code_usage`: 1 -
+    the head's perplexity over a batch as a share of its classes; wav2vec 2.0's diversity term).
+    0: none (the method)."""
     gumbel_warmup: int = 0
     """Steps over which the Gumbel noise of stage 1's quantiser rises linearly from 0 (the argmax
     code, passed straight through) to its full scale (the method's Gumbel-softmax from then on).
@@ -118,6 +122,8 @@ class LatentTrainingConfig(TrainingSettings):
             problems.append(f"data_workers must be >= 0, got {self.data_workers}")
         if self.upper_face_weight < 0:
             problems.append(f"upper_face_weight must be >= 0, got {self.upper_face_weight}")
+        if self.code_usage_weight < 0:
+            problems.append(f"code_usage_weight must be >= 0, got {self.code_usage_weight}")
         if self.gumbel_warmup < 0:
             problems.append(f"gumbel_warmup must be >= 0, got {self.gumbel_warmup}")
         return problems
