@@ -3,8 +3,10 @@
 # license), prep, both training stages with the `default` preset and the Gumbel noise warmed up
 # (examples/configs/latent-ict-*.yaml, prior-ict-default.yaml), then copied into the package
 # (pipelines/data/resources/default_model/: the model, the whole head with its rig and license).
-# Reproducible: same seed, same data, same run (rerunning the synth below reproduced every
-# training file byte for byte).
+# Reproducible on one machine as far as stop 46 measured (rerunning the synth there reproduced
+# every training file byte for byte); in stop 48, 18,246 of the 46,973 files written by this
+# recipe's synth differed from those of a synth run of stop 47 on the same machine in float32's
+# last bits (at most 1.5e-5 mm over a sample of 913 of them), enough for stage 1 to end elsewhere.
 # Not robust: run end to end in stop 46 (commit 9f20ac1, an AMD EPYC with AVX-512, 40 min 24 s) it
 # did not give the bundled model, whose stage 1 was trained from an earlier working tree on another
 # machine: its stage 1 left the expression path unused and the mouth half open. In stop 47 (an AMD
@@ -12,7 +14,12 @@
 # same way (lip vertex error 5.03 mm, expression swap 0.00x); seed 1 used the expression path at
 # step 1000 (1.95x) and lost most of it by step 3000 (4.60 mm, 0.69x). So stage 1 now trains two
 # draws side by side and the recipe goes on only with one that uses its expression path (README:
-# "The recipe does not give the bundled model today").
+# "The recipe does not give the bundled model today"). In stop 48 (the same machine) a LayerNorm
+# before the expression encoder's LSTM (model.expression_norm) ended its gates' saturation but
+# not the chance: seed 1 collapsed (one class per head for every frame), seed 0 left the
+# expression path unused (0.06x), and the recipe stopped at the selection after 40 min 18 s.
+# With the code-usage term added (train.code_usage_weight: 1), the two draws used 14-16 of their
+# 16 classes per head and ended at 3.93 mm/1.32x (kept) and 3.61 mm/0.67x.
 #
 # Measured on 2 cores: synth 30-100 s, prep 15-27 s, stage 1's two draws 25-50 min side by side
 # (one core each), the larger set (120 sentences, both audio windows) about 5 min; then side by
