@@ -257,9 +257,9 @@ def make_dub(world: dict) -> dict:
 def lve(prediction: np.ndarray, truth: np.ndarray, lips: np.ndarray) -> float:
     frames = min(len(prediction), len(truth))
     return lip_vertex_errors(
-        torch.from_numpy(prediction[:frames]),
-        torch.from_numpy(truth[:frames]),
-        torch.from_numpy(lips),
+        torch.as_tensor(np.array(prediction[:frames])),  # copies: the arrays may be read-only
+        torch.as_tensor(np.array(truth[:frames])),
+        torch.as_tensor(np.array(lips)),
     )[0]
 
 
