@@ -329,14 +329,19 @@ def test_config_rejects_impossible_values():
         replace(LATENT_PRESETS["tiny"], expression_input="points")
 
 
-def test_upper_face_weight_scales_the_upper_face_terms_of_the_total():
-    model = deterministic_model(golden_config())
+def loss_inputs(model: LatentAutoencoder) -> tuple[dict, dict, torch.Tensor]:
+    """(batch, masks, zero Gumbel noise) for the training losses of a golden-config model: the
+    golden inputs, each item's partner the batch flipped."""
     inputs = golden_inputs(model.config)
     v = model.config.num_vertices
     batch = {**inputs, **{f"partner_{k}": value.flip(0) for k, value in inputs.items()}}
     masks = {name: torch.linspace(0, 1, v) ** p for name, p in zip(MASKS, (1, 2, 3), strict=True)}
-    shape = (3, 2, 6, model.config.heads, model.config.classes)
-    gumbel = torch.zeros(shape)
+    return batch, masks, torch.zeros(3, 2, 6, model.config.heads, model.config.classes)
+
+
+def test_upper_face_weight_scales_the_upper_face_terms_of_the_total():
+    model = deterministic_model(golden_config())
+    batch, masks, gumbel = loss_inputs(model)
     equal = model(batch, masks, gumbel)
     weighted = model(batch, masks, gumbel, upper_face_weight=4.0)
     upper = equal["eyelids"] + equal["upper_face_from_expression"]
@@ -364,11 +369,7 @@ def test_code_usage_is_zero_for_even_use_and_one_minus_one_over_c_for_one_class(
 
 def test_code_usage_weight_adds_the_term_to_the_total():
     model = deterministic_model(golden_config())
-    inputs = golden_inputs(model.config)
-    v = model.config.num_vertices
-    batch = {**inputs, **{f"partner_{k}": value.flip(0) for k, value in inputs.items()}}
-    masks = {name: torch.linspace(0, 1, v) ** p for name, p in zip(MASKS, (1, 2, 3), strict=True)}
-    gumbel = torch.zeros(3, 2, 6, model.config.heads, model.config.classes)
+    batch, masks, gumbel = loss_inputs(model)
     plain = model(batch, masks, gumbel)
     assert "code_usage" not in plain
     weighted = model(batch, masks, gumbel, code_usage_weight=2.0)
