@@ -19,14 +19,18 @@
 # not the chance: seed 1 collapsed (one class per head for every frame), seed 0 left the
 # expression path unused (0.06x), and the recipe stopped at the selection after 40 min 18 s.
 # With the code-usage term added (train.code_usage_weight: 1), the two draws used 14-16 of their
-# 16 classes per head and ended at 3.93 mm/1.32x (kept) and 3.61 mm/0.67x.
+# 16 classes per head and ended at 3.93 mm/1.32x (kept) and 3.61 mm/0.67x. In stop 49 the rest
+# was run step by step from that draw (the larger set from an earlier synth run of the same
+# command): the default's fine-tune cut to 500 steps (2000 left the samples blinking at 0.41x the
+# data's rate) and the twin's fusion frozen: that is the bundled model (README: "Whether the
+# recipe gives the bundled model").
 #
 # Measured on 2 cores: synth 30-100 s, prep 15-27 s, stage 1's two draws 25-50 min side by side
 # (one core each), the larger set (120 sentences, both audio windows) about 5 min; then side by
-# side, one core each: stage 1's audio encoder fine-tuned on the larger set (2000 steps) and its
-# prior (stage 2), and the low-latency twin (`meshtalk stream`'s default): stage 1 fine-tuned to
-# the paper's -500/+100 ms window (2000 steps) and its prior; each 2000-step fine-tune took 12-16
-# min beside another, each prior about 75 s: about an hour in all.
+# side, one core each: stage 1's audio encoder and fusion fine-tuned on the larger set (500 steps,
+# about 4 min beside another) and its prior (stage 2), and the low-latency twin (`meshtalk
+# stream`'s default): stage 1's audio encoder fine-tuned to the paper's -500/+100 ms window (2000
+# steps, 12-16 min beside another) and its prior; each prior about 75-110 s: under an hour in all.
 #
 #   examples/recipes/ict-default-model.sh [WORK_DIR] [ICT_FACEKIT_DIR]
 #       # defaults: out/ict-default-model, ../shared/reference/ict_facekit
