@@ -104,12 +104,12 @@ def speech(tmp_path_factory) -> tuple[Path, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def gaps_of(speech, bundled, tmp_path_factory):
-    """Per frame lip gap of `meshtalk animate --argmax --model RUN` on the padded recording (or
-    on another recording)."""
+def animation_of(speech, tmp_path_factory):
+    """Vertices of `meshtalk animate --argmax --model RUN` on the padded recording (or on another
+    recording), each made once."""
     made = {}
 
-    def gaps(model: Path, recording: Path | None = None) -> np.ndarray:
+    def vertices(model: Path, recording: Path | None = None) -> np.ndarray:
         key = (model, recording)
         if key not in made:
             out = tmp_path_factory.mktemp("animate") / "out"
@@ -118,10 +118,20 @@ def gaps_of(speech, bundled, tmp_path_factory):
                        "--model", str(model), "-o", str(out), "--argmax", "--no-video"]  # fmt: skip
             subprocess.run(command, check=True, capture_output=True)
             with np.load(out / "animation.npz", allow_pickle=False) as archive:
-                vertices = archive["vertices"]
-            _, _, upper, lower = bundled
-            made[key] = (vertices[:, upper, 1] - vertices[:, lower, 1]).max(axis=1)
+                made[key] = archive["vertices"]
         return made[key]
+
+    return vertices
+
+
+@pytest.fixture(scope="module")
+def gaps_of(animation_of, bundled):
+    """Per frame lip gap of `animation_of`'s animation."""
+    _, _, upper, lower = bundled
+
+    def gaps(model: Path, recording: Path | None = None) -> np.ndarray:
+        vertices = animation_of(model, recording)
+        return (vertices[:, upper, 1] - vertices[:, lower, 1]).max(axis=1)
 
     return gaps
 
@@ -411,19 +421,13 @@ def test_stream_from_the_page_microphone(speech, bundled, gaps_of, tmp_path):
     )
 
 
-def test_stream_sends_arkit_weights_of_a_rig(speech, bundled, tmp_path):
+def test_stream_sends_arkit_weights_of_a_rig(speech, bundled, animation_of, tmp_path):
     """--rig: each frame also as ARKit weights; on a rig of the model's topology (in metres)
     whose jawOpen is the streamed animation's widest mouth, jawOpen follows the lips' opening."""
     from tests.rigs import RigData, write_rig_glb
 
     vertices, faces, upper, lower = bundled
-    out = tmp_path / "open"  # what the stream will send: the twin on the same speech
-    command = [sys.executable, "-m", "meshtalk.cli.main", "animate", str(speech[0]),
-               str(default_model.template_path()), "--model", str(LIVE), "-o", str(out),
-               "--argmax", "--no-video"]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True)
-    with np.load(out / "animation.npz", allow_pickle=False) as archive:
-        frames = archive["vertices"]
+    frames = animation_of(LIVE)  # what the stream will send: the twin on the same speech
     widest = frames[np.argmax((frames[:, upper, 1] - frames[:, lower, 1]).max(axis=1))]
     smile = np.zeros_like(vertices)
     smile[upper, 0] = 1.0  # a target the speech barely uses
@@ -448,10 +452,10 @@ def test_stream_sends_arkit_weights_of_a_rig(speech, bundled, tmp_path):
     from scipy.optimize import lsq_linear
 
     columns = targets.reshape(2, -1).T.astype(np.float64)
+    names = [ARKIT_NAMES.index("jawOpen"), ARKIT_NAMES.index("mouthLeft")]
     for index in np.linspace(0, len(offsets) - 1, 12).astype(int):
         motion = offsets[index]["values"].astype(np.float64) * 0.001  # mm onto the rig in metres
         reference = lsq_linear(columns, motion, bounds=(0, 1), tol=1e-12).x
-        names = [ARKIT_NAMES.index("jawOpen"), ARKIT_NAMES.index("mouthLeft")]
         assert np.abs(table[index, names] - reference).max() < 0.02, index
     # jawOpen follows the lips' opening (the twin's mouth takes shapes besides the widest one:
     # 0.89-0.90 measured with the twin of stop 49, over 0.9 with the one before).
